@@ -1,0 +1,492 @@
+//! Container identity from `/proc/<pid>/cgroup`: the one parser every container-aware collector
+//! uses.
+//!
+//! Handles cgroup v1, v2 and hybrid files, the cgroupfs and systemd drivers, and the layouts of
+//! Docker (also rootless), containerd, CRI-O, cri-dockerd, Podman (also rootless) and the kubelet's
+//! QoS classes. Container ids are 64 lowercase hex characters. Two different ids (or pod UIDs) in
+//! one file are reported as a conflict, never guessed between.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// The runtime a container id was found under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Runtime {
+    /// Docker Engine (`/docker/<id>`, `docker-<id>.scope`), also under cri-dockerd.
+    Docker,
+    /// containerd (`cri-containerd-<id>.scope`, `:cri-containerd:<id>`).
+    Containerd,
+    /// CRI-O (`crio-<id>.scope`).
+    CriO,
+    /// Podman (`libpod-<id>.scope`).
+    Podman,
+    /// A kubelet cgroupfs layout (`kubepods/<qos>/pod<uid>/<id>`): the runtime is not in the path.
+    Unknown,
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Docker => "docker",
+            Self::Containerd => "containerd",
+            Self::CriO => "cri-o",
+            Self::Podman => "podman",
+            Self::Unknown => "unknown",
+        })
+    }
+}
+
+/// A container a process runs in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct ContainerIdentity {
+    /// The 64-hex container id.
+    pub id: String,
+    /// The runtime named by the cgroup path.
+    pub runtime: Runtime,
+    /// The Kubernetes pod UID (with dashes), when the path is under `kubepods`.
+    pub pod_uid: Option<String>,
+}
+
+/// What a process's cgroup file says about its container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerMatch {
+    /// The process runs in this container.
+    Container(ContainerIdentity),
+    /// The process is a runtime's monitor (`crio-conmon-<id>.scope`, `libpod-conmon-<id>.scope`),
+    /// which runs beside the container, not in it.
+    Monitor {
+        /// The runtime.
+        runtime: Runtime,
+        /// The id of the container it monitors.
+        id: String,
+    },
+    /// The path looks like a container's but matches no layout we know.
+    Unrecognized {
+        /// The path.
+        path: String,
+    },
+    /// Two different container ids or pod UIDs in one file.
+    Conflict {
+        /// What disagreed.
+        detail: String,
+    },
+    /// No sign of a container: a host process.
+    None,
+}
+
+/// A parsed `/proc/<pid>/cgroup`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupInfo {
+    /// The cgroup v2 path (the `0::` line), when there is one.
+    pub v2_path: Option<String>,
+    /// What the paths say about a container.
+    pub container: ContainerMatch,
+}
+
+impl CgroupInfo {
+    /// The container identity, when the process runs in a recognized container.
+    pub fn identity(&self) -> Option<&ContainerIdentity> {
+        match &self.container {
+            ContainerMatch::Container(identity) => Some(identity),
+            _ => None,
+        }
+    }
+}
+
+/// Parses the content of `/proc/<pid>/cgroup`.
+///
+/// ```
+/// use collectors::cgroup::{parse_cgroup_file, Runtime};
+/// let id = "3ac7ed50c6087bb468fd70d37a6e3ee8d5b554bcbde20bd83f9a9dfa14f0431e";
+/// let info = parse_cgroup_file(&format!("0::/system.slice/docker-{id}.scope\n"));
+/// let container = info.identity().unwrap();
+/// assert_eq!((container.id.as_str(), container.runtime), (id, Runtime::Docker));
+/// ```
+pub fn parse_cgroup_file(content: &str) -> CgroupInfo {
+    let mut v2_path = None;
+    let mut found: Option<ContainerIdentity> = None;
+    let mut monitor = None;
+    let mut unrecognized = None;
+    for line in content.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(hierarchy), Some(controllers), Some(path)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if hierarchy == "0" && controllers.is_empty() {
+            v2_path = Some(path.to_owned());
+        }
+        match parse_path(path) {
+            PathMatch::Container(identity) => match &mut found {
+                None => found = Some(identity),
+                Some(existing) => {
+                    if existing.id != identity.id {
+                        return conflict(
+                            v2_path,
+                            format!("container ids {} and {}", existing.id, identity.id),
+                        );
+                    }
+                    match (&existing.pod_uid, &identity.pod_uid) {
+                        (Some(a), Some(b)) if a != b => {
+                            return conflict(v2_path, format!("pod UIDs {a} and {b}"));
+                        }
+                        (None, Some(uid)) => existing.pod_uid = Some(uid.clone()),
+                        _ => {}
+                    }
+                    if existing.runtime == Runtime::Unknown {
+                        existing.runtime = identity.runtime;
+                    }
+                }
+            },
+            PathMatch::Monitor(runtime, id) => monitor = Some((runtime, id)),
+            PathMatch::Unrecognized => unrecognized = Some(path.to_owned()),
+            PathMatch::None => {}
+        }
+    }
+    let container = match (found, monitor, unrecognized) {
+        (Some(identity), _, _) => ContainerMatch::Container(identity),
+        (None, Some((runtime, id)), _) => ContainerMatch::Monitor { runtime, id },
+        (None, None, Some(path)) => ContainerMatch::Unrecognized { path },
+        (None, None, None) => ContainerMatch::None,
+    };
+    CgroupInfo { v2_path, container }
+}
+
+fn conflict(v2_path: Option<String>, detail: String) -> CgroupInfo {
+    CgroupInfo {
+        v2_path,
+        container: ContainerMatch::Conflict { detail },
+    }
+}
+
+enum PathMatch {
+    Container(ContainerIdentity),
+    Monitor(Runtime, String),
+    Unrecognized,
+    None,
+}
+
+/// Segment prefixes of systemd scopes naming a container, with their runtime.
+const SCOPE_PREFIXES: &[(&str, Runtime)] = &[
+    ("docker-", Runtime::Docker),
+    ("cri-containerd-", Runtime::Containerd),
+    ("crio-", Runtime::CriO),
+    ("libpod-", Runtime::Podman),
+];
+
+/// Scope prefixes of runtime monitors: beside the container, not in it.
+const MONITOR_PREFIXES: &[(&str, Runtime)] = &[
+    ("crio-conmon-", Runtime::CriO),
+    ("libpod-conmon-", Runtime::Podman),
+];
+
+/// Path fragments of container runtimes we do not support: reported as unrecognized.
+const FOREIGN_MARKERS: &[&str] = &[
+    "lxc.payload",
+    "/lxc/",
+    "machine.slice",
+    "/ecs/",
+    "garden",
+    "actions_job",
+    "kubepods",
+];
+
+fn parse_path(path: &str) -> PathMatch {
+    let mut pod_uid = None;
+    let mut identity: Option<(String, Runtime)> = None;
+    let mut previous = "";
+    // `:cri-containerd:<id>` and `:crio:<id>` trail a slice name in systemd-driver v1 paths.
+    let segments = path.split('/').flat_map(|s| s.split(':'));
+    for segment in segments {
+        if let Some(uid) = pod_uid_of(segment) {
+            pod_uid = Some(uid);
+        }
+        if let Some((runtime, id)) = MONITOR_PREFIXES
+            .iter()
+            .find_map(|(prefix, runtime)| scope_id(segment, prefix).map(|id| (*runtime, id)))
+        {
+            return PathMatch::Monitor(runtime, id);
+        }
+        let found = SCOPE_PREFIXES
+            .iter()
+            .find_map(|(prefix, runtime)| scope_id(segment, prefix).map(|id| (id, *runtime)))
+            .or_else(|| {
+                is_container_id(segment).then(|| {
+                    let runtime = match previous {
+                        "docker" => Runtime::Docker,
+                        "cri-containerd" => Runtime::Containerd,
+                        "crio" => Runtime::CriO,
+                        "libpod" => Runtime::Podman,
+                        _ => Runtime::Unknown,
+                    };
+                    (segment.to_owned(), runtime)
+                })
+            });
+        if let Some(found) = found {
+            identity = Some(found);
+        }
+        previous = segment;
+    }
+    match identity {
+        Some((id, runtime)) if runtime != Runtime::Unknown || pod_uid.is_some() => {
+            PathMatch::Container(ContainerIdentity {
+                id,
+                runtime,
+                pod_uid,
+            })
+        }
+        // A bare id outside kubepods, under no known parent (e.g. `/ecs/<task>/<id>`).
+        Some(_) => PathMatch::Unrecognized,
+        None if FOREIGN_MARKERS.iter().any(|m| path.contains(m)) => PathMatch::Unrecognized,
+        None => PathMatch::None,
+    }
+}
+
+/// The id of `<prefix><64 hex>.scope` (or without `.scope`, as some drivers write it).
+fn scope_id(segment: &str, prefix: &str) -> Option<String> {
+    let rest = segment.strip_prefix(prefix)?;
+    let id = rest.strip_suffix(".scope").unwrap_or(rest);
+    is_container_id(id).then(|| id.to_owned())
+}
+
+/// Whether `text` is a container id: 64 lowercase hex characters.
+pub fn is_container_id(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The pod UID of a kubelet pod cgroup: `pod<uid>` (cgroupfs) or
+/// `kubepods[-<qos>]-pod<uid_with_underscores>.slice` (systemd).
+fn pod_uid_of(segment: &str) -> Option<String> {
+    let raw = if let Some(slice) = segment.strip_suffix(".slice") {
+        if !slice.starts_with("kubepods") {
+            return None;
+        }
+        &slice[slice.rfind("-pod")? + 4..]
+    } else {
+        segment.strip_prefix("pod")?
+    };
+    let uid = raw.replace('_', "-");
+    is_uuid(&uid).then_some(uid)
+}
+
+fn is_uuid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3ac7ed50c6087bb468fd70d37a6e3ee8d5b554bcbde20bd83f9a9dfa14f0431e";
+    const ID2: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const UID: &str = "6d4e1f2a-8b3c-4d5e-9f60-718293a4b5c6";
+    const UID_: &str = "6d4e1f2a_8b3c_4d5e_9f60_718293a4b5c6";
+
+    fn container(content: &str) -> ContainerMatch {
+        parse_cgroup_file(content).container
+    }
+
+    fn expect(runtime: Runtime, pod: bool) -> ContainerMatch {
+        ContainerMatch::Container(ContainerIdentity {
+            id: ID.to_owned(),
+            runtime,
+            pod_uid: pod.then(|| UID.to_owned()),
+        })
+    }
+
+    #[test]
+    fn real_world_layouts() {
+        let cases: Vec<(&str, String, ContainerMatch)> = vec![
+            (
+                "docker v1 cgroupfs",
+                format!("12:memory:/docker/{ID}\n11:cpu,cpuacct:/docker/{ID}\n0::/"),
+                expect(Runtime::Docker, false),
+            ),
+            (
+                "docker v2 cgroupfs",
+                format!("0::/docker/{ID}"),
+                expect(Runtime::Docker, false),
+            ),
+            (
+                "docker v2 systemd",
+                format!("0::/system.slice/docker-{ID}.scope"),
+                expect(Runtime::Docker, false),
+            ),
+            (
+                "docker hybrid",
+                format!("1:name=systemd:/docker/{ID}\n0::/docker/{ID}"),
+                expect(Runtime::Docker, false),
+            ),
+            (
+                "docker rootless systemd",
+                format!(
+                    "0::/user.slice/user-1000.slice/user@1000.service/docker.service/docker-{ID}.scope"
+                ),
+                expect(Runtime::Docker, false),
+            ),
+            (
+                "docker rootless cgroupfs",
+                format!(
+                    "0::/user.slice/user-1000.slice/user@1000.service/docker.service/docker/{ID}"
+                ),
+                expect(Runtime::Docker, false),
+            ),
+            (
+                "containerd systemd v2",
+                format!(
+                    "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/cri-containerd-{ID}.scope"
+                ),
+                expect(Runtime::Containerd, true),
+            ),
+            (
+                "containerd systemd v1 colon form",
+                format!("4:memory:/kubepods-besteffort-pod{UID_}.slice:cri-containerd:{ID}"),
+                expect(Runtime::Containerd, true),
+            ),
+            (
+                "containerd guaranteed systemd",
+                format!("0::/kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{ID}.scope"),
+                expect(Runtime::Containerd, true),
+            ),
+            (
+                "kubelet cgroupfs v1 besteffort",
+                format!("3:cpu:/kubepods/besteffort/pod{UID}/{ID}"),
+                expect(Runtime::Unknown, true),
+            ),
+            (
+                "kubelet cgroupfs burstable v2",
+                format!("0::/kubepods/burstable/pod{UID}/{ID}"),
+                expect(Runtime::Unknown, true),
+            ),
+            (
+                "kubelet cgroupfs guaranteed",
+                format!("0::/kubepods/pod{UID}/{ID}"),
+                expect(Runtime::Unknown, true),
+            ),
+            (
+                "cri-o systemd",
+                format!(
+                    "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/crio-{ID}.scope"
+                ),
+                expect(Runtime::CriO, true),
+            ),
+            (
+                "cri-dockerd systemd",
+                format!(
+                    "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/docker-{ID}.scope"
+                ),
+                expect(Runtime::Docker, true),
+            ),
+            (
+                "podman root",
+                format!("0::/machine.slice/libpod-{ID}.scope/container"),
+                expect(Runtime::Podman, false),
+            ),
+            (
+                "podman rootless",
+                format!(
+                    "0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope/container"
+                ),
+                expect(Runtime::Podman, false),
+            ),
+            (
+                "host process",
+                "12:memory:/user.slice\n0::/user.slice/user-0.slice/session-1.scope".to_owned(),
+                ContainerMatch::None,
+            ),
+            ("root", "0::/".to_owned(), ContainerMatch::None),
+            (
+                "cri-o monitor",
+                format!(
+                    "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/crio-conmon-{ID}.scope"
+                ),
+                ContainerMatch::Monitor {
+                    runtime: Runtime::CriO,
+                    id: ID.to_owned(),
+                },
+            ),
+            (
+                "podman monitor",
+                format!("0::/machine.slice/libpod-conmon-{ID}.scope"),
+                ContainerMatch::Monitor {
+                    runtime: Runtime::Podman,
+                    id: ID.to_owned(),
+                },
+            ),
+            (
+                "lxc",
+                "0::/lxc.payload.web1/init.scope".to_owned(),
+                ContainerMatch::Unrecognized {
+                    path: "/lxc.payload.web1/init.scope".to_owned(),
+                },
+            ),
+            (
+                "ecs",
+                format!("0::/ecs/0123abcd/{ID}"),
+                ContainerMatch::Unrecognized {
+                    path: format!("/ecs/0123abcd/{ID}"),
+                },
+            ),
+            (
+                "nspawn",
+                "0::/machine.slice/systemd-nspawn@web.service/payload".to_owned(),
+                ContainerMatch::Unrecognized {
+                    path: "/machine.slice/systemd-nspawn@web.service/payload".to_owned(),
+                },
+            ),
+        ];
+        for (name, content, expected) in cases {
+            assert_eq!(container(&content), expected, "{name}: {content}");
+        }
+    }
+
+    #[test]
+    fn two_different_ids_are_a_conflict() {
+        let content = format!("12:memory:/docker/{ID}\n0::/docker/{ID2}");
+        assert!(matches!(
+            container(&content),
+            ContainerMatch::Conflict { .. }
+        ));
+        let other_uid = "00000000-0000-0000-0000-000000000000";
+        let content =
+            format!("1:cpu:/kubepods/pod{UID}/{ID}\n2:memory:/kubepods/pod{other_uid}/{ID}");
+        assert!(matches!(
+            container(&content),
+            ContainerMatch::Conflict { .. }
+        ));
+    }
+
+    #[test]
+    fn runtime_from_one_line_completes_another() {
+        let content = format!(
+            "3:cpu:/kubepods/besteffort/pod{UID}/{ID}\n0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/cri-containerd-{ID}.scope"
+        );
+        assert_eq!(container(&content), expect(Runtime::Containerd, true));
+    }
+
+    #[test]
+    fn v2_path_and_malformed_lines() {
+        let info = parse_cgroup_file("garbage\n5:cpu:/a\n0::/system.slice/ssh.service\n");
+        assert_eq!(info.v2_path.as_deref(), Some("/system.slice/ssh.service"));
+        assert_eq!(info.container, ContainerMatch::None);
+        // Ids must be exactly 64 lowercase hex characters.
+        let short = &ID[..63];
+        assert_eq!(
+            container(&format!("0::/docker/{short}")),
+            ContainerMatch::None
+        );
+        let upper = ID.to_uppercase();
+        assert_eq!(
+            container(&format!("0::/docker/{upper}")),
+            ContainerMatch::None
+        );
+    }
+}

@@ -1,0 +1,101 @@
+//! The one extension point for data: the [`Collector`] trait and what a collection returns.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::LabelSet;
+use crate::cgroup::ContainerIdentity;
+use crate::process::ProcessRef;
+
+/// What a collector's labels describe, and so how long they may be cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// One process: cached by (pid, start time).
+    Process,
+    /// One container: cached by container id.
+    Container,
+    /// The whole node: computed at start and refreshed in the background.
+    Node,
+}
+
+/// What a collection is about: the process asked for and, when it runs in one, its container.
+///
+/// Node-scope collectors ignore it.
+#[derive(Debug, Clone, Default)]
+pub struct Subject {
+    /// The process, already resolved to its thread-group id and start time.
+    pub process: Option<ProcessRef>,
+    /// The container the process runs in, from its cgroups.
+    pub container: Option<ContainerIdentity>,
+}
+
+impl Subject {
+    /// A subject for node-scope collection (no process).
+    pub fn node() -> Self {
+        Self::default()
+    }
+}
+
+/// The labels a collection produced, and what it could not read.
+#[derive(Debug, Clone, Default)]
+pub struct Collected {
+    /// The labels.
+    pub labels: LabelSet,
+    /// Set when part of the data could not be read; the labels are still valid.
+    pub partial: Option<String>,
+}
+
+impl Collected {
+    /// A complete collection.
+    pub fn complete(labels: LabelSet) -> Self {
+        Self {
+            labels,
+            partial: None,
+        }
+    }
+}
+
+/// Why a collector produced no labels.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CollectError {
+    /// The data source is not there on this machine (no DMI, no Docker socket, not on EC2).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The source is there but does not concern this subject (a process outside any container).
+    #[error("not applicable: {0}")]
+    NotApplicable(String),
+    /// The process asked for does not exist (or exited before anything was read).
+    #[error("no such process: {0}")]
+    NoSuchProcess(u32),
+    /// The source is there and failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A source of labels.
+///
+/// Adding a collector means one new module implementing this trait plus one registration line.
+/// Collectors never call each other; the [`Registry`](crate::Registry) runs them concurrently,
+/// each under its own deadline.
+#[async_trait]
+pub trait Collector: Send + Sync {
+    /// Short, stable name (`procfs`, `docker`, ...), also the configuration section name.
+    fn name(&self) -> &'static str;
+
+    /// What the labels describe.
+    fn scope(&self) -> Scope;
+
+    /// Every label key this collector can emit, as documented (`<KEY>` stands for a variable part).
+    fn label_keys(&self) -> &'static [&'static str];
+
+    /// The deadline the registry applies unless configuration overrides it.
+    fn default_timeout(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+
+    /// Collects the labels for `subject`.
+    async fn collect(&self, subject: &Subject) -> Result<Collected, CollectError>;
+}

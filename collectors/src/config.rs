@@ -1,0 +1,62 @@
+//! Configuration pieces shared by the collectors' sections.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// `enabled:` of a collector whose source may or may not be on this machine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Enabled {
+    /// Run when the source is detected (the default).
+    #[default]
+    Auto,
+    /// Always run; a missing source is reported as an error.
+    Always,
+    /// Never run.
+    Never,
+}
+
+impl<'de> Deserialize<'de> for Enabled {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        let invalid = || serde::de::Error::custom("expected one of `auto`, `true`, `false`");
+        match Raw::deserialize(deserializer).map_err(|_| invalid())? {
+            Raw::Bool(true) => Ok(Self::Always),
+            Raw::Bool(false) => Ok(Self::Never),
+            Raw::Text(text) => match text.as_str() {
+                "auto" => Ok(Self::Auto),
+                "true" => Ok(Self::Always),
+                "false" => Ok(Self::Never),
+                _ => Err(invalid()),
+            },
+        }
+    }
+}
+
+/// Deserializes a duration written like `500ms`, `2s` or `1m 30s`.
+pub fn deserialize_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {text:?} ({e}): expected a number with a unit, e.g. `500ms` or `2s`"
+        ))
+    })
+}
+
+/// The configuration section of a collector with no settings beyond `enabled` and `timeout`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BasicConfig {
+    /// Run the collector (default true).
+    pub enabled: Option<bool>,
+    /// Deadline (default 500ms).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub timeout: Option<Duration>,
+}

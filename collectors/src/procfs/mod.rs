@@ -1,0 +1,510 @@
+//! The procfs collector: every `process:*` label, read from `<proc>/<pid>/`.
+//!
+//! Values are derived as `docs/labels.md` states. Raw bytes (arguments, paths, environment) are
+//! kept losslessly with [`escape_bytes`]; `process:cmdline` and `process:env:*` values are cut at
+//! [`ProcfsConfig::max_value_bytes`] with a visible marker.
+
+mod accounts;
+mod binary_hash;
+mod capabilities;
+mod environment;
+
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+pub use binary_hash::{BinaryHashCache, sha256_of};
+pub use capabilities::capability_names;
+pub use environment::{DEFAULT_REDACT_PATTERNS, REDACTED, Redactor};
+
+use crate::cgroup::parse_cgroup_file;
+use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
+use crate::config::deserialize_duration;
+use crate::host::HostRoots;
+use crate::labels::{LabelSet, escape_bytes, escape_bytes_limited};
+use crate::process::{ProcessRef, is_gone, parse_start_ticks, status_field};
+use accounts::IdNames;
+
+/// Default cut-off for `process:cmdline` and each `process:env:*` value, in bytes.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 4096;
+/// Default number of binary hashes kept.
+pub const DEFAULT_HASH_CACHE_ENTRIES: usize = 4096;
+/// At most this much of `cmdline` or `environ` is read (the kernel's argument limit is 2 MiB).
+const MAX_READ_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The `collectors.procfs` configuration section.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProcfsConfig {
+    /// Run the collector (default true).
+    pub enabled: Option<bool>,
+    /// Deadline for one process (default 500ms).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub timeout: Option<Duration>,
+    /// Export `process:env:*` labels (default false).
+    #[serde(default)]
+    pub extract_envs: bool,
+    /// Key patterns whose values are redacted (`*` wildcard, case-insensitive; default
+    /// `*TOKEN*`, `*SECRET*`, `*PASSWORD*`, `*PASSWD*`, `*KEY*`, `*CREDENTIAL*`).
+    pub redact_env_patterns: Option<Vec<String>>,
+    /// Keys never redacted even when they match a pattern.
+    #[serde(default)]
+    pub allow_envs: Vec<String>,
+    /// Cut-off for cmdline and env values in bytes (default 4096).
+    pub max_value_bytes: Option<usize>,
+    /// Number of binary hashes cached (default 4096).
+    pub hash_cache_entries: Option<usize>,
+}
+
+/// Every key this collector emits.
+pub const LABEL_KEYS: &[&str] = &[
+    "process:pid",
+    "process:name",
+    "process:cmdline",
+    "process:uid",
+    "process:uid:real",
+    "process:uid:effective",
+    "process:gid",
+    "process:gid:real",
+    "process:gid:effective",
+    "process:gid:additional",
+    "process:binary:path",
+    "process:binary:hash",
+    "process:env:<KEY>",
+    "process:ppid",
+    "process:start-time",
+    "process:cwd",
+    "process:user:name",
+    "process:group:name",
+    "process:container:id",
+    "process:cgroup",
+    "process:capabilities:effective",
+    "process:parent:name",
+    "process:parent:binary:path",
+];
+
+/// Reads `process:*` labels from procfs.
+pub struct ProcfsCollector {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    roots: HostRoots,
+    extract_envs: bool,
+    redactor: Redactor,
+    max_value_bytes: usize,
+    hashes: BinaryHashCache,
+    users: IdNames,
+    groups: IdNames,
+    boot_time: OnceLock<Option<u64>>,
+}
+
+impl ProcfsCollector {
+    /// A collector reading through `roots` with `config`.
+    pub fn new(roots: HostRoots, config: &ProcfsConfig) -> Self {
+        let patterns = config.redact_env_patterns.clone().unwrap_or_else(|| {
+            DEFAULT_REDACT_PATTERNS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect()
+        });
+        Self {
+            inner: Arc::new(Inner {
+                users: IdNames::new(roots.etc.join("passwd")),
+                groups: IdNames::new(roots.etc.join("group")),
+                roots,
+                extract_envs: config.extract_envs,
+                redactor: Redactor::new(&patterns, &config.allow_envs),
+                max_value_bytes: config.max_value_bytes.unwrap_or(DEFAULT_MAX_VALUE_BYTES),
+                hashes: BinaryHashCache::new(
+                    config
+                        .hash_cache_entries
+                        .unwrap_or(DEFAULT_HASH_CACHE_ENTRIES),
+                ),
+                boot_time: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// The binary hash cache (shared by all lookups of this collector).
+    pub fn hash_cache(&self) -> &BinaryHashCache {
+        &self.inner.hashes
+    }
+
+    /// Collects the labels of `process` without an async runtime (blocking file I/O).
+    pub fn collect_blocking(&self, process: &ProcessRef) -> Result<Collected, CollectError> {
+        self.inner.collect(process)
+    }
+}
+
+#[async_trait]
+impl Collector for ProcfsCollector {
+    fn name(&self) -> &'static str {
+        "procfs"
+    }
+
+    fn scope(&self) -> Scope {
+        Scope::Process
+    }
+
+    fn label_keys(&self) -> &'static [&'static str] {
+        LABEL_KEYS
+    }
+
+    async fn collect(&self, subject: &Subject) -> Result<Collected, CollectError> {
+        let Some(process) = subject.process else {
+            return Err(CollectError::NotApplicable("no process given".to_owned()));
+        };
+        let inner = Arc::clone(&self.inner);
+        // procfs reads are blocking syscalls: one blocking task per process, not one per file.
+        tokio::task::spawn_blocking(move || inner.collect(&process))
+            .await
+            .map_err(|e| CollectError::Failed(format!("procfs task failed: {e}")))?
+    }
+}
+
+/// What went missing during one collection.
+#[derive(Default)]
+struct Gaps {
+    /// Items whose file vanished (the process may have exited).
+    vanished: Vec<&'static str>,
+    /// Items that could not be read for another reason.
+    unreadable: Vec<String>,
+}
+
+impl Gaps {
+    fn note(&mut self, item: &'static str, error: &io::Error) {
+        if is_gone(error) {
+            self.vanished.push(item);
+        } else {
+            self.unreadable.push(format!("{item}: {}", describe(error)));
+        }
+    }
+}
+
+fn describe(error: &io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ => error.to_string(),
+    }
+}
+
+impl Inner {
+    fn collect(&self, process: &ProcessRef) -> Result<Collected, CollectError> {
+        let pid = process.pid;
+        let file = |name: &str| self.roots.proc_file(pid, name);
+        let status = match std::fs::read(file("status")) {
+            Ok(status) => status,
+            Err(e) if is_gone(&e) => return Err(CollectError::NoSuchProcess(pid)),
+            Err(e) => {
+                return Err(CollectError::Failed(format!(
+                    "cannot read {}: {}",
+                    file("status").display(),
+                    describe(&e)
+                )));
+            }
+        };
+        let mut gaps = Gaps::default();
+        let mut labels = LabelSet::new();
+        labels.insert("process:pid", pid.to_string());
+
+        let stat = std::fs::read(file("stat"));
+        if let (Ok(stat), Some(expected)) = (&stat, process.start_ticks)
+            && parse_start_ticks(stat) != Some(expected)
+        {
+            // The PID now names another process: nothing read here would be about ours.
+            return Err(CollectError::NoSuchProcess(pid));
+        }
+
+        let cmdline = read_capped(&file("cmdline")).unwrap_or_else(|e| {
+            gaps.note("cmdline", &e);
+            (Vec::new(), false)
+        });
+        let args = split_args(&cmdline.0);
+        if let Some(name) = process_name(&status, &args) {
+            labels.insert("process:name", name);
+        }
+        if !args.is_empty() {
+            labels.insert(
+                "process:cmdline",
+                escape_bytes_limited(&args.join(&b' '), self.max_value_bytes),
+            );
+        }
+
+        let ids = |field: &str| -> Vec<String> {
+            status_field(&status, field)
+                .map(|v| {
+                    String::from_utf8_lossy(v)
+                        .split_ascii_whitespace()
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let uids = ids("Uid");
+        let gids = ids("Gid");
+        if let [real, effective, ..] = uids.as_slice() {
+            labels.insert("process:uid", effective.clone());
+            labels.insert("process:uid:real", real.clone());
+            labels.insert("process:uid:effective", effective.clone());
+            if let Some(name) = effective.parse().ok().and_then(|id| self.users.name_of(id)) {
+                labels.insert("process:user:name", name);
+            }
+        }
+        if let [real, effective, ..] = gids.as_slice() {
+            labels.insert("process:gid", effective.clone());
+            labels.insert("process:gid:real", real.clone());
+            labels.insert("process:gid:effective", effective.clone());
+            if let Some(name) = effective
+                .parse()
+                .ok()
+                .and_then(|id| self.groups.name_of(id))
+            {
+                labels.insert("process:group:name", name);
+            }
+        }
+        labels.insert_all("process:gid:additional", ids("Groups"));
+
+        let ppid = status_field(&status, "PPid")
+            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u32>().ok());
+        if let Some(ppid) = ppid.filter(|&p| p > 0) {
+            labels.insert("process:ppid", ppid.to_string());
+            self.parent_labels(ppid, &mut labels);
+        }
+        if let Some(caps) = status_field(&status, "CapEff")
+            .and_then(|v| capability_names(&String::from_utf8_lossy(v)))
+        {
+            labels.insert_all("process:capabilities:effective", caps);
+        }
+
+        match std::fs::read_link(file("exe")) {
+            Ok(path) => labels.insert("process:binary:path", escape_path(&path)),
+            Err(e) => gaps.note("binary path", &e),
+        }
+        match self.hashes.hash(&file("exe")) {
+            Ok(hash) => labels.insert("process:binary:hash", hash),
+            Err(e) => gaps.note("binary hash", &e),
+        }
+        match std::fs::read_link(file("cwd")) {
+            Ok(path) => labels.insert("process:cwd", escape_path(&path)),
+            Err(e) => gaps.note("cwd", &e),
+        }
+        match &stat {
+            Ok(stat) => {
+                if let Some(start) = parse_start_ticks(stat).and_then(|t| self.start_time(t)) {
+                    labels.insert("process:start-time", start);
+                }
+            }
+            Err(e) => gaps.note("start time", e),
+        }
+        match std::fs::read(file("cgroup")) {
+            Ok(content) => {
+                let info = parse_cgroup_file(&String::from_utf8_lossy(&content));
+                if let Some(path) = info.v2_path.as_deref() {
+                    labels.insert("process:cgroup", path);
+                }
+                if let Some(container) = info.identity() {
+                    labels.insert("process:container:id", container.id.clone());
+                }
+            }
+            Err(e) => gaps.note("cgroup", &e),
+        }
+        if self.extract_envs {
+            match read_capped(&file("environ")) {
+                Ok((environ, cut)) => {
+                    self.env_labels(&environ, &mut labels);
+                    if cut {
+                        gaps.unreadable.push(format!(
+                            "environment: larger than {MAX_READ_BYTES} bytes, the rest not read"
+                        ));
+                    }
+                }
+                Err(e) => gaps.note("environment", &e),
+            }
+        }
+        let partial = self.explain_gaps(process, gaps);
+        Ok(Collected { labels, partial })
+    }
+
+    /// Turns what went missing into a status: "exited during collection" when the process is
+    /// gone now, and every item that could not be read for another reason.
+    fn explain_gaps(&self, process: &ProcessRef, gaps: Gaps) -> Option<String> {
+        let mut reasons = gaps.unreadable;
+        if !gaps.vanished.is_empty() {
+            let still_there = std::fs::read(self.roots.proc_file(process.pid, "stat"))
+                .ok()
+                .map(|stat| {
+                    process.start_ticks.is_none() || parse_start_ticks(&stat) == process.start_ticks
+                })
+                .unwrap_or(false);
+            // Still there: the items are simply absent (a kernel thread has no `exe`).
+            if !still_there {
+                reasons.insert(
+                    0,
+                    format!(
+                        "process exited during collection; not read: {}",
+                        gaps.vanished.join(", ")
+                    ),
+                );
+            }
+        }
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+
+    fn parent_labels(&self, ppid: u32, labels: &mut LabelSet) {
+        let Ok(status) = std::fs::read(self.roots.proc_file(ppid, "status")) else {
+            return;
+        };
+        let cmdline = read_capped(&self.roots.proc_file(ppid, "cmdline"))
+            .map(|(c, _)| c)
+            .unwrap_or_default();
+        let args = split_args(&cmdline);
+        if let Some(name) = process_name(&status, &args) {
+            labels.insert("process:parent:name", name);
+        }
+        if let Ok(path) = std::fs::read_link(self.roots.proc_file(ppid, "exe")) {
+            labels.insert("process:parent:binary:path", escape_path(&path));
+        }
+    }
+
+    fn env_labels(&self, environ: &[u8], labels: &mut LabelSet) {
+        for (key, value) in environment::parse_environ(environ) {
+            let key = escape_bytes(key).to_uppercase();
+            let value = if self.redactor.redacts(&key) {
+                REDACTED.to_owned()
+            } else {
+                escape_bytes_limited(value, self.max_value_bytes)
+            };
+            labels.insert(format!("process:env:{key}"), value);
+        }
+    }
+
+    /// RFC 3339 start time from clock ticks since boot.
+    fn start_time(&self, ticks: u64) -> Option<String> {
+        let boot = (*self
+            .boot_time
+            .get_or_init(|| read_boot_time(&self.roots.proc)))?;
+        let hz = clock_ticks_per_second();
+        let started = SystemTime::UNIX_EPOCH
+            + Duration::from_secs(boot)
+            + Duration::from_millis(ticks.saturating_mul(1000) / hz);
+        Some(humantime::format_rfc3339_seconds(started).to_string())
+    }
+}
+
+/// `process:name`: `Name:` of status (the kernel's comm, at most 15 bytes); when it is exactly 15
+/// bytes and the basename of argv[0] starts with it, the comm was cut, so that basename is used.
+fn process_name(status: &[u8], args: &[&[u8]]) -> Option<String> {
+    let comm = unescape_status_name(status_field(status, "Name")?);
+    if comm.len() == 15
+        && let Some(argv0) = args.first()
+    {
+        let base = argv0.rsplit(|&b| b == b'/').next().unwrap_or(argv0);
+        if base.starts_with(&comm) {
+            return Some(escape_bytes(base));
+        }
+    }
+    Some(escape_bytes(&comm))
+}
+
+/// The kernel writes `\n` and `\` in a status Name as `\n` and `\\`.
+fn unescape_status_name(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.iter();
+    while let Some(&b) = bytes.next() {
+        if b == b'\\' {
+            match bytes.next() {
+                Some(b'n') => out.push(b'\n'),
+                Some(b'\\') => out.push(b'\\'),
+                Some(&other) => out.extend_from_slice(&[b'\\', other]),
+                None => out.push(b'\\'),
+            }
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// Arguments of a `cmdline` file: NUL-separated, empty ones dropped.
+fn split_args(cmdline: &[u8]) -> Vec<&[u8]> {
+    cmdline
+        .split(|&b| b == 0)
+        .filter(|arg| !arg.is_empty())
+        .collect()
+}
+
+fn escape_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    escape_bytes(path.as_os_str().as_bytes())
+}
+
+/// Reads at most [`MAX_READ_BYTES`] of `path`; the flag says whether there was more.
+fn read_capped(path: &Path) -> io::Result<(Vec<u8>, bool)> {
+    use std::io::Read;
+    let mut content = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_READ_BYTES + 1)
+        .read_to_end(&mut content)?;
+    let cut = content.len() as u64 > MAX_READ_BYTES;
+    content.truncate(MAX_READ_BYTES as usize);
+    Ok((content, cut))
+}
+
+/// `btime` of `<proc>/stat`: boot time in seconds since the epoch.
+fn read_boot_time(proc_root: &Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(proc_root.join("stat")).ok()?;
+    stat.lines()
+        .find_map(|line| line.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as u64 } else { 100 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(name: &str) -> Vec<u8> {
+        format!("Name:\t{name}\nUmask:\t0022\n").into_bytes()
+    }
+
+    #[test]
+    fn name_uses_argv0_basename_only_when_comm_was_cut() {
+        let long = "/usr/lib/systemd/systemd-journald";
+        assert_eq!(
+            process_name(&status("systemd-journal"), &[long.as_bytes()]).unwrap(),
+            "systemd-journald"
+        );
+        // 15 chars but argv[0] does not start with it (renamed thread): keep comm.
+        assert_eq!(
+            process_name(&status("systemd-journal"), &[b"/bin/other"]).unwrap(),
+            "systemd-journal"
+        );
+        // Shorter than 15: comm as is, even if argv[0] differs.
+        assert_eq!(process_name(&status("bash"), &[b"-bash"]).unwrap(), "bash");
+        assert_eq!(
+            process_name(&status("kworker/0:1"), &[]).unwrap(),
+            "kworker/0:1"
+        );
+        assert_eq!(
+            process_name(&status(r"a\\b\nc"), &[]).unwrap(),
+            r"a\\b\x0ac"
+        );
+        assert!(process_name(b"Umask:\t0022\n", &[]).is_none());
+    }
+
+    #[test]
+    fn args_drop_empty_entries() {
+        assert_eq!(split_args(b"a\0\0b c\0\0"), [&b"a"[..], b"b c"]);
+        assert!(split_args(b"").is_empty());
+    }
+}

@@ -1,0 +1,359 @@
+//! The registry: runs enabled collectors concurrently, each under its own deadline, and keeps
+//! partial results when one of them fails.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::LabelSet;
+use crate::collector::{CollectError, Collector, Scope, Subject};
+
+/// How one collector's run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum CollectorStatus {
+    /// Everything was read.
+    Ok,
+    /// Labels were produced but part of the data could not be read.
+    Partial {
+        /// What was missing and why.
+        reason: String,
+    },
+    /// Turned off in the configuration.
+    Disabled,
+    /// The data source is not on this machine.
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+    /// The source does not concern this subject (a process outside any container).
+    NotApplicable {
+        /// Why.
+        reason: String,
+    },
+    /// The process does not exist.
+    NoSuchProcess,
+    /// The source failed.
+    Failed {
+        /// The error.
+        error: String,
+    },
+    /// The deadline passed before the collector finished.
+    TimedOut {
+        /// The deadline, in milliseconds.
+        after_ms: u64,
+    },
+}
+
+impl CollectorStatus {
+    /// Short state name (`ok`, `partial`, `disabled`, ...).
+    pub fn state(&self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Partial { .. } => "partial",
+            Self::Disabled => "disabled",
+            Self::Unavailable { .. } => "unavailable",
+            Self::NotApplicable { .. } => "not_applicable",
+            Self::NoSuchProcess => "no_such_process",
+            Self::Failed { .. } => "failed",
+            Self::TimedOut { .. } => "timed_out",
+        }
+    }
+
+    /// The reason or error, when the state has one.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            Self::Partial { reason }
+            | Self::Unavailable { reason }
+            | Self::NotApplicable { reason } => Some(reason.clone()),
+            Self::Failed { error } => Some(error.clone()),
+            Self::TimedOut { after_ms } => Some(format!("no answer within {after_ms} ms")),
+            Self::Ok | Self::Disabled | Self::NoSuchProcess => None,
+        }
+    }
+
+    /// Whether the state counts as an error for metrics and logs.
+    pub fn is_error(&self) -> bool {
+        matches!(self, Self::Failed { .. } | Self::TimedOut { .. })
+    }
+}
+
+/// One collector's result within a collection.
+#[derive(Debug, Clone, Serialize)]
+pub struct CollectorReport {
+    /// The collector's name.
+    pub name: &'static str,
+    /// Its scope.
+    pub scope: Scope,
+    /// How its run ended.
+    pub status: CollectorStatus,
+    /// How long it took.
+    #[serde(serialize_with = "serialize_millis", rename = "latency_ms")]
+    pub latency: Duration,
+    /// Its labels (empty unless the status is ok or partial).
+    #[serde(skip)]
+    pub labels: LabelSet,
+}
+
+fn serialize_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+/// A collector with its registry settings.
+#[derive(Clone)]
+pub struct Registered {
+    /// The collector.
+    pub collector: Arc<dyn Collector>,
+    /// Whether it runs at all.
+    pub enabled: bool,
+    /// Its deadline.
+    pub timeout: Duration,
+}
+
+/// The set of collectors the agent runs.
+#[derive(Clone, Default)]
+pub struct Registry {
+    collectors: Vec<Registered>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a collector; `timeout` of `None` means the collector's default deadline.
+    pub fn register(
+        &mut self,
+        collector: Arc<dyn Collector>,
+        enabled: bool,
+        timeout: Option<Duration>,
+    ) -> &mut Self {
+        let timeout = timeout.unwrap_or_else(|| collector.default_timeout());
+        self.collectors.push(Registered {
+            collector,
+            enabled,
+            timeout,
+        });
+        self
+    }
+
+    /// The registered collectors, in registration order.
+    pub fn collectors(&self) -> &[Registered] {
+        &self.collectors
+    }
+
+    /// Runs every collector of `scope` (all scopes when `None`) concurrently against `subject`.
+    ///
+    /// Reports come back in registration order, one per collector, disabled ones included.
+    /// A collector that panics, fails or overruns its deadline only loses its own labels.
+    pub async fn collect(&self, scope: Option<Scope>, subject: &Subject) -> Vec<CollectorReport> {
+        let selected: Vec<&Registered> = self
+            .collectors
+            .iter()
+            .filter(|r| scope.is_none_or(|s| r.collector.scope() == s))
+            .collect();
+        let mut reports: Vec<Option<CollectorReport>> = vec![None; selected.len()];
+        let mut tasks = JoinSet::new();
+        for (index, registered) in selected.iter().enumerate() {
+            if !registered.enabled {
+                reports[index] = Some(CollectorReport {
+                    name: registered.collector.name(),
+                    scope: registered.collector.scope(),
+                    status: CollectorStatus::Disabled,
+                    latency: Duration::ZERO,
+                    labels: LabelSet::new(),
+                });
+                continue;
+            }
+            let collector = Arc::clone(&registered.collector);
+            let timeout = registered.timeout;
+            let subject = subject.clone();
+            tasks.spawn(async move {
+                let started = Instant::now();
+                let outcome = tokio::time::timeout(timeout, collector.collect(&subject)).await;
+                (index, outcome, started.elapsed())
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((index, outcome, latency)) = joined else {
+                continue; // a panic: its slot is filled as failed below
+            };
+            let registered = selected[index];
+            let (status, labels) = match outcome {
+                Err(_) => (
+                    CollectorStatus::TimedOut {
+                        after_ms: registered.timeout.as_millis() as u64,
+                    },
+                    LabelSet::new(),
+                ),
+                Ok(Ok(collected)) => match collected.partial {
+                    None => (CollectorStatus::Ok, collected.labels),
+                    Some(reason) => (CollectorStatus::Partial { reason }, collected.labels),
+                },
+                Ok(Err(error)) => (status_of(error), LabelSet::new()),
+            };
+            reports[index] = Some(CollectorReport {
+                name: registered.collector.name(),
+                scope: registered.collector.scope(),
+                status,
+                latency,
+                labels,
+            });
+        }
+        reports
+            .into_iter()
+            .enumerate()
+            .map(|(index, report)| {
+                report.unwrap_or_else(|| CollectorReport {
+                    name: selected[index].collector.name(),
+                    scope: selected[index].collector.scope(),
+                    status: CollectorStatus::Failed {
+                        error: "collector panicked".to_owned(),
+                    },
+                    latency: Duration::ZERO,
+                    labels: LabelSet::new(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn status_of(error: CollectError) -> CollectorStatus {
+    match error {
+        CollectError::Unavailable(reason) => CollectorStatus::Unavailable { reason },
+        CollectError::NotApplicable(reason) => CollectorStatus::NotApplicable { reason },
+        CollectError::NoSuchProcess(_) => CollectorStatus::NoSuchProcess,
+        CollectError::Failed(error) => CollectorStatus::Failed { error },
+    }
+}
+
+/// Merges the labels of every report into one set.
+pub fn merge_labels(reports: &[CollectorReport]) -> LabelSet {
+    let mut labels = LabelSet::new();
+    for report in reports {
+        labels.merge(&report.labels);
+    }
+    labels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collector::Collected;
+    use async_trait::async_trait;
+
+    struct Fake {
+        name: &'static str,
+        behaviour: Behaviour,
+    }
+
+    enum Behaviour {
+        Labels(&'static str, &'static str),
+        Partial,
+        Sleep(Duration),
+        Barrier(Arc<tokio::sync::Barrier>),
+        Fail,
+        Unavailable,
+        Panic,
+    }
+
+    #[async_trait]
+    impl Collector for Fake {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn scope(&self) -> Scope {
+            Scope::Node
+        }
+        fn label_keys(&self) -> &'static [&'static str] {
+            &[]
+        }
+        async fn collect(&self, _: &Subject) -> Result<Collected, CollectError> {
+            let mut labels = LabelSet::new();
+            match &self.behaviour {
+                Behaviour::Labels(k, v) => labels.insert(*k, *v),
+                Behaviour::Partial => {
+                    labels.insert("p:k", "v");
+                    return Ok(Collected {
+                        labels,
+                        partial: Some("gone".into()),
+                    });
+                }
+                Behaviour::Sleep(d) => {
+                    tokio::time::sleep(*d).await;
+                    labels.insert("slow:k", "v");
+                }
+                Behaviour::Barrier(barrier) => {
+                    barrier.wait().await;
+                }
+                Behaviour::Fail => return Err(CollectError::Failed("boom".into())),
+                Behaviour::Unavailable => return Err(CollectError::Unavailable("absent".into())),
+                Behaviour::Panic => panic!("collector bug"),
+            }
+            Ok(Collected::complete(labels))
+        }
+    }
+
+    fn fake(name: &'static str, behaviour: Behaviour) -> Arc<dyn Collector> {
+        Arc::new(Fake { name, behaviour })
+    }
+
+    #[tokio::test]
+    async fn every_outcome_is_reported_and_partial_results_are_kept() {
+        let mut registry = Registry::new();
+        registry
+            .register(fake("ok", Behaviour::Labels("a:b", "c")), true, None)
+            .register(fake("partial", Behaviour::Partial), true, None)
+            .register(fake("off", Behaviour::Labels("x:y", "z")), false, None)
+            .register(
+                fake("slow", Behaviour::Sleep(Duration::from_secs(30))),
+                true,
+                Some(Duration::from_millis(50)),
+            )
+            .register(fake("fail", Behaviour::Fail), true, None)
+            .register(fake("absent", Behaviour::Unavailable), true, None)
+            .register(fake("panics", Behaviour::Panic), true, None);
+        let started = Instant::now();
+        let reports = registry.collect(None, &Subject::node()).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let states: Vec<(&str, &str)> =
+            reports.iter().map(|r| (r.name, r.status.state())).collect();
+        assert_eq!(
+            states,
+            [
+                ("ok", "ok"),
+                ("partial", "partial"),
+                ("off", "disabled"),
+                ("slow", "timed_out"),
+                ("fail", "failed"),
+                ("absent", "unavailable"),
+                ("panics", "failed"),
+            ]
+        );
+        let labels = merge_labels(&reports);
+        assert_eq!(labels.to_text(), "a:b: c\np:k: v\n");
+    }
+
+    #[tokio::test]
+    async fn collectors_run_concurrently() {
+        // Each collector waits until all four are inside collect(): run one after the other,
+        // the first would wait forever and time out.
+        let barrier = Arc::new(tokio::sync::Barrier::new(4));
+        let mut registry = Registry::new();
+        for name in ["s1", "s2", "s3", "s4"] {
+            registry.register(
+                fake(name, Behaviour::Barrier(Arc::clone(&barrier))),
+                true,
+                Some(Duration::from_secs(10)),
+            );
+        }
+        let reports = registry.collect(Some(Scope::Node), &Subject::node()).await;
+        assert!(
+            reports.iter().all(|r| r.status == CollectorStatus::Ok),
+            "{reports:?}"
+        );
+    }
+}

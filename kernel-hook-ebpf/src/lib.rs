@@ -1,0 +1,1 @@
+//! The C BPF programs and their committed compiled object (filled by the kernel-hook issue).

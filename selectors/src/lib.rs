@@ -1,0 +1,1 @@
+//! Policy and selector engine (filled by the selectors issue).
