@@ -58,7 +58,15 @@ pub struct ProcfsConfig {
     pub max_value_bytes: Option<usize>,
     /// Number of binary hashes cached (default 4096).
     pub hash_cache_entries: Option<usize>,
+    /// How long a lookup waits for the hash of a binary not yet in the cache (default 350ms,
+    /// below the collector's deadline). Past it the other labels are returned (status partial)
+    /// and the hash goes on in the background into the cache.
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub hash_wait: Option<Duration>,
 }
+
+/// Default wait for an uncached binary hash.
+pub const DEFAULT_HASH_WAIT: Duration = Duration::from_millis(350);
 
 /// Every key this collector emits.
 pub const LABEL_KEYS: &[&str] = &[
@@ -101,6 +109,7 @@ struct Inner {
     users: IdNames,
     groups: IdNames,
     boot_time: OnceLock<Option<u64>>,
+    hash_wait: Duration,
 }
 
 impl ProcfsCollector {
@@ -126,6 +135,7 @@ impl ProcfsCollector {
                         .unwrap_or(DEFAULT_HASH_CACHE_ENTRIES),
                 ),
                 boot_time: OnceLock::new(),
+                hash_wait: config.hash_wait.unwrap_or(DEFAULT_HASH_WAIT),
             }),
         }
     }
@@ -135,9 +145,13 @@ impl ProcfsCollector {
         &self.inner.hashes
     }
 
-    /// Collects the labels of `process` without an async runtime (blocking file I/O).
+    /// Collects the labels of `process` without an async runtime (blocking file I/O; waits for
+    /// the binary hash however long it takes).
     pub fn collect_blocking(&self, process: &ProcessRef) -> Result<Collected, CollectError> {
-        self.inner.collect(process)
+        let mut collected = self.inner.collect(process)?;
+        let hash = self.inner.hash_binary(process.pid);
+        self.inner.add_hash(process, hash, &mut collected);
+        Ok(collected)
     }
 }
 
@@ -160,18 +174,34 @@ impl Collector for ProcfsCollector {
             return Err(CollectError::NotApplicable("no process given".to_owned()));
         };
         let inner = Arc::clone(&self.inner);
+        // Hashing a large binary the first time can take longer than everything else: it runs
+        // in its own blocking task, so the other labels never wait past `hash_wait` for it.
+        let hashing = tokio::task::spawn_blocking(move || inner.hash_binary(process.pid));
+        let inner = Arc::clone(&self.inner);
         // procfs reads are blocking syscalls: one blocking task per process, not one per file.
-        tokio::task::spawn_blocking(move || inner.collect(&process))
+        let mut collected = tokio::task::spawn_blocking(move || inner.collect(&process))
             .await
-            .map_err(|e| CollectError::Failed(format!("procfs task failed: {e}")))?
+            .map_err(|e| CollectError::Failed(format!("procfs task failed: {e}")))??;
+        match tokio::time::timeout(self.inner.hash_wait, hashing).await {
+            Ok(Ok(hash)) => self.inner.add_hash(&process, hash, &mut collected),
+            Ok(Err(e)) => add_partial(&mut collected, format!("binary hash: task failed: {e}")),
+            Err(_) => add_partial(
+                &mut collected,
+                format!(
+                    "binary hash: not finished within {} ms (large binary; it is cached once done)",
+                    self.inner.hash_wait.as_millis()
+                ),
+            ),
+        }
+        Ok(collected)
     }
 }
 
 /// What went missing during one collection.
 #[derive(Default)]
 struct Gaps {
-    /// Items whose file vanished (the process may have exited).
-    vanished: Vec<&'static str>,
+    /// Items whose file vanished (the process may have exited), with the error.
+    vanished: Vec<(&'static str, String)>,
     /// Items that could not be read for another reason.
     unreadable: Vec<String>,
 }
@@ -179,7 +209,7 @@ struct Gaps {
 impl Gaps {
     fn note(&mut self, item: &'static str, error: &io::Error) {
         if is_gone(error) {
-            self.vanished.push(item);
+            self.vanished.push((item, describe(error)));
         } else {
             self.unreadable.push(format!("{item}: {}", describe(error)));
         }
@@ -285,10 +315,6 @@ impl Inner {
             Ok(path) => labels.insert("process:binary:path", escape_path(&path)),
             Err(e) => gaps.note("binary path", &e),
         }
-        match self.hashes.hash(&file("exe")) {
-            Ok(hash) => labels.insert("process:binary:hash", hash),
-            Err(e) => gaps.note("binary hash", &e),
-        }
         match std::fs::read_link(file("cwd")) {
             Ok(path) => labels.insert("process:cwd", escape_path(&path)),
             Err(e) => gaps.note("cwd", &e),
@@ -335,24 +361,47 @@ impl Inner {
     fn explain_gaps(&self, process: &ProcessRef, gaps: Gaps) -> Option<String> {
         let mut reasons = gaps.unreadable;
         if !gaps.vanished.is_empty() {
-            let still_there = std::fs::read(self.roots.proc_file(process.pid, "stat"))
-                .ok()
-                .map(|stat| {
-                    process.start_ticks.is_none() || parse_start_ticks(&stat) == process.start_ticks
-                })
-                .unwrap_or(false);
-            // Still there: the items are simply absent (a kernel thread has no `exe`).
+            let stat = std::fs::read(self.roots.proc_file(process.pid, "stat")).ok();
+            let still_there = stat.as_deref().is_some_and(|stat| {
+                process.start_ticks.is_none() || parse_start_ticks(stat) == process.start_ticks
+            });
             if !still_there {
+                let items: Vec<&str> = gaps.vanished.iter().map(|(item, _)| *item).collect();
                 reasons.insert(
                     0,
                     format!(
                         "process exited during collection; not read: {}",
-                        gaps.vanished.join(", ")
+                        items.join(", ")
                     ),
+                );
+            } else if !stat.as_deref().is_some_and(is_kernel_thread) {
+                // Alive, and not a kernel thread (which has no `exe`): the gap is real.
+                reasons.extend(
+                    gaps.vanished
+                        .iter()
+                        .map(|(item, error)| format!("{item}: {error}")),
                 );
             }
         }
         (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+
+    fn hash_binary(&self, pid: u32) -> io::Result<String> {
+        self.hashes.hash(&self.roots.proc_file(pid, "exe"))
+    }
+
+    /// Adds the hash (or why there is none) to a collection.
+    fn add_hash(&self, process: &ProcessRef, hash: io::Result<String>, collected: &mut Collected) {
+        match hash {
+            Ok(hash) => collected.labels.insert("process:binary:hash", hash),
+            Err(e) => {
+                let mut gaps = Gaps::default();
+                gaps.note("binary hash", &e);
+                if let Some(reason) = self.explain_gaps(process, gaps) {
+                    add_partial(collected, reason);
+                }
+            }
+        }
     }
 
     fn parent_labels(&self, ppid: u32, labels: &mut LabelSet) {
@@ -394,6 +443,25 @@ impl Inner {
             + Duration::from_millis(ticks.saturating_mul(1000) / hz);
         Some(humantime::format_rfc3339_seconds(started).to_string())
     }
+}
+
+/// Whether `stat` flags (field 9) carry `PF_KTHREAD`.
+fn is_kernel_thread(stat: &[u8]) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let Some(close) = stat.iter().rposition(|&b| b == b')') else {
+        return false;
+    };
+    std::str::from_utf8(&stat[close + 1..])
+        .ok()
+        .and_then(|rest| rest.split_ascii_whitespace().nth(6)?.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
+fn add_partial(collected: &mut Collected, reason: String) {
+    collected.partial = Some(match collected.partial.take() {
+        Some(existing) => format!("{existing}; {reason}"),
+        None => reason,
+    });
 }
 
 /// `process:name`: `Name:` of status (the kernel's comm, at most 15 bytes); when it is exactly 15
@@ -500,6 +568,14 @@ mod tests {
             r"a\\b\x0ac"
         );
         assert!(process_name(b"Umask:\t0022\n", &[]).is_none());
+    }
+
+    #[test]
+    fn kernel_threads_are_recognized_by_their_flags() {
+        let kthreadd = b"2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 1 0 0";
+        let bash = b"7 (bash) S 1 7 7 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 9 0 0";
+        assert!(is_kernel_thread(kthreadd));
+        assert!(!is_kernel_thread(bash));
     }
 
     #[test]

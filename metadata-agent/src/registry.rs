@@ -1,0 +1,33 @@
+//! Builds the collector registry from the configuration: one registration line per collector.
+
+use std::sync::Arc;
+
+use collectors::linuxos::LinuxOsCollector;
+use collectors::procfs::ProcfsCollector;
+use collectors::sysfsdmi::SysfsDmiCollector;
+use collectors::{HostRoots, Registry};
+
+use crate::config::Config;
+
+/// The registry for `config`, reading the host through `roots`.
+pub fn build_registry(config: &Config, roots: &HostRoots) -> Registry {
+    let c = &config.collectors;
+    let mut registry = Registry::new();
+    registry
+        .register(
+            Arc::new(ProcfsCollector::new(roots.clone(), &c.procfs)),
+            c.procfs.enabled.unwrap_or(true),
+            c.procfs.timeout,
+        )
+        .register(
+            Arc::new(LinuxOsCollector::new(roots.clone())),
+            c.linuxos.enabled.unwrap_or(true),
+            c.linuxos.timeout,
+        )
+        .register(
+            Arc::new(SysfsDmiCollector::new(roots.clone())),
+            c.sysfsdmi.enabled.unwrap_or(true),
+            c.sysfsdmi.timeout,
+        );
+    registry
+}
