@@ -94,3 +94,14 @@ impl Collector for SysfsDmiCollector {
         Ok(Collected::complete(labels))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_keys_are_the_dmi_file_keys() {
+        let from_files: Vec<&str> = DMI_FILES.iter().map(|(_, key)| *key).collect();
+        assert_eq!(from_files, LABEL_KEYS);
+    }
+}

@@ -158,3 +158,31 @@ mod tests {
         assert!(message.starts_with("agent.yaml: "), "{message}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_is_valid_and_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/agent.example.yaml");
+        let config = Config::load(&path).unwrap();
+        let procfs = &config.collectors.procfs;
+        assert!(!procfs.extract_envs);
+        assert_eq!(
+            procfs.max_value_bytes,
+            Some(collectors::procfs::DEFAULT_MAX_VALUE_BYTES)
+        );
+        assert_eq!(
+            procfs.hash_wait,
+            Some(collectors::procfs::DEFAULT_HASH_WAIT)
+        );
+        let patterns: Vec<&str> = procfs
+            .redact_env_patterns
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(patterns, collectors::procfs::DEFAULT_REDACT_PATTERNS);
+    }
+}

@@ -14,6 +14,7 @@ use crate::resolution::resolve_once;
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
     /// The process: a PID (a thread id resolves to its process) or `self`.
+    #[arg(allow_hyphen_values = true)]
     pub pid: String,
     /// Configuration file (YAML).
     #[arg(long, value_name = "FILE")]

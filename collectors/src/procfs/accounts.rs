@@ -9,7 +9,13 @@ use std::time::SystemTime;
 /// A `name:x:id:...` file, re-read when its modification time changes.
 pub struct IdNames {
     path: PathBuf,
-    cached: Mutex<Option<(Option<SystemTime>, HashMap<u32, String>)>>,
+    cached: Mutex<Option<Snapshot>>,
+}
+
+/// The file's names as of one modification time.
+struct Snapshot {
+    mtime: Option<SystemTime>,
+    names: HashMap<u32, String>,
 }
 
 impl IdNames {
@@ -27,13 +33,14 @@ impl IdNames {
             .and_then(|m| m.modified())
             .ok();
         let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = matches!(&*cached, Some((seen, _)) if *seen == mtime && mtime.is_some());
+        let fresh = matches!(&*cached, Some(s) if s.mtime == mtime && mtime.is_some());
         if !fresh {
-            *cached = Some((mtime, parse_id_file(&self.path)));
+            *cached = Some(Snapshot {
+                mtime,
+                names: parse_id_file(&self.path),
+            });
         }
-        cached
-            .as_ref()
-            .and_then(|(_, names)| names.get(&id).cloned())
+        cached.as_ref().and_then(|s| s.names.get(&id).cloned())
     }
 }
 
