@@ -51,6 +51,21 @@ fn wait_for_exec(pid: u32, bin: &Path) {
     }
 }
 
+/// Spawns `command`, retrying while the binary is "text file busy": a binary just written can
+/// stay open for writing in a child that another test thread forked and has not exec'd yet.
+fn spawn(command: &mut Command) -> Reaped {
+    for _ in 0..100 {
+        match command.spawn() {
+            Ok(child) => return Reaped(child),
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot spawn {command:?}: {e}"),
+        }
+    }
+    panic!("{command:?}: text file busy for 2 s");
+}
+
 fn inspect(pid: &str, config: Option<&Path>) -> (String, String) {
     let mut command = agent();
     command.arg("inspect").arg(pid);
@@ -121,7 +136,7 @@ fn every_process_key_of_a_child_with_chosen_credentials() {
             Ok(())
         });
     }
-    let child = Reaped(command.spawn().unwrap());
+    let child = spawn(&mut command);
     let pid = child.0.id();
     wait_for_exec(pid, &bin);
 
@@ -201,15 +216,13 @@ fn non_utf8_argv_is_kept_escaped_and_the_name_rule_holds() {
     let dir = tempfile::tempdir().unwrap();
     let bin = sleepy_binary(dir.path());
     // bash's `exec -a` sets argv[0] to arbitrary bytes.
-    let child = Reaped(
+    let child = spawn(
         Command::new("bash")
             .arg("-c")
             .arg("exec -a \"$0\" \"$1\" 600")
             .arg(OsStr::from_bytes(b"bad\xffname"))
             .arg(&bin)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .stdin(Stdio::null()),
     );
     let pid = child.0.id();
     wait_for_exec(pid, &bin);
