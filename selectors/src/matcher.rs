@@ -1,0 +1,295 @@
+//! Matching a label set against a set of policies, through an index, and explaining the result.
+//!
+//! Each selector is filed in the index under one "driver" constraint: an exact or any-of
+//! constraint files it under each (key, value) it accepts; else a glob, regex or `exists: true`
+//! constraint files it under its key; else (only `notIn` / `exists: false`, or `{}`) it is always a
+//! candidate. A lookup walks the label set's keys and values once, collects the candidate
+//! selectors, and evaluates only those. [`PolicySet::evaluate_naive`] checks every selector and
+//! is kept as the reference the index is tested and benchmarked against.
+
+use std::collections::HashMap;
+
+use collectors::LabelSet;
+use serde::Serialize;
+
+use crate::policy::{Action, Operator, Policy};
+
+/// A policy that matched, with why it ranks where it does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyMatch {
+    /// The policy's name.
+    pub name: String,
+    /// Its action.
+    pub action: Action,
+    /// Its priority.
+    pub priority: i64,
+    /// Number of constraints of the best matching selector.
+    pub specificity: usize,
+    /// Index (from 0) of that selector in the policy.
+    pub selector: usize,
+    /// The file the policy is in.
+    pub file: String,
+}
+
+/// The matching policies in precedence order, and the verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Evaluation {
+    /// The first match's action, or the default.
+    pub verdict: Action,
+    /// Whether no policy matched and the default decided.
+    pub default_applied: bool,
+    /// Every matching policy: priority (high first), then specificity (high first), then file
+    /// order.
+    pub matches: Vec<PolicyMatch>,
+}
+
+/// The outcome of one constraint, for explanations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConstraintResult {
+    /// The label key.
+    pub key: String,
+    /// The test, e.g. `in ["1000", "1001"]`.
+    pub test: String,
+    /// Whether it held.
+    pub matched: bool,
+    /// The label's values (empty: absent).
+    pub found: Vec<String>,
+}
+
+/// One selector checked in full.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SelectorExplanation {
+    /// The policy.
+    pub policy: String,
+    /// The selector's index in it.
+    pub selector: usize,
+    /// `file:line:column` of the selector.
+    pub location: String,
+    /// Whether all constraints held.
+    pub matched: bool,
+    /// Each constraint.
+    pub constraints: Vec<ConstraintResult>,
+}
+
+/// An evaluation with the selectors that matched and the closest ones that did not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    /// The evaluation.
+    #[serde(flatten)]
+    pub evaluation: Evaluation,
+    /// Every selector that matched.
+    pub matched: Vec<SelectorExplanation>,
+    /// Selectors that did not match, fewest failed constraints first.
+    pub near_misses: Vec<SelectorExplanation>,
+}
+
+/// How many near misses an explanation lists.
+pub const NEAR_MISS_LIMIT: usize = 10;
+
+/// Where a selector is filed in the index.
+#[derive(Default)]
+struct Index {
+    by_value: HashMap<String, HashMap<String, Vec<u32>>>,
+    by_key: HashMap<String, Vec<u32>>,
+    always: Vec<u32>,
+}
+
+/// Compiled policies, ready to match.
+pub struct PolicySet {
+    policies: Vec<Policy>,
+    /// (policy, selector) of every selector, indexed by selector id.
+    selectors: Vec<(u32, u32)>,
+    index: Index,
+    default_action: Action,
+}
+
+impl PolicySet {
+    /// Indexes `policies` (in file order). `default_action` is the verdict when none matches.
+    pub fn new(policies: Vec<Policy>, default_action: Action) -> Self {
+        let mut selectors = Vec::new();
+        let mut index = Index::default();
+        for (p, policy) in policies.iter().enumerate() {
+            for (s, selector) in policy.selectors.iter().enumerate() {
+                let id = selectors.len() as u32;
+                selectors.push((p as u32, s as u32));
+                let exact = selector.constraints.iter().find_map(|c| match &c.operator {
+                    Operator::Equals(v) => Some((&c.key, std::slice::from_ref(v))),
+                    Operator::AnyOf(list) => Some((&c.key, list.as_slice())),
+                    _ => None,
+                });
+                if let Some((key, values)) = exact {
+                    let by_value = index.by_value.entry(key.clone()).or_default();
+                    for value in values {
+                        let ids = by_value.entry(value.clone()).or_default();
+                        if ids.last() != Some(&id) {
+                            ids.push(id);
+                        }
+                    }
+                    continue;
+                }
+                let keyed = selector.constraints.iter().find(|c| {
+                    matches!(
+                        c.operator,
+                        Operator::Glob(..) | Operator::Regex(..) | Operator::Exists(true)
+                    )
+                });
+                match keyed {
+                    Some(c) => index.by_key.entry(c.key.clone()).or_default().push(id),
+                    None => index.always.push(id),
+                }
+            }
+        }
+        Self {
+            policies,
+            selectors,
+            index,
+            default_action,
+        }
+    }
+
+    /// The policies, in file order.
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    /// The verdict when no policy matches.
+    pub fn default_action(&self) -> Action {
+        self.default_action
+    }
+
+    /// The matching policies and the verdict, through the index.
+    pub fn evaluate(&self, labels: &LabelSet) -> Evaluation {
+        let mut seen = vec![0u64; self.selectors.len().div_ceil(64)];
+        let mut hits: Vec<(u32, u32, usize)> = Vec::new();
+        let mut consider = |id: u32, hits: &mut Vec<(u32, u32, usize)>| {
+            let (word, bit) = ((id / 64) as usize, id % 64);
+            if seen[word] & (1 << bit) != 0 {
+                return;
+            }
+            seen[word] |= 1 << bit;
+            let (p, s) = self.selectors[id as usize];
+            let selector = &self.policies[p as usize].selectors[s as usize];
+            if selector.matches(labels) {
+                hits.push((p, s, selector.constraints.len()));
+            }
+        };
+        for (key, values) in labels.iter() {
+            if let Some(by_value) = self.index.by_value.get(key) {
+                for value in values {
+                    if let Some(ids) = by_value.get(value) {
+                        for &id in ids {
+                            consider(id, &mut hits);
+                        }
+                    }
+                }
+            }
+            if let Some(ids) = self.index.by_key.get(key) {
+                for &id in ids {
+                    consider(id, &mut hits);
+                }
+            }
+        }
+        for &id in &self.index.always {
+            consider(id, &mut hits);
+        }
+        self.rank(hits)
+    }
+
+    /// The same result as [`PolicySet::evaluate`], checking every selector of every policy.
+    pub fn evaluate_naive(&self, labels: &LabelSet) -> Evaluation {
+        let mut hits = Vec::new();
+        for (p, policy) in self.policies.iter().enumerate() {
+            for (s, selector) in policy.selectors.iter().enumerate() {
+                if selector.matches(labels) {
+                    hits.push((p as u32, s as u32, selector.constraints.len()));
+                }
+            }
+        }
+        self.rank(hits)
+    }
+
+    /// Orders matching selectors into the evaluation: one entry per policy (its most specific
+    /// selector, the first on ties), then precedence.
+    fn rank(&self, mut hits: Vec<(u32, u32, usize)>) -> Evaluation {
+        hits.sort_by(|a, b| a.0.cmp(&b.0).then(b.2.cmp(&a.2)).then(a.1.cmp(&b.1)));
+        hits.dedup_by_key(|h| h.0);
+        hits.sort_by(|a, b| {
+            let (pa, pb) = (&self.policies[a.0 as usize], &self.policies[b.0 as usize]);
+            pb.priority
+                .cmp(&pa.priority)
+                .then(b.2.cmp(&a.2))
+                .then(a.0.cmp(&b.0))
+        });
+        let matches: Vec<PolicyMatch> = hits
+            .into_iter()
+            .map(|(p, s, specificity)| {
+                let policy = &self.policies[p as usize];
+                PolicyMatch {
+                    name: policy.name.clone(),
+                    action: policy.action,
+                    priority: policy.priority,
+                    specificity,
+                    selector: s as usize,
+                    file: policy.file.display().to_string(),
+                }
+            })
+            .collect();
+        Evaluation {
+            verdict: matches.first().map_or(self.default_action, |m| m.action),
+            default_applied: matches.is_empty(),
+            matches,
+        }
+    }
+
+    /// The evaluation, every matching selector, and the selectors that came closest to matching
+    /// with the constraints that failed.
+    pub fn explain(&self, labels: &LabelSet) -> Explanation {
+        let evaluation = self.evaluate(labels);
+        let mut matched = Vec::new();
+        let mut misses = Vec::new();
+        for policy in &self.policies {
+            for (s, selector) in policy.selectors.iter().enumerate() {
+                let constraints: Vec<ConstraintResult> = selector
+                    .constraints
+                    .iter()
+                    .map(|c| ConstraintResult {
+                        key: c.key.clone(),
+                        test: c.operator.to_string(),
+                        matched: c.matches(labels),
+                        found: labels.get(&c.key).to_vec(),
+                    })
+                    .collect();
+                let failed = constraints.iter().filter(|c| !c.matched).count();
+                let explanation = SelectorExplanation {
+                    policy: policy.name.clone(),
+                    selector: s,
+                    location: format!(
+                        "{}:{}:{}",
+                        policy.file.display(),
+                        selector.at.line,
+                        selector.at.column
+                    ),
+                    matched: failed == 0,
+                    constraints,
+                };
+                if failed == 0 {
+                    matched.push(explanation);
+                } else {
+                    let total = explanation.constraints.len();
+                    misses.push((failed, total, explanation));
+                }
+            }
+        }
+        // Fewest failures first; among equals, the selector that got furthest.
+        misses.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        Explanation {
+            evaluation,
+            matched,
+            near_misses: misses
+                .into_iter()
+                .take(NEAR_MISS_LIMIT)
+                .map(|(_, _, e)| e)
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,513 @@
+//! Policies, selectors and constraints, compiled from YAML nodes with every validation error
+//! collected (not just the first).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use collectors::LabelSet;
+use serde::Serialize;
+
+use crate::error::PolicyError;
+use crate::node::{Located, Node, Position, parse_document};
+
+/// What a matching policy asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Let the connection through.
+    Allow,
+    /// Refuse the connection.
+    Deny,
+    /// Only record it (the default).
+    #[default]
+    Log,
+}
+
+impl Action {
+    /// Parses `allow`, `deny` or `log`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "allow" => Some(Self::Allow),
+            "deny" => Some(Self::Deny),
+            "log" => Some(Self::Log),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Log => "log",
+        })
+    }
+}
+
+/// How one label key is tested.
+#[derive(Debug, Clone)]
+pub enum Operator {
+    /// One of the label's values equals this (a scalar in YAML).
+    Equals(String),
+    /// One of the label's values is in this list (a YAML list, or `{in: [...]}`).
+    AnyOf(Vec<String>),
+    /// None of the label's values is in this list (an absent label matches).
+    NotIn(Vec<String>),
+    /// The label is present (`true`) or absent (`false`).
+    Exists(bool),
+    /// One of the label's values matches this glob (`*` matches any run of characters, `/`
+    /// included; `?` one character; `[...]` a class; `{a,b}` alternatives).
+    Glob(String, globset::GlobMatcher),
+    /// One of the label's values matches this regular expression in full (linear-time engine).
+    Regex(String, regex::Regex),
+}
+
+impl Operator {
+    /// Whether `values` (the label's values; empty when absent) satisfy the operator.
+    pub fn matches(&self, values: &[String]) -> bool {
+        match self {
+            Self::Equals(expected) => values.iter().any(|v| v == expected),
+            Self::AnyOf(list) => values.iter().any(|v| list.contains(v)),
+            Self::NotIn(list) => !values.iter().any(|v| list.contains(v)),
+            Self::Exists(wanted) => !values.is_empty() == *wanted,
+            Self::Glob(_, glob) => values.iter().any(|v| glob.is_match(v)),
+            Self::Regex(_, regex) => values.iter().any(|v| regex.is_match(v)),
+        }
+    }
+}
+
+impl fmt::Display for Operator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Equals(v) => write!(f, "= {v:?}"),
+            Self::AnyOf(list) => write!(f, "in {list:?}"),
+            Self::NotIn(list) => write!(f, "notIn {list:?}"),
+            Self::Exists(true) => f.write_str("exists"),
+            Self::Exists(false) => f.write_str("does not exist"),
+            Self::Glob(pattern, _) => write!(f, "glob {pattern:?}"),
+            Self::Regex(pattern, _) => write!(f, "regex {pattern:?}"),
+        }
+    }
+}
+
+/// One `key: test` entry of a selector map.
+#[derive(Debug, Clone)]
+pub struct Constraint {
+    /// The label key.
+    pub key: String,
+    /// The test.
+    pub operator: Operator,
+}
+
+impl Constraint {
+    /// Whether `labels` satisfy this constraint.
+    pub fn matches(&self, labels: &LabelSet) -> bool {
+        self.operator.matches(labels.get(&self.key))
+    }
+}
+
+/// A selector map: all constraints must hold (AND).
+#[derive(Debug, Clone)]
+pub struct Selector {
+    /// The constraints; empty only when written `{}` on purpose (matches everything).
+    pub constraints: Vec<Constraint>,
+    /// Where it was written.
+    pub at: Position,
+}
+
+impl Selector {
+    /// Whether every constraint holds for `labels`.
+    pub fn matches(&self, labels: &LabelSet) -> bool {
+        self.constraints.iter().all(|c| c.matches(labels))
+    }
+}
+
+/// A named policy: an action for processes matching any of its selectors (OR).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Unique name.
+    pub name: String,
+    /// What to do on a match.
+    pub action: Action,
+    /// Higher wins before specificity (default 0).
+    pub priority: i64,
+    /// The selector maps.
+    pub selectors: Vec<Selector>,
+    /// The file it came from.
+    pub file: Arc<PathBuf>,
+    /// Where it was written.
+    pub at: Position,
+}
+
+/// Accepted fields of a policy entry.
+const POLICY_FIELDS: &str = "name, action, priority, selectors, description";
+/// Accepted operators of a selector value written as a mapping.
+const OPERATORS: &str = "in, notIn, exists, glob, regex";
+
+/// Compiles the policies of one file's text. `file` names it in errors.
+pub fn compile_file(text: &str, file: &Path) -> Result<Vec<Policy>, Vec<PolicyError>> {
+    let file = Arc::new(file.to_owned());
+    let mut errors = Vec::new();
+    let document = match parse_document(text) {
+        Ok(document) => document,
+        Err((at, message)) => return Err(vec![PolicyError::new(&file, at, message)]),
+    };
+    let mut policies = Vec::new();
+    let mut error =
+        |at: Position, message: String| errors.push(PolicyError::new(&file, at, message));
+    match &document.value {
+        Node::Null => {}
+        Node::Map(entries) => {
+            for (key, value) in entries {
+                if key.value != "policies" {
+                    error(
+                        key.at,
+                        format!("unknown field `{}`, expected `policies`", key.value),
+                    );
+                    continue;
+                }
+                let Node::List(items) = &value.value else {
+                    error(
+                        value.at,
+                        format!("`policies` must be a list, found {}", value.value.kind()),
+                    );
+                    continue;
+                };
+                for item in items {
+                    if let Some(policy) = compile_policy(item, &file, &mut error) {
+                        policies.push(policy);
+                    }
+                }
+            }
+        }
+        other => error(
+            document.at,
+            format!(
+                "expected a mapping with a `policies` list, found {}",
+                other.kind()
+            ),
+        ),
+    }
+    if errors.is_empty() {
+        Ok(policies)
+    } else {
+        Err(errors)
+    }
+}
+
+fn compile_policy(
+    item: &Located<Node>,
+    file: &Arc<PathBuf>,
+    error: &mut impl FnMut(Position, String),
+) -> Option<Policy> {
+    let Node::Map(entries) = &item.value else {
+        error(
+            item.at,
+            format!("a policy must be a mapping, found {}", item.value.kind()),
+        );
+        return None;
+    };
+    let (mut name, mut action, mut priority, mut selectors) = (None, Action::default(), 0, None);
+    let mut ok = true;
+    for (key, value) in entries {
+        match key.value.as_str() {
+            "name" => match &value.value {
+                Node::Scalar(text) if !text.trim().is_empty() => name = Some(text.clone()),
+                other => {
+                    error(
+                        value.at,
+                        format!("`name` must be a non-empty string, found {}", other.kind()),
+                    );
+                    ok = false;
+                }
+            },
+            "action" => match value.value.scalar_text().as_deref().and_then(Action::parse) {
+                Some(parsed) => action = parsed,
+                None => {
+                    let found = value
+                        .value
+                        .scalar_text()
+                        .unwrap_or_else(|| value.value.kind().to_owned());
+                    error(
+                        value.at,
+                        format!("invalid action `{found}`, expected one of allow, deny, log"),
+                    );
+                    ok = false;
+                }
+            },
+            "priority" => match value
+                .value
+                .scalar_text()
+                .and_then(|t| t.parse::<i64>().ok())
+            {
+                Some(parsed) if matches!(value.value, Node::Scalar(_)) => priority = parsed,
+                _ => {
+                    error(value.at, "`priority` must be an integer".to_owned());
+                    ok = false;
+                }
+            },
+            "selectors" => selectors = Some(value),
+            "description" => {}
+            other => {
+                error(
+                    key.at,
+                    format!("unknown field `{other}`, expected one of {POLICY_FIELDS}"),
+                );
+                ok = false;
+            }
+        }
+    }
+    if name.is_none() && !entries.iter().any(|(k, _)| k.value == "name") {
+        error(item.at, "policy has no `name`".to_owned());
+        ok = false;
+    }
+    let compiled = match selectors {
+        None => {
+            error(
+                item.at,
+                format!(
+                    "policy `{}` has no `selectors`",
+                    name.as_deref().unwrap_or("?")
+                ),
+            );
+            None
+        }
+        Some(selectors) => compile_selectors(selectors, error),
+    };
+    match (ok, name, compiled) {
+        (true, Some(name), Some(selectors)) => Some(Policy {
+            name,
+            action,
+            priority,
+            selectors,
+            file: Arc::clone(file),
+            at: item.at,
+        }),
+        _ => None,
+    }
+}
+
+fn compile_selectors(
+    selectors: &Located<Node>,
+    error: &mut impl FnMut(Position, String),
+) -> Option<Vec<Selector>> {
+    let Node::List(items) = &selectors.value else {
+        error(
+            selectors.at,
+            format!(
+                "`selectors` must be a list of selector maps, found {}",
+                selectors.value.kind()
+            ),
+        );
+        return None;
+    };
+    if items.is_empty() {
+        error(
+            selectors.at,
+            "`selectors` is empty: the policy would never match".to_owned(),
+        );
+        return None;
+    }
+    let mut compiled = Vec::new();
+    let mut ok = true;
+    for item in items {
+        match &item.value {
+            Node::Null => {
+                error(
+                    item.at,
+                    "empty selector: it would match every process; write `{}` to mean that on purpose".to_owned(),
+                );
+                ok = false;
+            }
+            Node::Map(entries) => {
+                let mut constraints = Vec::new();
+                for (index, (key, value)) in entries.iter().enumerate() {
+                    if entries[..index].iter().any(|(k, _)| k.value == key.value) {
+                        error(
+                            key.at,
+                            format!("duplicate key `{}` in one selector", key.value),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    match compile_constraint(key, value) {
+                        Ok(constraint) => constraints.push(constraint),
+                        Err((at, message)) => {
+                            error(at, message);
+                            ok = false;
+                        }
+                    }
+                }
+                compiled.push(Selector {
+                    constraints,
+                    at: item.at,
+                });
+            }
+            other => {
+                error(
+                    item.at,
+                    format!(
+                        "a selector must be a mapping of label keys, found {}",
+                        other.kind()
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(compiled)
+}
+
+fn compile_constraint(
+    key: &Located<String>,
+    value: &Located<Node>,
+) -> Result<Constraint, (Position, String)> {
+    if key.value.is_empty() || key.value.chars().any(char::is_whitespace) {
+        return Err((
+            key.at,
+            format!(
+                "invalid label key {:?}: keys are non-empty and have no spaces",
+                key.value
+            ),
+        ));
+    }
+    let operator = match &value.value {
+        Node::Null => {
+            return Err((
+                key.at,
+                format!(
+                    "`{}` has no value; to require the label write `{{exists: true}}`",
+                    key.value
+                ),
+            ));
+        }
+        Node::Bool(_) | Node::Scalar(_) => {
+            Operator::Equals(value.value.scalar_text().unwrap_or_default())
+        }
+        Node::List(_) => Operator::AnyOf(scalar_list(&key.value, value)?),
+        Node::Map(entries) => {
+            let [(op, arg)] = entries.as_slice() else {
+                return Err((
+                    value.at,
+                    format!(
+                        "`{}` needs exactly one operator ({OPERATORS}), found {}",
+                        key.value,
+                        entries.len()
+                    ),
+                ));
+            };
+            compile_operator(&key.value, op, arg)?
+        }
+    };
+    Ok(Constraint {
+        key: key.value.clone(),
+        operator,
+    })
+}
+
+fn compile_operator(
+    key: &str,
+    op: &Located<String>,
+    arg: &Located<Node>,
+) -> Result<Operator, (Position, String)> {
+    let text = || match &arg.value {
+        Node::Scalar(text) => Ok(text.clone()),
+        other => Err((
+            arg.at,
+            format!(
+                "`{}` of `{key}` takes a string, found {}",
+                op.value,
+                other.kind()
+            ),
+        )),
+    };
+    match op.value.as_str() {
+        "in" => Ok(Operator::AnyOf(scalar_list(key, arg)?)),
+        "notIn" => Ok(Operator::NotIn(scalar_list(key, arg)?)),
+        "exists" => match arg.value {
+            Node::Bool(wanted) => Ok(Operator::Exists(wanted)),
+            _ => Err((
+                arg.at,
+                format!(
+                    "`exists` of `{key}` takes true or false, found {}",
+                    arg.value.kind()
+                ),
+            )),
+        },
+        "glob" => {
+            let pattern = text()?;
+            let glob = globset::GlobBuilder::new(&pattern)
+                .literal_separator(false)
+                .build()
+                .map_err(|e| {
+                    (
+                        arg.at,
+                        format!("invalid glob {pattern:?} for `{key}`: {}", e.kind()),
+                    )
+                })?;
+            Ok(Operator::Glob(pattern, glob.compile_matcher()))
+        }
+        "regex" => {
+            let pattern = text()?;
+            let invalid = |e: regex::Error| {
+                (
+                    arg.at,
+                    format!(
+                        "invalid regex {pattern:?} for `{key}`: {}",
+                        one_line(&e.to_string())
+                    ),
+                )
+            };
+            // Checked as written, so that errors quote the user's pattern; matched in full.
+            regex::Regex::new(&pattern).map_err(invalid)?;
+            let regex = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(invalid)?;
+            Ok(Operator::Regex(pattern, regex))
+        }
+        other => Err((
+            op.at,
+            format!("unknown operator `{other}` for `{key}`, expected one of {OPERATORS}"),
+        )),
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn scalar_list(key: &str, node: &Located<Node>) -> Result<Vec<String>, (Position, String)> {
+    let Node::List(items) = &node.value else {
+        return Err((
+            node.at,
+            format!(
+                "`{key}` expects a list of values, found {}",
+                node.value.kind()
+            ),
+        ));
+    };
+    if items.is_empty() {
+        return Err((
+            node.at,
+            format!("empty list of values for `{key}`: it would never match"),
+        ));
+    }
+    items
+        .iter()
+        .map(|item| {
+            item.value.scalar_text().ok_or_else(|| {
+                (
+                    item.at,
+                    format!(
+                        "values of `{key}` must be scalars, found {}",
+                        item.value.kind()
+                    ),
+                )
+            })
+        })
+        .collect()
+}

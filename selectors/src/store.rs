@@ -1,0 +1,129 @@
+//! Hot reload: the policies in force, swapped atomically when the files change. A reload that
+//! fails keeps the previous policies in force and records the error for logs, metrics and
+//! health checks.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::error::PolicyErrors;
+use crate::load::{load_policies, policy_files};
+use crate::matcher::PolicySet;
+use crate::policy::Action;
+
+/// The outcome of the reloads so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReloadStatus {
+    /// Policies in force.
+    pub policies: usize,
+    /// Successful loads (the first included).
+    pub reloads: u64,
+    /// Failed reloads.
+    pub failures: u64,
+    /// The errors of the last reload, when it failed (cleared by a good one).
+    pub last_error: Option<String>,
+}
+
+/// Identity of the policy files' current content.
+type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
+
+/// The policies in force for a set of paths.
+pub struct PolicyStore {
+    paths: Vec<PathBuf>,
+    default_action: Action,
+    current: RwLock<Arc<PolicySet>>,
+    status: Mutex<ReloadStatus>,
+    fingerprint: Mutex<Option<Fingerprint>>,
+}
+
+impl PolicyStore {
+    /// Loads `paths`; the first load must succeed.
+    pub fn load(paths: Vec<PathBuf>, default_action: Action) -> Result<Self, PolicyErrors> {
+        let fingerprint = fingerprint(&paths);
+        let policies = load_policies(&paths)?;
+        let set = PolicySet::new(policies, default_action);
+        Ok(Self {
+            status: Mutex::new(ReloadStatus {
+                policies: set.policies().len(),
+                reloads: 1,
+                ..Default::default()
+            }),
+            current: RwLock::new(Arc::new(set)),
+            paths,
+            default_action,
+            fingerprint: Mutex::new(fingerprint),
+        })
+    }
+
+    /// A store with no policies (every verdict is the default).
+    pub fn empty(default_action: Action) -> Self {
+        Self {
+            paths: Vec::new(),
+            default_action,
+            current: RwLock::new(Arc::new(PolicySet::new(Vec::new(), default_action))),
+            status: Mutex::new(ReloadStatus::default()),
+            fingerprint: Mutex::new(None),
+        }
+    }
+
+    /// The policies in force (a snapshot: a reload does not change it under the caller).
+    pub fn current(&self) -> Arc<PolicySet> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Reloads now. On failure the previous policies stay in force.
+    pub fn reload(&self) -> Result<usize, PolicyErrors> {
+        let new_fingerprint = fingerprint(&self.paths);
+        let result = load_policies(&self.paths);
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        *self.fingerprint.lock().unwrap_or_else(|e| e.into_inner()) = new_fingerprint;
+        match result {
+            Ok(policies) => {
+                let set = Arc::new(PolicySet::new(policies, self.default_action));
+                let count = set.policies().len();
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = set;
+                status.policies = count;
+                status.reloads += 1;
+                status.last_error = None;
+                Ok(count)
+            }
+            Err(errors) => {
+                status.failures += 1;
+                status.last_error = Some(errors.to_string());
+                Err(errors)
+            }
+        }
+    }
+
+    /// Reloads when a policy file was added, removed or modified since the last load.
+    pub fn reload_if_changed(&self) -> Option<Result<usize, PolicyErrors>> {
+        let now = fingerprint(&self.paths);
+        let changed = *self.fingerprint.lock().unwrap_or_else(|e| e.into_inner()) != now;
+        changed.then(|| self.reload())
+    }
+
+    /// What the reloads did so far.
+    pub fn status(&self) -> ReloadStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn fingerprint(paths: &[PathBuf]) -> Option<Fingerprint> {
+    let files = policy_files(paths).ok()?;
+    Some(
+        files
+            .into_iter()
+            .map(|file| {
+                let meta = std::fs::metadata(&file).ok();
+                let modified = meta.as_ref().and_then(|m| m.modified().ok());
+                let size = meta.map_or(0, |m| m.len());
+                (file, modified, size)
+            })
+            .collect(),
+    )
+}
