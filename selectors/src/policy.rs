@@ -168,6 +168,10 @@ pub fn compile_file(text: &str, file: &Path) -> Result<Vec<Policy>, Vec<PolicyEr
                     );
                     continue;
                 }
+                // `policies:` with every entry commented out: no policies, not an error.
+                if value.value == Node::Null {
+                    continue;
+                }
                 let Node::List(items) = &value.value else {
                     error(
                         value.at,
