@@ -89,7 +89,7 @@ fn duplicate_names(policies: &[Policy]) -> Vec<PolicyError> {
     let mut first: HashMap<&str, &Policy> = HashMap::new();
     let mut errors = Vec::new();
     for policy in policies {
-        if let Some(earlier) = first.get(policy.name.as_str()) {
+        if let Some(earlier) = first.get(&*policy.name) {
             errors.push(PolicyError::new(
                 &policy.file,
                 policy.at,

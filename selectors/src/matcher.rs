@@ -7,9 +7,10 @@
 //! selectors, and evaluates only those. [`PolicySet::evaluate_naive`] checks every selector and
 //! is kept as the reference the index is tested and benchmarked against.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use collectors::LabelSet;
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::policy::{Action, Operator, Policy};
@@ -18,7 +19,7 @@ use crate::policy::{Action, Operator, Policy};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PolicyMatch {
     /// The policy's name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Its action.
     pub action: Action,
     /// Its priority.
@@ -28,7 +29,7 @@ pub struct PolicyMatch {
     /// Index (from 0) of that selector in the policy.
     pub selector: usize,
     /// The file the policy is in.
-    pub file: String,
+    pub file: Arc<str>,
 }
 
 /// The matching policies in precedence order, and the verdict.
@@ -60,7 +61,7 @@ pub struct ConstraintResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SelectorExplanation {
     /// The policy.
-    pub policy: String,
+    pub policy: Arc<str>,
     /// The selector's index in it.
     pub selector: usize,
     /// `file:line:column` of the selector.
@@ -86,13 +87,25 @@ pub struct Explanation {
 /// How many near misses an explanation lists.
 pub const NEAR_MISS_LIMIT: usize = 10;
 
-/// Where a selector is filed in the index.
+/// Where selectors are filed in the index: one entry per label key.
 #[derive(Default)]
 struct Index {
-    by_value: HashMap<String, HashMap<String, Vec<u32>>>,
-    by_key: HashMap<String, Vec<u32>>,
+    keys: FxHashMap<String, KeyEntry>,
     always: Vec<u32>,
 }
+
+/// The selectors filed under one label key.
+#[derive(Default)]
+struct KeyEntry {
+    /// Selectors needing one of the key's values to be a given value.
+    by_value: FxHashMap<String, Vec<u32>>,
+    /// Selectors needing only the key to be present (glob, regex, `exists: true`).
+    present: Vec<u32>,
+}
+
+/// Below this many selectors, checking each is cheaper than walking the label set through the
+/// index (measured: at 10 policies the scan is ~3× faster).
+const INDEX_THRESHOLD: usize = 64;
 
 /// Compiled policies, ready to match.
 pub struct PolicySet {
@@ -118,7 +131,7 @@ impl PolicySet {
                     _ => None,
                 });
                 if let Some((key, values)) = exact {
-                    let by_value = index.by_value.entry(key.clone()).or_default();
+                    let by_value = &mut index.keys.entry(key.clone()).or_default().by_value;
                     for value in values {
                         let ids = by_value.entry(value.clone()).or_default();
                         if ids.last() != Some(&id) {
@@ -134,7 +147,12 @@ impl PolicySet {
                     )
                 });
                 match keyed {
-                    Some(c) => index.by_key.entry(c.key.clone()).or_default().push(id),
+                    Some(c) => index
+                        .keys
+                        .entry(c.key.clone())
+                        .or_default()
+                        .present
+                        .push(id),
                     None => index.always.push(id),
                 }
             }
@@ -157,8 +175,18 @@ impl PolicySet {
         self.default_action
     }
 
-    /// The matching policies and the verdict, through the index.
+    /// The matching policies and the verdict: through the index, or by checking every selector
+    /// when there are so few that the index cannot pay off.
     pub fn evaluate(&self, labels: &LabelSet) -> Evaluation {
+        if self.selectors.len() < INDEX_THRESHOLD {
+            self.evaluate_naive(labels)
+        } else {
+            self.evaluate_indexed(labels)
+        }
+    }
+
+    /// [`PolicySet::evaluate`] through the index, whatever the number of selectors.
+    pub fn evaluate_indexed(&self, labels: &LabelSet) -> Evaluation {
         let mut seen = vec![0u64; self.selectors.len().div_ceil(64)];
         let mut hits: Vec<(u32, u32, usize)> = Vec::new();
         let mut consider = |id: u32, hits: &mut Vec<(u32, u32, usize)>| {
@@ -174,19 +202,20 @@ impl PolicySet {
             }
         };
         for (key, values) in labels.iter() {
-            if let Some(by_value) = self.index.by_value.get(key) {
+            let Some(entry) = self.index.keys.get(key) else {
+                continue;
+            };
+            if !entry.by_value.is_empty() {
                 for value in values {
-                    if let Some(ids) = by_value.get(value) {
+                    if let Some(ids) = entry.by_value.get(value.as_str()) {
                         for &id in ids {
                             consider(id, &mut hits);
                         }
                     }
                 }
             }
-            if let Some(ids) = self.index.by_key.get(key) {
-                for &id in ids {
-                    consider(id, &mut hits);
-                }
+            for &id in &entry.present {
+                consider(id, &mut hits);
             }
         }
         for &id in &self.index.always {
@@ -225,12 +254,12 @@ impl PolicySet {
             .map(|(p, s, specificity)| {
                 let policy = &self.policies[p as usize];
                 PolicyMatch {
-                    name: policy.name.clone(),
+                    name: Arc::clone(&policy.name),
                     action: policy.action,
                     priority: policy.priority,
                     specificity,
                     selector: s as usize,
-                    file: policy.file.display().to_string(),
+                    file: Arc::clone(&policy.source),
                 }
             })
             .collect();
@@ -261,7 +290,7 @@ impl PolicySet {
                     .collect();
                 let failed = constraints.iter().filter(|c| !c.matched).count();
                 let explanation = SelectorExplanation {
-                    policy: policy.name.clone(),
+                    policy: Arc::clone(&policy.name),
                     selector: s,
                     location: format!(
                         "{}:{}:{}",

@@ -128,7 +128,7 @@ impl Selector {
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// Unique name.
-    pub name: String,
+    pub name: Arc<str>,
     /// What to do on a match.
     pub action: Action,
     /// Higher wins before specificity (default 0).
@@ -137,6 +137,8 @@ pub struct Policy {
     pub selectors: Vec<Selector>,
     /// The file it came from.
     pub file: Arc<PathBuf>,
+    /// The file's path as text, shared by every match report.
+    pub source: Arc<str>,
     /// Where it was written.
     pub at: Position,
 }
@@ -282,7 +284,8 @@ fn compile_policy(
     };
     match (ok, name, compiled) {
         (true, Some(name), Some(selectors)) => Some(Policy {
-            name,
+            name: Arc::from(name),
+            source: Arc::from(file.display().to_string()),
             action,
             priority,
             selectors,

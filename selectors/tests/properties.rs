@@ -89,7 +89,7 @@ proptest! {
             .map_err(|e| TestCaseError::fail(format!("{e}\n{yaml}")))?;
         let set = PolicySet::new(policies, Action::Allow);
         for labels in &labels {
-            prop_assert_eq!(set.evaluate(labels), set.evaluate_naive(labels), "{}\n{:?}", yaml, labels);
+            prop_assert_eq!(set.evaluate_indexed(labels), set.evaluate_naive(labels), "{}\n{:?}", yaml, labels);
         }
     }
 }
