@@ -2,6 +2,7 @@
 
 mod config;
 mod inspect;
+mod policy;
 mod registry;
 mod resolution;
 
@@ -24,6 +25,9 @@ struct Cli {
 enum Command {
     /// Print the labels of one process, resolved once, without a daemon.
     Inspect(inspect::InspectArgs),
+    /// Check policy files, or test them against labels or a process.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 fn main() -> ExitCode {
@@ -40,11 +44,13 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Inspect(args) => inspect::run(args).await,
+            Command::Inspect(args) => inspect::run(args).await.map(|()| true),
+            Command::Policy(command) => policy::run(command).await,
         }
     });
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(error) => {
             eprintln!("metadata-agent: {error:#}");
             ExitCode::FAILURE

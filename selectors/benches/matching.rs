@@ -64,7 +64,7 @@ fn policies_yaml(count: usize, rng: &mut Rng) -> String {
                     6 => format!("[v{v}, v{}]", rng.below(VALUES)),
                     7 => format!("{{glob: \"v{}*\"}}", rng.below(3)),
                     8 => format!("{{notIn: [v{v}]}}"),
-                    _ => format!("{{regex: \"v1[0-9]\"}}"),
+                    _ => "{regex: \"v1[0-9]\"}".to_owned(),
                 };
                 yaml.push_str(&format!("{prefix}\"{}\": {op}\n", key(*k)));
             }

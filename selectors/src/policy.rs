@@ -71,7 +71,7 @@ impl Operator {
             Self::Equals(expected) => values.iter().any(|v| v == expected),
             Self::AnyOf(list) => values.iter().any(|v| list.contains(v)),
             Self::NotIn(list) => !values.iter().any(|v| list.contains(v)),
-            Self::Exists(wanted) => !values.is_empty() == *wanted,
+            Self::Exists(wanted) => values.is_empty() != *wanted,
             Self::Glob(_, glob) => values.iter().any(|v| glob.is_match(v)),
             Self::Regex(_, regex) => values.iter().any(|v| regex.is_match(v)),
         }
