@@ -60,3 +60,56 @@ pub struct BasicConfig {
     #[serde(default, deserialize_with = "deserialize_duration")]
     pub timeout: Option<Duration>,
 }
+
+/// `collectors.docker` (the collector itself arrives with the Docker issue; the section is
+/// validated now so that configuration files can be written against the final schema).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DockerConfig {
+    /// `auto` (default), `true` or `false`.
+    #[serde(default)]
+    pub enabled: Enabled,
+    /// Deadline.
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub timeout: Option<Duration>,
+    /// Docker socket: a path or a `unix://` URL (default `/var/run/docker.sock`).
+    pub socket_path: Option<String>,
+}
+
+/// `collectors.kubernetes`, with the reference's field names.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesConfig {
+    /// `auto` (default), `true` or `false`.
+    #[serde(default)]
+    pub enabled: Enabled,
+    /// Deadline.
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub timeout: Option<Duration>,
+    /// Host or IP of the kubelet (default: the node's hostname, else 127.0.0.1).
+    pub kubelet_host: Option<String>,
+    /// Port of the kubelet (default 10250).
+    pub kubelet_port: Option<u16>,
+    /// PEM content or path of the kubelet's trust anchor (empty: the system roots).
+    #[serde(rename = "kubeletCA")]
+    pub kubelet_ca: Option<String>,
+    /// Skip verification of the kubelet's certificate (default false).
+    #[serde(default)]
+    pub skip_kubelet_verification: bool,
+    /// A bearer token, PEM cert+key content, or comma-separated paths to them.
+    pub credentials: Option<String>,
+}
+
+/// `collectors.ec2`, `collectors.azure`, `collectors.gcp`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CloudConfig {
+    /// `auto` (default), `true` or `false`.
+    #[serde(default)]
+    pub enabled: Enabled,
+    /// Deadline.
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub timeout: Option<Duration>,
+    /// Base URL of the metadata service, e.g. `http://127.0.0.1:8080`.
+    pub endpoint: Option<String>,
+}

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use collectors::HostRootsConfig;
-use collectors::config::BasicConfig;
+use collectors::config::{BasicConfig, CloudConfig, DockerConfig, KubernetesConfig};
 use collectors::procfs::ProcfsConfig;
 use serde::Deserialize;
 
@@ -33,6 +33,21 @@ pub struct CollectorsConfig {
     /// `sysfsdmi:*` labels.
     #[serde(default)]
     pub sysfsdmi: BasicConfig,
+    /// `docker:*` labels (validated; the collector is not in this build yet).
+    #[serde(default)]
+    pub docker: DockerConfig,
+    /// `k8s:*` labels (validated; the collector is not in this build yet).
+    #[serde(default)]
+    pub kubernetes: KubernetesConfig,
+    /// `ec2:*` labels (validated; the collector is not in this build yet).
+    #[serde(default)]
+    pub ec2: CloudConfig,
+    /// `azure:*` labels (validated; the collector is not in this build yet).
+    #[serde(default)]
+    pub azure: CloudConfig,
+    /// `gcp:*` labels (validated; the collector is not in this build yet).
+    #[serde(default)]
+    pub gcp: CloudConfig,
 }
 
 /// A configuration file that could not be used.
@@ -154,6 +169,14 @@ mod tests {
         let message = error_of("collectors:\n  linuxos:\n    timeout: soon\n");
         assert!(message.contains("collectors.linuxos.timeout"), "{message}");
         assert!(message.contains("500ms"), "{message}");
+        let message = error_of("collectors:\n  kubernetes:\n    kubeletPort: many\n");
+        assert!(
+            message.contains("collectors.kubernetes.kubeletPort"),
+            "{message}"
+        );
+        let message = error_of("collectors:\n  docker:\n    enabled: sometimes\n");
+        assert!(message.contains("collectors.docker.enabled"), "{message}");
+        assert!(message.contains("`auto`, `true`, `false`"), "{message}");
         let message = error_of("- a list\n");
         assert!(message.starts_with("agent.yaml: "), "{message}");
     }
