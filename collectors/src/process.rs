@@ -108,14 +108,6 @@ pub(crate) fn parse_start_ticks(stat: &[u8]) -> Option<u64> {
     rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
-/// Field 4 (`ppid`) of `/proc/<pid>/stat`.
-#[cfg(test)]
-pub(crate) fn parse_stat_ppid(stat: &[u8]) -> Option<u32> {
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
-    rest.split_ascii_whitespace().nth(1)?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,7 +116,6 @@ mod tests {
     fn stat_fields_survive_parentheses_and_spaces_in_comm() {
         let stat = b"4242 (a) b (c) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615";
         assert_eq!(parse_start_ticks(stat), Some(987654));
-        assert_eq!(parse_stat_ppid(stat), Some(17));
         assert_eq!(parse_start_ticks(b"garbage"), None);
     }
 
