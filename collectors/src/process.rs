@@ -99,13 +99,18 @@ pub(crate) fn status_field<'a>(status: &'a [u8], field: &str) -> Option<&'a [u8]
     })
 }
 
-/// Field 22 (`starttime`) of `/proc/<pid>/stat`. The command name (field 2) may hold spaces and
-/// parentheses, so fields are counted after its last `)`.
-pub(crate) fn parse_start_ticks(stat: &[u8]) -> Option<u64> {
+/// Field `number` (1-based, as in proc(5)) of `/proc/<pid>/stat`, for fields after the command
+/// name. The command name (field 2) may hold spaces and parentheses, so fields are counted after
+/// its last `)`.
+pub(crate) fn stat_field(stat: &[u8], number: usize) -> Option<&str> {
     let close = stat.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
-    // After ")": field 3 (state) is the first; starttime is field 22, so the 20th.
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+    rest.split_ascii_whitespace().nth(number.checked_sub(3)?)
+}
+
+/// Field 22 (`starttime`) of `/proc/<pid>/stat`: clock ticks since boot.
+pub(crate) fn parse_start_ticks(stat: &[u8]) -> Option<u64> {
+    stat_field(stat, 22)?.parse().ok()
 }
 
 #[cfg(test)]

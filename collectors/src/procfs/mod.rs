@@ -26,7 +26,7 @@ use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
 use crate::config::deserialize_duration;
 use crate::host::HostRoots;
 use crate::labels::{LabelSet, escape_bytes, escape_bytes_limited};
-use crate::process::{ProcessRef, is_gone, parse_start_ticks, status_field};
+use crate::process::{ProcessRef, is_gone, parse_start_ticks, stat_field, status_field};
 use accounts::IdNames;
 
 /// Default cut-off for `process:cmdline` and each `process:env:*` value, in bytes.
@@ -448,12 +448,8 @@ impl Inner {
 /// Whether `stat` flags (field 9) carry `PF_KTHREAD`.
 fn is_kernel_thread(stat: &[u8]) -> bool {
     const PF_KTHREAD: u64 = 0x0020_0000;
-    let Some(close) = stat.iter().rposition(|&b| b == b')') else {
-        return false;
-    };
-    std::str::from_utf8(&stat[close + 1..])
-        .ok()
-        .and_then(|rest| rest.split_ascii_whitespace().nth(6)?.parse::<u64>().ok())
+    stat_field(stat, 9)
+        .and_then(|flags| flags.parse::<u64>().ok())
         .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
