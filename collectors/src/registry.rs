@@ -45,6 +45,11 @@ pub enum CollectorStatus {
         /// The deadline, in milliseconds.
         after_ms: u64,
     },
+    /// A background refresh failed; the labels are those of the last good collection.
+    Stale {
+        /// Why the refresh failed, and when the kept labels were collected.
+        reason: String,
+    },
 }
 
 impl CollectorStatus {
@@ -59,6 +64,7 @@ impl CollectorStatus {
             Self::NoSuchProcess => "no_such_process",
             Self::Failed { .. } => "failed",
             Self::TimedOut { .. } => "timed_out",
+            Self::Stale { .. } => "stale",
         }
     }
 
@@ -67,7 +73,8 @@ impl CollectorStatus {
         match self {
             Self::Partial { reason }
             | Self::Unavailable { reason }
-            | Self::NotApplicable { reason } => Some(reason.clone()),
+            | Self::NotApplicable { reason }
+            | Self::Stale { reason } => Some(reason.clone()),
             Self::Failed { error } => Some(error.clone()),
             Self::TimedOut { after_ms } => Some(format!("no answer within {after_ms} ms")),
             Self::Ok | Self::Disabled | Self::NoSuchProcess => None,

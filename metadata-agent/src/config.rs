@@ -2,11 +2,15 @@
 //! rejected with the file, the field and what is accepted.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use collectors::HostRootsConfig;
-use collectors::config::{BasicConfig, CloudConfig, DockerConfig, KubernetesConfig};
+use collectors::config::{
+    BasicConfig, CloudConfig, DockerConfig, KubernetesConfig, deserialize_duration,
+};
 use collectors::procfs::ProcfsConfig;
-use serde::Deserialize;
+use selectors::Action;
+use serde::{Deserialize, Deserializer};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -18,6 +22,87 @@ pub struct Config {
     /// One section per collector.
     #[serde(default)]
     pub collectors: CollectorsConfig,
+    /// The HTTP API.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Policy files.
+    #[serde(default)]
+    pub policies: PoliciesConfig,
+    /// The resolver's caches.
+    #[serde(default)]
+    pub resolver: ResolverConfig,
+    /// The event stream.
+    #[serde(default)]
+    pub events: EventsConfig,
+}
+
+/// The address the API listens on by default: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9820";
+
+/// `server:`: where and how the HTTP API is served.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerConfig {
+    /// `ADDR:PORT`, or `unix:/path/to.sock` (created with mode 0600). Default `127.0.0.1:9820`.
+    pub listen: Option<String>,
+    /// A file holding the bearer token every request but `/healthz` and `/readyz` must carry.
+    /// No file: no authentication.
+    pub token_file: Option<PathBuf>,
+    /// Largest accepted request body in bytes (default 1 MiB).
+    pub max_body_bytes: Option<usize>,
+}
+
+/// `policies:`: the policy files and what happens when none matches.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PoliciesConfig {
+    /// A policy file or a directory of `*.yaml` files. No path: no policies.
+    pub path: Option<PathBuf>,
+    /// The verdict when no policy matches: `allow`, `deny` or `log` (default `allow`).
+    #[serde(default, deserialize_with = "deserialize_action")]
+    pub default_action: Option<Action>,
+    /// How often the files are checked for changes (default 2s).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub reload_interval: Option<Duration>,
+}
+
+fn deserialize_action<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Action>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    Action::parse(&text).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "invalid action {text:?}: expected `allow`, `deny` or `log`"
+        ))
+    })
+}
+
+/// `resolver:`: cache sizes and background work.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResolverConfig {
+    /// Process entries kept (default 16384); the least useful are evicted beyond it.
+    pub process_cache_entries: Option<usize>,
+    /// Container entries kept (default 1024).
+    pub container_cache_entries: Option<usize>,
+    /// How often node labels are collected again (default 5m).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub node_refresh_interval: Option<Duration>,
+    /// How often entries of processes that ended are dropped (default 30s).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub sweep_interval: Option<Duration>,
+    /// Resolve the processes already running at start, in the background (default true).
+    pub prestart: Option<bool>,
+    /// How many of them are resolved at once (default 2).
+    pub prestart_concurrency: Option<usize>,
+}
+
+/// `events:`: the `/events` stream.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EventsConfig {
+    /// Events a subscriber may fall behind by before it is dropped (default 4096).
+    pub subscriber_buffer: Option<usize>,
 }
 
 /// `collectors.<name>` sections.

@@ -8,7 +8,7 @@ use collectors::process::parse_pid;
 
 use crate::config::Config;
 use crate::registry::build_registry;
-use crate::resolution::resolve_once;
+use crate::resolver::resolve_once;
 
 /// Options of `inspect`.
 #[derive(Debug, clap::Args)]
@@ -46,16 +46,10 @@ async fn print(args: InspectArgs) -> anyhow::Result<()> {
     let roots = HostRoots::resolve(&config.host);
     let pid = parse_pid(&args.pid, &roots)?;
     let registry = build_registry(&config, &roots);
-    let resolution = resolve_once(&registry, &roots, pid).await?;
+    let resolution = resolve_once(registry, roots, pid).await?;
     let mut stdout = std::io::stdout().lock();
     if args.json {
-        let document = serde_json::json!({
-            "pid": resolution.pid,
-            "labels": resolution.labels.to_json()["labels"],
-            "collectors": resolution.collectors,
-            "resolved_at": resolution.resolved_at,
-        });
-        let mut text = serde_json::to_string_pretty(&document)?;
+        let mut text = serde_json::to_string_pretty(&resolution)?;
         text.push('\n');
         stdout.write_all(text.as_bytes())?;
     } else {

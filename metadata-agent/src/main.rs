@@ -1,14 +1,9 @@
 //! `metadata-agent`: process metadata for network policy.
 
-mod config;
-mod inspect;
-mod policy;
-mod registry;
-mod resolution;
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use metadata_agent::{inspect, policy, run};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,6 +18,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the agent: resolve processes, serve the HTTP API, follow policy changes.
+    Run(run::RunArgs),
     /// Print the labels of one process, resolved once, without a daemon.
     Inspect(inspect::InspectArgs),
     /// Check policy files, or test them against labels or a process.
@@ -44,6 +41,7 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
+            Command::Run(args) => run::run(args).await.map(|()| true),
             Command::Inspect(args) => inspect::run(args).await.map(|()| true),
             Command::Policy(command) => policy::run(command).await,
         }

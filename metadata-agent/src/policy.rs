@@ -11,7 +11,7 @@ use selectors::{Action, PolicySet, load_policies};
 
 use crate::config::Config;
 use crate::registry::build_registry;
-use crate::resolution::resolve_once;
+use crate::resolver::resolve_once;
 
 /// `policy` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -95,7 +95,7 @@ async fn test(args: TestArgs) -> anyhow::Result<()> {
             let roots = HostRoots::resolve(&config.host);
             let pid = collectors::process::parse_pid(pid, &roots)?;
             let registry = build_registry(&config, &roots);
-            resolve_once(&registry, &roots, pid).await?.labels
+            resolve_once(registry, roots, pid).await?.labels
         }
         (None, None) => bail!("give --labels FILE or --pid N"),
     };

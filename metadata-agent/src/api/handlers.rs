@@ -1,0 +1,361 @@
+//! One handler per route; each parses its input, asks the resolver or the policies, and answers.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use collectors::LabelSet;
+use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+
+/// The OpenAPI document served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+type Answer = Result<Response, ApiError>;
+
+/// `?format=` of `/metadata/{pid}`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// JSON (the default).
+    Json,
+    /// The reference's `key: value` lines.
+    Text,
+}
+
+/// Query of `/metadata/{pid}`.
+#[derive(Debug, Deserialize)]
+pub struct MetadataQuery {
+    format: Option<Format>,
+}
+
+/// Query of the selector routes.
+#[derive(Debug, Deserialize)]
+pub struct ExplainQuery {
+    #[serde(default, deserialize_with = "lenient_bool")]
+    explain: bool,
+}
+
+/// `true`/`false`, also `1`/`0` and `yes`/`no`, as query strings are written by hand.
+fn lenient_bool<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" | "" => Ok(false),
+        _ => Err(serde::de::Error::custom(format!(
+            "expected true or false, found {text:?}"
+        ))),
+    }
+}
+
+/// A PID in a path: decimal digits only, a positive 32-bit number.
+fn parse_pid(path: Result<Path<String>, PathRejection>) -> Result<u32, ApiError> {
+    let Path(text) =
+        path.map_err(|rejection| ApiError::bad_request("invalid_pid", rejection.body_text()))?;
+    let invalid = || {
+        ApiError::bad_request(
+            "invalid_pid",
+            format!("invalid pid {text:?}: expected a positive decimal number"),
+        )
+    };
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    match text.parse::<u32>() {
+        Ok(0) | Err(_) => Err(invalid()),
+        Ok(pid) => Ok(pid),
+    }
+}
+
+fn wants_text(format: Option<Format>, headers: &HeaderMap) -> bool {
+    match format {
+        Some(format) => format == Format::Text,
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| {
+                accept.contains("text/plain") && !accept.contains("application/json")
+            }),
+    }
+}
+
+fn text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+/// `GET /metadata/{pid}`: labels, per-collector status and resolution time.
+pub async fn metadata(
+    State(state): State<Arc<AppState>>,
+    pid: Result<Path<String>, PathRejection>,
+    query: Result<Query<MetadataQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Answer {
+    let pid = parse_pid(pid)?;
+    let Query(query) = query?;
+    let resolution = state.resolver.resolve(pid).await?;
+    if wants_text(query.format, &headers) {
+        return Ok(text(resolution.labels.to_text()));
+    }
+    Ok(Json(resolution).into_response())
+}
+
+/// `GET /selectors/{pid}`: matching policies in precedence order and the verdict.
+pub async fn selectors_of_pid(
+    State(state): State<Arc<AppState>>,
+    pid: Result<Path<String>, PathRejection>,
+    query: Result<Query<ExplainQuery>, QueryRejection>,
+) -> Answer {
+    let pid = parse_pid(pid)?;
+    let Query(query) = query?;
+    let resolution = state.resolver.resolve(pid).await?;
+    let mut answer = evaluation(&state, &resolution.labels, query.explain);
+    answer["pid"] = json!(resolution.pid);
+    Ok(Json(answer).into_response())
+}
+
+/// `POST /selectors/evaluate`: the same for a label set in the body (JSON or text).
+pub async fn evaluate(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<ExplainQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let Query(query) = query?;
+    let body = body?;
+    let labels = parse_label_body(&headers, &body)?;
+    Ok(Json(evaluation(&state, &labels, query.explain)).into_response())
+}
+
+fn parse_label_body(headers: &HeaderMap, body: &[u8]) -> Result<LabelSet, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
+    let is_json = match content_type.as_deref() {
+        Some("application/json") => true,
+        Some("text/plain") => false,
+        // No type, or curl's default for `-d`: decide from the body.
+        None | Some("application/x-www-form-urlencoded") => {
+            body.trim_ascii_start().starts_with(b"{")
+        }
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("unsupported content type {other:?}: send application/json or text/plain"),
+            ));
+        }
+    };
+    if is_json {
+        serde_json::from_slice::<LabelSet>(body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_labels",
+                format!(
+                    "body is not a JSON label set ({e}): expected {{\"labels\": {{\"key\": [\"value\", ...]}}}}"
+                ),
+            )
+        })
+    } else {
+        let text = std::str::from_utf8(body).map_err(|e| {
+            ApiError::bad_request("invalid_labels", format!("body is not UTF-8: {e}"))
+        })?;
+        LabelSet::from_text(text).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_labels",
+                format!("body is not a `key: value` label set: {e}"),
+            )
+        })
+    }
+}
+
+fn evaluation(state: &AppState, labels: &LabelSet, explain: bool) -> Value {
+    let set = state.policies.current();
+    let value = if explain {
+        serde_json::to_value(set.explain(labels))
+    } else {
+        serde_json::to_value(set.evaluate(labels))
+    };
+    value.unwrap_or_else(|_| json!({}))
+}
+
+/// `GET /node`: node-scope labels.
+pub async fn node(State(state): State<Arc<AppState>>) -> Answer {
+    let node = state.resolver.node();
+    Ok(Json(json!({
+        "ready": state.resolver.node_ready(),
+        "labels": node.labels.to_json()["labels"],
+        "collectors": node.reports,
+        "resolved_at": humantime::format_rfc3339_millis(node.resolved_at).to_string(),
+    }))
+    .into_response())
+}
+
+/// `GET /collectors`: each collector's state, last error and latency.
+pub async fn collectors(State(state): State<Arc<AppState>>) -> Answer {
+    Ok(Json(json!({ "collectors": state.resolver.collector_states() })).into_response())
+}
+
+/// `GET /events`: Server-Sent Events, one `connect` event per connection the hook saw.
+pub async fn events(
+    State(state): State<Arc<AppState>>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let subscription = state.bus.subscribe().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the agent is shutting down",
+        )
+    })?;
+    let events = futures_util::stream::unfold(subscription, |mut subscription| async move {
+        let json = subscription.next().await?;
+        let event = Event::default().event("connect").data(json.as_ref());
+        Some((Ok(event), subscription))
+    });
+    // A first comment makes the response head go out now, not with the first event.
+    let hello = futures_util::stream::once(std::future::ready(Ok(
+        Event::default().comment("subscribed to connect events")
+    )));
+    Ok(Sse::new(hello.chain(events)).keep_alive(KeepAlive::default()))
+}
+
+/// `GET /healthz`: alive, with what is degraded.
+pub async fn healthz(State(state): State<Arc<AppState>>) -> Answer {
+    let hook = state.hook.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let policies = state.policies.status();
+    let failing: Vec<Value> = state
+        .resolver
+        .node()
+        .reports
+        .iter()
+        .filter(|r| r.status.is_error() || r.status.state() == "stale")
+        .map(|r| json!({ "name": r.name, "state": r.status.state(), "detail": r.status.detail() }))
+        .collect();
+    let mut problems = Vec::new();
+    if !hook.attached {
+        problems.push("kernel hook not attached");
+    }
+    if policies.last_error.is_some() {
+        problems.push("the last policy reload failed; the previous policies are in force");
+    }
+    if !failing.is_empty() {
+        problems.push("a node collector is failing");
+    }
+    Ok(Json(json!({
+        "status": if problems.is_empty() { "ok" } else { "degraded" },
+        "problems": problems,
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "hook": hook,
+        "policies": policies,
+        "node_collectors_failing": failing,
+        "cached_processes": state.resolver.cached_processes(),
+    }))
+    .into_response())
+}
+
+/// `GET /readyz`: 200 once node labels were collected, 503 before.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Answer {
+    if state.resolver.node_ready() {
+        Ok(Json(json!({ "ready": true })).into_response())
+    } else {
+        Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "waiting_for": "node labels" })),
+        )
+            .into_response())
+    }
+}
+
+/// `GET /metrics`: Prometheus (OpenMetrics) text.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Answer {
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response())
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi() -> Answer {
+    Ok(([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response())
+}
+
+/// Any other path.
+pub async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see /openapi.json",
+    )
+}
+
+/// A known path with a method it does not serve.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route; see /openapi.json",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pid(text: &str) -> Result<u32, ApiError> {
+        parse_pid(Ok(Path(text.to_owned())))
+    }
+
+    #[test]
+    fn pids_are_positive_decimal_numbers() {
+        assert_eq!(pid("42").unwrap(), 42);
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "+1",
+            "abc",
+            "1.5",
+            " 1",
+            "4294967296",
+            "self",
+        ] {
+            let error = pid(bad).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{bad:?}");
+            assert_eq!(error.code, "invalid_pid");
+        }
+    }
+
+    #[test]
+    fn label_bodies_by_content_type() {
+        let mut headers = HeaderMap::new();
+        let labels = parse_label_body(&headers, br#"{"labels": {"a": ["1", "2"]}}"#).unwrap();
+        assert_eq!(labels.get("a"), ["1", "2"]);
+        let labels = parse_label_body(&headers, b"a: 1\nb: 2\n").unwrap();
+        assert_eq!(labels.get("b"), ["2"]);
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        let error = parse_label_body(&headers, b"a: 1").unwrap_err();
+        assert_eq!(error.code, "invalid_labels");
+        headers.insert(header::CONTENT_TYPE, "application/xml".parse().unwrap());
+        let error = parse_label_body(&headers, b"<a/>").unwrap_err();
+        assert_eq!(error.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+}

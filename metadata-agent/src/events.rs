@@ -1,0 +1,243 @@
+//! The event pipeline: hook events resolved to labels, matched against the policies, and fanned
+//! out to `/events` subscribers.
+//!
+//! Each subscriber has a bounded queue. Publishing never waits: a subscriber whose queue is full
+//! has fallen behind, so it is disconnected and counted (`events_dropped_total{reason=
+//! "slow_subscriber"}`, `event_subscribers_dropped_total`) instead of slowing the agent or the
+//! other subscribers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use collectors::LabelSet;
+use kernel_hook::{ConnectEvent, HookEvent};
+use selectors::{Action, PolicyMatch, PolicyStore};
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::metrics::{DropLabels, Metrics};
+use crate::resolver::Resolver;
+
+/// Default queue length of one subscriber.
+pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 4096;
+
+/// Hook events queued for resolution before the hook side starts dropping them.
+pub const PIPELINE_QUEUE: usize = 65_536;
+
+/// Connect events resolved at once.
+const RESOLUTION_CONCURRENCY: usize = 64;
+
+/// What `/events` sends for each connect: the event, who made it, and what the policies say.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectReport {
+    /// The kernel's event.
+    pub event: ConnectEvent,
+    /// The process's labels (empty when it could not be resolved).
+    #[serde(serialize_with = "serialize_labels")]
+    pub labels: LabelSet,
+    /// Why the process could not be resolved (it may have exited already).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution_error: Option<String>,
+    /// Matching policies in precedence order.
+    pub policies: Vec<PolicyMatch>,
+    /// The verdict.
+    pub verdict: Action,
+    /// Whether no policy matched and the default decided.
+    pub default_applied: bool,
+}
+
+fn serialize_labels<S: serde::Serializer>(labels: &LabelSet, s: S) -> Result<S::Ok, S::Error> {
+    labels.to_json()["labels"].serialize(s)
+}
+
+/// Fans serialized events out to subscribers without ever waiting for one.
+pub struct EventBus {
+    subscribers: Mutex<Vec<mpsc::Sender<Arc<str>>>>,
+    buffer: usize,
+    closed: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+/// One subscriber's end: yields events until the subscriber is dropped for falling behind or
+/// the agent shuts down.
+pub struct Subscription {
+    receiver: mpsc::Receiver<Arc<str>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Subscription {
+    /// The next event (JSON), or `None` when the subscription ended.
+    pub async fn next(&mut self) -> Option<Arc<str>> {
+        self.receiver.recv().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.metrics.subscribers.dec();
+    }
+}
+
+impl EventBus {
+    /// A bus whose subscribers may fall `buffer` events behind.
+    pub fn new(buffer: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            subscribers: Mutex::new(Vec::new()),
+            buffer: buffer.max(1),
+            closed: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    /// A new subscription, or `None` once the bus is closed.
+    pub fn subscribe(&self) -> Option<Subscription> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let (sender, receiver) = mpsc::channel(self.buffer);
+        self.lock().push(sender);
+        self.metrics.subscribers.inc();
+        Some(Subscription {
+            receiver,
+            metrics: Arc::clone(&self.metrics),
+        })
+    }
+
+    /// Sends `event` to every subscriber; one that is full is disconnected.
+    pub fn publish(&self, event: &impl Serialize) {
+        let mut subscribers = self.lock();
+        if subscribers.is_empty() {
+            return;
+        }
+        let Ok(json) = serde_json::to_string(event) else {
+            return;
+        };
+        let json: Arc<str> = json.into();
+        subscribers.retain(|sender| match sender.try_send(Arc::clone(&json)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Dropping the sender ends the subscriber's stream once it catches up with the
+                // events already queued.
+                self.metrics.subscribers_dropped.inc();
+                self.metrics
+                    .events_dropped
+                    .get_or_create(&DropLabels {
+                        reason: "slow_subscriber".to_owned(),
+                    })
+                    .inc();
+                tracing::warn!(
+                    buffer = self.buffer,
+                    "an /events subscriber fell behind and was disconnected"
+                );
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+
+    /// Ends every subscription (at shutdown) and refuses new ones.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<mpsc::Sender<Arc<str>>>> {
+        self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Consumes hook events until `events` closes: connects are resolved, matched and published;
+/// execs and exits update the caches.
+pub async fn run_pipeline(
+    mut events: mpsc::Receiver<HookEvent>,
+    resolver: Arc<Resolver>,
+    policies: Arc<PolicyStore>,
+    bus: Arc<EventBus>,
+    metrics: Arc<Metrics>,
+) {
+    let permits = Arc::new(Semaphore::new(RESOLUTION_CONCURRENCY));
+    while let Some(event) = events.recv().await {
+        match event {
+            HookEvent::Connect(connect) => {
+                metrics.events_received.inc();
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    break;
+                };
+                let resolver = Arc::clone(&resolver);
+                let policies = Arc::clone(&policies);
+                let bus = Arc::clone(&bus);
+                tokio::spawn(async move {
+                    let report = report_connect(connect, &resolver, &policies).await;
+                    bus.publish(&report);
+                    drop(permit);
+                });
+            }
+            HookEvent::Exec { tgid } => {
+                metrics.events_received.inc();
+                resolver.forget(tgid);
+                let resolver = Arc::clone(&resolver);
+                // Resolve ahead of the first connect; a process gone already is not an error.
+                tokio::spawn(async move {
+                    let _ = resolver.resolve(tgid).await;
+                });
+            }
+            HookEvent::Exit { tgid } => {
+                metrics.events_received.inc();
+                resolver.forget(tgid);
+            }
+        }
+    }
+}
+
+/// Resolves and evaluates one connect.
+pub async fn report_connect(
+    event: ConnectEvent,
+    resolver: &Resolver,
+    policies: &PolicyStore,
+) -> ConnectReport {
+    let (labels, resolution_error) = match resolver.resolve(event.tgid).await {
+        Ok(resolution) => (resolution.labels, None),
+        Err(error) => (LabelSet::new(), Some(error.to_string())),
+    };
+    let evaluation = policies.current().evaluate(&labels);
+    ConnectReport {
+        event,
+        labels,
+        resolution_error,
+        policies: evaluation.matches,
+        verdict: evaluation.verdict,
+        default_applied: evaluation.default_applied,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_subscriber_is_dropped_and_the_others_keep_everything() {
+        let metrics = Arc::new(Metrics::new());
+        let bus = EventBus::new(4, Arc::clone(&metrics));
+        let mut slow = bus.subscribe().unwrap();
+        let mut fast = bus.subscribe().unwrap();
+        let mut received = Vec::new();
+        for n in 0..10 {
+            bus.publish(&n);
+            received.push(fast.next().await.unwrap().to_string());
+        }
+        assert_eq!(received, (0..10).map(|n| n.to_string()).collect::<Vec<_>>());
+        // The slow one got the first four, then was disconnected.
+        let mut slow_got = Vec::new();
+        while let Some(event) = slow.next().await {
+            slow_got.push(event.to_string());
+        }
+        assert_eq!(slow_got, ["0", "1", "2", "3"]);
+        assert_eq!(metrics.subscribers_dropped.get(), 1);
+        assert_eq!(metrics.subscribers.get(), 2);
+        drop(slow);
+        assert_eq!(metrics.subscribers.get(), 1);
+        bus.close();
+        assert!(fast.next().await.is_none());
+        assert!(bus.subscribe().is_none());
+    }
+}

@@ -1,0 +1,18 @@
+//! `metadata-agent`: process metadata for network policy.
+//!
+//! The binary is thin glue over these modules:
+//! - [`run`]: the daemon (`metadata-agent run`): wiring, background tasks, shutdown.
+//! - [`resolver`]: PID → labels through caches scoped by process, container and node.
+//! - [`api`]: the HTTP API. [`events`]: the event pipeline and `/events` fan-out.
+//! - [`metrics`]: Prometheus metrics. [`config`]: the configuration file.
+//! - [`inspect`], [`policy`]: the one-shot CLI commands.
+
+pub mod api;
+pub mod config;
+pub mod events;
+pub mod inspect;
+pub mod metrics;
+pub mod policy;
+pub mod registry;
+pub mod resolver;
+pub mod run;

@@ -1,0 +1,825 @@
+//! The resolver: a PID's labels from three scoped caches.
+//!
+//! - **Process** entries are keyed by (pid, start time), so a reused PID never inherits another
+//!   process's labels. A hit is checked against the process's current executable, so a process
+//!   that called `execve` is collected again even before the kernel hook reports the exec.
+//! - **Container** entries are keyed by container id.
+//! - **Node** labels are collected at start and refreshed in the background; a failed refresh
+//!   keeps the last good labels, marked stale.
+//!
+//! Concurrent lookups of one key share one collection (single-flight), and results with a failed
+//! or timed-out collector are not cached, so the next lookup tries again.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use collectors::cgroup::{ContainerIdentity, parse_cgroup_file};
+use collectors::{
+    CollectorReport, CollectorStatus, HostRoots, LabelSet, ProcessError, ProcessRef, Registry,
+    Scope, Subject, merge_labels,
+};
+use quick_cache::sync::Cache;
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
+use serde::Serialize;
+
+use crate::metrics::Metrics;
+
+/// Default number of process entries kept.
+pub const DEFAULT_PROCESS_ENTRIES: usize = 16_384;
+/// Default number of container entries kept.
+pub const DEFAULT_CONTAINER_ENTRIES: usize = 1_024;
+
+/// Why a PID could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The process does not exist, or could not be read.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+}
+
+/// The labels of one scope, as collected at one moment.
+#[derive(Debug, Clone)]
+pub struct ScopeEntry {
+    /// Each collector of the scope.
+    pub reports: Vec<CollectorReport>,
+    /// Their labels, merged.
+    pub labels: LabelSet,
+    /// When they were collected.
+    pub resolved_at: SystemTime,
+}
+
+impl ScopeEntry {
+    fn new(reports: Vec<CollectorReport>) -> Self {
+        Self {
+            labels: merge_labels(&reports),
+            reports,
+            resolved_at: SystemTime::now(),
+        }
+    }
+
+    fn empty() -> Self {
+        Self::new(Vec::new())
+    }
+
+    /// Whether a collector failed or timed out (such entries are not cached).
+    fn has_errors(&self) -> bool {
+        self.reports.iter().any(|r| r.status.is_error())
+    }
+}
+
+/// A cached process.
+#[derive(Debug)]
+struct ProcessEntry {
+    scope: ScopeEntry,
+    container: Option<ContainerIdentity>,
+    /// The `/proc/<pid>/exe` target when collected; a different one means the process exec'd.
+    exe: Option<PathBuf>,
+}
+
+/// Everything known about one process: its own labels, its container's and the node's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resolution {
+    /// The process (thread-group id).
+    pub pid: u32,
+    /// Its start time in clock ticks since boot, which with the PID identifies it.
+    pub start_time_ticks: Option<u64>,
+    /// The container it runs in, if any.
+    pub container: Option<ContainerIdentity>,
+    /// Labels of every scope, merged.
+    #[serde(serialize_with = "serialize_labels")]
+    pub labels: LabelSet,
+    /// Each collector's outcome: process scope, then container, then node.
+    pub collectors: Vec<CollectorReport>,
+    /// When the process labels were collected (RFC 3339).
+    pub resolved_at: String,
+    /// Whether the process labels came from the cache.
+    pub cached: bool,
+}
+
+fn serialize_labels<S: serde::Serializer>(labels: &LabelSet, s: S) -> Result<S::Ok, S::Error> {
+    labels.to_json()["labels"].serialize(s)
+}
+
+/// Per-collector history, for `GET /collectors`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CollectorState {
+    /// The collector's name.
+    pub name: &'static str,
+    /// Its scope.
+    pub scope: Option<Scope>,
+    /// Whether it is enabled.
+    pub enabled: bool,
+    /// Its deadline in milliseconds.
+    pub timeout_ms: u64,
+    /// Runs so far.
+    pub runs: u64,
+    /// Runs that failed or timed out.
+    pub errors: u64,
+    /// The state of the last run (`ok`, `failed`, ...), if it ran.
+    pub last_state: Option<&'static str>,
+    /// Its reason or error.
+    pub last_detail: Option<String>,
+    /// Its latency in milliseconds.
+    pub last_latency_ms: Option<f64>,
+    /// The last error and when (RFC 3339), kept after later successes.
+    pub last_error: Option<String>,
+    /// When the last error happened.
+    pub last_error_at: Option<String>,
+}
+
+/// Counts evictions of a cache into a metric.
+#[derive(Clone)]
+struct EvictionCounter {
+    metrics: Arc<Metrics>,
+    scope: Scope,
+}
+
+impl<K, V> Lifecycle<K, V> for EvictionCounter {
+    type RequestState = ();
+
+    fn on_evict(&self, _state: &mut (), _key: K, _value: V) {
+        self.metrics
+            .cache_evictions
+            .get_or_create(&Metrics::cache(self.scope))
+            .inc();
+    }
+}
+
+type ScopedCache<K, V> = Cache<K, V, UnitWeighter, DefaultHashBuilder, EvictionCounter>;
+
+fn scoped_cache<K, V>(entries: usize, scope: Scope, metrics: &Arc<Metrics>) -> ScopedCache<K, V>
+where
+    K: Eq + std::hash::Hash + Clone,
+    V: Clone,
+{
+    let entries = entries.max(1);
+    let options = OptionsBuilder::new()
+        .estimated_items_capacity(entries)
+        .weight_capacity(entries as u64)
+        .build()
+        .expect("capacity is set"); // both required fields are set just above
+    Cache::with_options(
+        options,
+        UnitWeighter,
+        DefaultHashBuilder::default(),
+        EvictionCounter {
+            metrics: Arc::clone(metrics),
+            scope,
+        },
+    )
+}
+
+/// Cache sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct ResolverLimits {
+    /// Process entries kept.
+    pub process_entries: usize,
+    /// Container entries kept.
+    pub container_entries: usize,
+}
+
+impl Default for ResolverLimits {
+    fn default() -> Self {
+        Self {
+            process_entries: DEFAULT_PROCESS_ENTRIES,
+            container_entries: DEFAULT_CONTAINER_ENTRIES,
+        }
+    }
+}
+
+type ProcessKey = (u32, Option<u64>);
+
+/// Resolves PIDs to labels through the scoped caches.
+pub struct Resolver {
+    roots: HostRoots,
+    registry: Registry,
+    metrics: Arc<Metrics>,
+    processes: ScopedCache<ProcessKey, Arc<ProcessEntry>>,
+    containers: ScopedCache<String, Arc<ScopeEntry>>,
+    node: RwLock<Arc<ScopeEntry>>,
+    node_ready: std::sync::atomic::AtomicBool,
+    states: Mutex<Vec<CollectorState>>,
+}
+
+impl Resolver {
+    /// A resolver with empty caches; node labels are empty until [`Resolver::refresh_node`].
+    pub fn new(
+        roots: HostRoots,
+        registry: Registry,
+        limits: ResolverLimits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let states = registry
+            .collectors()
+            .iter()
+            .map(|r| CollectorState {
+                name: r.collector.name(),
+                scope: Some(r.collector.scope()),
+                enabled: r.enabled,
+                timeout_ms: r.timeout.as_millis() as u64,
+                ..Default::default()
+            })
+            .collect();
+        Self {
+            processes: scoped_cache(limits.process_entries, Scope::Process, &metrics),
+            containers: scoped_cache(limits.container_entries, Scope::Container, &metrics),
+            node: RwLock::new(Arc::new(ScopeEntry::empty())),
+            node_ready: std::sync::atomic::AtomicBool::new(false),
+            states: Mutex::new(states),
+            roots,
+            registry,
+            metrics,
+        }
+    }
+
+    /// The host roots the resolver reads.
+    pub fn roots(&self) -> &HostRoots {
+        &self.roots
+    }
+
+    /// Resolves `pid` (a thread id resolves to its process).
+    pub async fn resolve(&self, pid: u32) -> Result<Resolution, ResolveError> {
+        let process = ProcessRef::resolve(&self.roots, pid)?;
+        let key = (process.pid, process.start_ticks);
+        let cached_entry = match self.processes.get(&key) {
+            Some(entry) if self.still_same_image(&process, &entry) => Some(entry),
+            Some(_) => {
+                // Same process, new executable: it called execve since it was collected.
+                self.processes.remove(&key);
+                None
+            }
+            None => None,
+        };
+        let (entry, cached) = match cached_entry {
+            Some(entry) => {
+                self.metrics
+                    .cache_hits
+                    .get_or_create(&Metrics::cache(Scope::Process))
+                    .inc();
+                (entry, true)
+            }
+            None => (self.collect_process(process, key).await?, false),
+        };
+        let container = match &entry.container {
+            Some(identity) => self.container_entry(process, identity).await,
+            None => None,
+        };
+        let node = self.node();
+        let mut labels = entry.scope.labels.clone();
+        let mut reports = entry.scope.reports.clone();
+        if let Some(container) = &container {
+            labels.merge(&container.labels);
+            reports.extend(container.reports.iter().cloned());
+        } else {
+            reports.extend(self.not_in_container());
+        }
+        labels.merge(&node.labels);
+        reports.extend(node.reports.iter().cloned());
+        Ok(Resolution {
+            pid: process.pid,
+            start_time_ticks: process.start_ticks,
+            container: entry.container.clone(),
+            labels,
+            collectors: reports,
+            resolved_at: humantime::format_rfc3339_millis(entry.scope.resolved_at).to_string(),
+            cached,
+        })
+    }
+
+    fn still_same_image(&self, process: &ProcessRef, entry: &ProcessEntry) -> bool {
+        entry.exe.is_none() || self.exe_of(process.pid) == entry.exe
+    }
+
+    fn exe_of(&self, pid: u32) -> Option<PathBuf> {
+        std::fs::read_link(self.roots.proc_file(pid, "exe")).ok()
+    }
+
+    /// Collects the process scope once for all concurrent lookups of `key`.
+    async fn collect_process(
+        &self,
+        process: ProcessRef,
+        key: ProcessKey,
+    ) -> Result<Arc<ProcessEntry>, ResolveError> {
+        let guard = match self.processes.get_value_or_guard_async(&key).await {
+            // Another lookup collected it while this one waited.
+            Ok(entry) => {
+                self.metrics
+                    .cache_hits
+                    .get_or_create(&Metrics::cache(Scope::Process))
+                    .inc();
+                return Ok(entry);
+            }
+            Err(guard) => guard,
+        };
+        self.metrics
+            .cache_misses
+            .get_or_create(&Metrics::cache(Scope::Process))
+            .inc();
+        let exe = self.exe_of(process.pid);
+        let container = std::fs::read(self.roots.proc_file(process.pid, "cgroup"))
+            .ok()
+            .and_then(|content| {
+                parse_cgroup_file(&String::from_utf8_lossy(&content))
+                    .identity()
+                    .cloned()
+            });
+        let subject = Subject {
+            process: Some(process),
+            container: container.clone(),
+        };
+        let reports = self.run(Scope::Process, &subject).await;
+        if reports
+            .iter()
+            .any(|r| r.status == CollectorStatus::NoSuchProcess)
+        {
+            // It exited, or its PID was reused, between the first look and the collection.
+            return Err(ProcessError::NoSuchProcess(process.pid).into());
+        }
+        let entry = Arc::new(ProcessEntry {
+            scope: ScopeEntry::new(reports),
+            container,
+            exe,
+        });
+        if entry.scope.has_errors() {
+            drop(guard);
+        } else {
+            let _ = guard.insert(Arc::clone(&entry));
+        }
+        self.update_entry_gauges();
+        Ok(entry)
+    }
+
+    async fn container_entry(
+        &self,
+        process: ProcessRef,
+        identity: &ContainerIdentity,
+    ) -> Option<Arc<ScopeEntry>> {
+        if !self
+            .registry
+            .collectors()
+            .iter()
+            .any(|r| r.collector.scope() == Scope::Container)
+        {
+            return None;
+        }
+        let labels = Metrics::cache(Scope::Container);
+        let guard = match self.containers.get_value_or_guard_async(&identity.id).await {
+            Ok(entry) => {
+                self.metrics.cache_hits.get_or_create(&labels).inc();
+                return Some(entry);
+            }
+            Err(guard) => guard,
+        };
+        self.metrics.cache_misses.get_or_create(&labels).inc();
+        let subject = Subject {
+            process: Some(process),
+            container: Some(identity.clone()),
+        };
+        let entry = Arc::new(ScopeEntry::new(self.run(Scope::Container, &subject).await));
+        if entry.has_errors() {
+            drop(guard);
+        } else {
+            let _ = guard.insert(Arc::clone(&entry));
+        }
+        Some(entry)
+    }
+
+    /// Container-scope reports for a process outside any container (not cached: no key).
+    fn not_in_container(&self) -> Vec<CollectorReport> {
+        self.registry
+            .collectors()
+            .iter()
+            .filter(|r| r.collector.scope() == Scope::Container)
+            .map(|r| CollectorReport {
+                name: r.collector.name(),
+                scope: Scope::Container,
+                status: if r.enabled {
+                    CollectorStatus::NotApplicable {
+                        reason: "the process is not in a container".to_owned(),
+                    }
+                } else {
+                    CollectorStatus::Disabled
+                },
+                latency: Duration::ZERO,
+                labels: LabelSet::new(),
+            })
+            .collect()
+    }
+
+    /// Runs the collectors of `scope` and records their outcome.
+    async fn run(&self, scope: Scope, subject: &Subject) -> Vec<CollectorReport> {
+        let reports = self.registry.collect(Some(scope), subject).await;
+        self.metrics.record_reports(&reports);
+        self.record_states(&reports);
+        reports
+    }
+
+    fn record_states(&self, reports: &[CollectorReport]) {
+        let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        for report in reports {
+            if report.status == CollectorStatus::Disabled {
+                continue;
+            }
+            let Some(state) = states.iter_mut().find(|s| s.name == report.name) else {
+                continue;
+            };
+            state.runs += 1;
+            state.last_state = Some(report.status.state());
+            state.last_detail = report.status.detail();
+            state.last_latency_ms = Some(report.latency.as_secs_f64() * 1000.0);
+            if report.status.is_error() {
+                state.errors += 1;
+                state.last_error = report.status.detail();
+                state.last_error_at = Some(now.clone());
+            }
+        }
+    }
+
+    /// Each collector's state, in registration order.
+    pub fn collector_states(&self) -> Vec<CollectorState> {
+        self.states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The node labels in force.
+    pub fn node(&self) -> Arc<ScopeEntry> {
+        Arc::clone(&self.node.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Whether node labels were collected at least once.
+    pub fn node_ready(&self) -> bool {
+        self.node_ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Collects node labels again. A collector that fails now but succeeded before keeps its
+    /// last good labels, with status `stale`.
+    pub async fn refresh_node(&self) {
+        let fresh = self.run(Scope::Node, &Subject::node()).await;
+        let previous = self.node();
+        let merged: Vec<CollectorReport> = fresh
+            .into_iter()
+            .map(|report| {
+                let failed = report.status.is_error();
+                let last_good = previous
+                    .reports
+                    .iter()
+                    .find(|old| old.name == report.name && !old.labels.is_empty());
+                match last_good {
+                    Some(old) if failed => CollectorReport {
+                        status: CollectorStatus::Stale {
+                            reason: format!(
+                                "refresh failed ({}); labels from {}",
+                                report.status.detail().unwrap_or_default(),
+                                humantime::format_rfc3339_seconds(previous.resolved_at)
+                            ),
+                        },
+                        labels: old.labels.clone(),
+                        ..report
+                    },
+                    _ => report,
+                }
+            })
+            .collect();
+        let entry = ScopeEntry::new(merged);
+        *self.node.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(entry);
+        self.node_ready
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Drops every cached entry of `pid` (on an exit or exec event).
+    pub fn forget(&self, pid: u32) {
+        let before = self.processes.len();
+        self.processes.retain(|(cached, _), _| *cached != pid);
+        self.count_removals(before);
+    }
+
+    /// Drops entries of processes that ended or whose PID now names another process.
+    pub fn sweep(&self) {
+        let before = self.processes.len();
+        self.processes.retain(|&(pid, start), _| {
+            ProcessRef::resolve(&self.roots, pid)
+                .is_ok_and(|now| now.pid == pid && now.start_ticks == start)
+        });
+        self.count_removals(before);
+    }
+
+    fn count_removals(&self, before: usize) {
+        let removed = before.saturating_sub(self.processes.len());
+        if removed > 0 {
+            self.metrics
+                .cache_removals
+                .get_or_create(&Metrics::cache(Scope::Process))
+                .inc_by(removed as u64);
+        }
+        self.update_entry_gauges();
+    }
+
+    fn update_entry_gauges(&self) {
+        self.metrics
+            .cache_entries
+            .get_or_create(&Metrics::cache(Scope::Process))
+            .set(self.processes.len() as i64);
+        self.metrics
+            .cache_entries
+            .get_or_create(&Metrics::cache(Scope::Container))
+            .set(self.containers.len() as i64);
+    }
+
+    /// Number of cached process entries.
+    pub fn cached_processes(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// Resolves every process running now, `concurrency` at a time, to warm the caches.
+    /// Returns how many were resolved.
+    pub async fn prestart(self: &Arc<Self>, concurrency: usize) -> usize {
+        let started = Instant::now();
+        let pids = list_pids(&self.roots.proc);
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut count = 0;
+        for pid in pids {
+            let Ok(permit) = Arc::clone(&semaphore).acquire_owned().await else {
+                break;
+            };
+            let resolver = Arc::clone(self);
+            tasks.spawn(async move {
+                let resolved = resolver.resolve(pid).await.is_ok();
+                drop(permit);
+                resolved
+            });
+            // Reap finished tasks as we go so the set stays small.
+            while let Some(done) = tasks.try_join_next() {
+                count += usize::from(done.unwrap_or(false));
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            count += usize::from(done.unwrap_or(false));
+        }
+        tracing::info!(
+            processes = count,
+            cached = self.cached_processes(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "pre-resolved the running processes"
+        );
+        count
+    }
+}
+
+/// The numeric entries of a proc root.
+fn list_pids(proc_root: &std::path::Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Resolves `pid` once, without a daemon: node labels first, then the process (`inspect`,
+/// `policy test --pid`).
+pub async fn resolve_once(
+    registry: Registry,
+    roots: HostRoots,
+    pid: u32,
+) -> Result<Resolution, ResolveError> {
+    let limits = ResolverLimits {
+        process_entries: 1,
+        container_entries: 1,
+    };
+    let resolver = Resolver::new(roots, registry, limits, Arc::new(Metrics::new()));
+    resolver.refresh_node().await;
+    resolver.resolve(pid).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use collectors::HostRootsConfig;
+    use std::path::Path;
+
+    /// A proc tree holding one process.
+    struct FakeProc {
+        dir: tempfile::TempDir,
+    }
+
+    impl FakeProc {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("stat"), "btime 1700000000\n").unwrap();
+            Self { dir }
+        }
+
+        fn root(&self) -> &Path {
+            self.dir.path()
+        }
+
+        /// Writes process `pid` started at `start` ticks, running `exe` with `cmdline`.
+        fn process(&self, pid: u32, start: u64, exe: &str, cmdline: &str) {
+            let dir = self.root().join(pid.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join("status"),
+                format!(
+                    "Name:\tx\nTgid:\t{pid}\nPid:\t{pid}\nPPid:\t1\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n"
+                ),
+            )
+            .unwrap();
+            std::fs::write(
+                dir.join("stat"),
+                format!(
+                    "{pid} (x) S 1 {pid} {pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0"
+                ),
+            )
+            .unwrap();
+            std::fs::write(dir.join("cmdline"), format!("{cmdline}\0")).unwrap();
+            let link = dir.join("exe");
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(exe, link).unwrap();
+        }
+
+        fn resolver(&self) -> Resolver {
+            let roots = HostRoots::resolve(&HostRootsConfig {
+                proc_root: Some(self.root().to_owned()),
+                sys_root: Some(self.root().join("sys")),
+                etc_root: Some(self.root().join("etc")),
+            });
+            let config = crate::config::Config::default();
+            let registry = crate::registry::build_registry(&config, &roots);
+            Resolver::new(
+                roots,
+                registry,
+                ResolverLimits::default(),
+                Arc::new(Metrics::new()),
+            )
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reused_pid_gets_fresh_labels_and_an_unchanged_process_is_cached() {
+        let proc = FakeProc::new();
+        proc.process(4242, 100, "/usr/bin/first", "first --serve");
+        let resolver = proc.resolver();
+        let first = resolver.resolve(4242).await.unwrap();
+        assert!(!first.cached);
+        assert_eq!(first.labels.get("process:cmdline"), ["first --serve"]);
+
+        // Same process (same start time): the cached labels are served.
+        proc.process(4242, 100, "/usr/bin/first", "changed in place");
+        let again = resolver.resolve(4242).await.unwrap();
+        assert!(again.cached);
+        assert_eq!(again.labels.get("process:cmdline"), ["first --serve"]);
+
+        // The PID now names another process (new start time): nothing is inherited.
+        proc.process(4242, 200, "/usr/bin/first", "second --client");
+        let reused = resolver.resolve(4242).await.unwrap();
+        assert!(!reused.cached);
+        assert_eq!(reused.start_time_ticks, Some(200));
+        assert_eq!(reused.labels.get("process:cmdline"), ["second --client"]);
+    }
+
+    #[tokio::test]
+    async fn an_exec_is_noticed_from_the_executable_link() {
+        let proc = FakeProc::new();
+        proc.process(77, 5, "/bin/sh", "sh -c run");
+        let resolver = proc.resolver();
+        resolver.resolve(77).await.unwrap();
+        proc.process(77, 5, "/usr/bin/server", "server");
+        let after = resolver.resolve(77).await.unwrap();
+        assert!(!after.cached);
+        assert_eq!(after.labels.get("process:binary:path"), ["/usr/bin/server"]);
+    }
+
+    #[tokio::test]
+    async fn forget_and_sweep_drop_entries_of_ended_processes() {
+        let proc = FakeProc::new();
+        proc.process(10, 1, "/bin/a", "a");
+        proc.process(11, 1, "/bin/b", "b");
+        let resolver = proc.resolver();
+        resolver.resolve(10).await.unwrap();
+        resolver.resolve(11).await.unwrap();
+        assert_eq!(resolver.cached_processes(), 2);
+        resolver.forget(10);
+        assert_eq!(resolver.cached_processes(), 1);
+        std::fs::remove_dir_all(proc.root().join("11")).unwrap();
+        resolver.sweep();
+        assert_eq!(resolver.cached_processes(), 0);
+        assert!(matches!(
+            resolver.resolve(11).await,
+            Err(ResolveError::Process(ProcessError::NoSuchProcess(11)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn concurrent_lookups_share_one_collection() {
+        let proc = FakeProc::new();
+        proc.process(5, 1, "/bin/a", "a");
+        let resolver = Arc::new(proc.resolver());
+        let lookups: Vec<_> = (0..16)
+            .map(|_| {
+                let resolver = Arc::clone(&resolver);
+                tokio::spawn(async move { resolver.resolve(5).await.unwrap() })
+            })
+            .collect();
+        for lookup in lookups {
+            lookup.await.unwrap();
+        }
+        let runs = resolver
+            .collector_states()
+            .into_iter()
+            .find(|s| s.name == "procfs")
+            .unwrap()
+            .runs;
+        assert_eq!(runs, 1);
+    }
+
+    #[tokio::test]
+    async fn a_bounded_cache_evicts_and_counts() {
+        let proc = FakeProc::new();
+        for pid in 1..=40 {
+            proc.process(pid, 1, "/bin/a", "a");
+        }
+        let mut resolver = proc.resolver();
+        let metrics = Arc::new(Metrics::new());
+        resolver.metrics = Arc::clone(&metrics);
+        resolver.processes = scoped_cache(8, Scope::Process, &metrics);
+        for pid in 1..=40 {
+            resolver.resolve(pid).await.unwrap();
+        }
+        assert!(
+            resolver.cached_processes() <= 8,
+            "{}",
+            resolver.cached_processes()
+        );
+        let evictions = metrics
+            .cache_evictions
+            .get_or_create(&Metrics::cache(Scope::Process))
+            .get();
+        assert!(evictions >= 32, "{evictions}");
+    }
+
+    /// A node collector that succeeds until it is told to fail.
+    struct Flaky(std::sync::atomic::AtomicBool);
+
+    #[async_trait::async_trait]
+    impl collectors::Collector for Flaky {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+        fn scope(&self) -> Scope {
+            Scope::Node
+        }
+        fn label_keys(&self) -> &'static [&'static str] {
+            &["flaky:id"]
+        }
+        async fn collect(
+            &self,
+            _: &Subject,
+        ) -> Result<collectors::Collected, collectors::CollectError> {
+            if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(collectors::CollectError::Failed("endpoint down".into()));
+            }
+            let mut labels = LabelSet::new();
+            labels.insert("flaky:id", "i-123");
+            Ok(collectors::Collected::complete(labels))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_node_refresh_keeps_the_last_good_labels_as_stale() {
+        let proc = FakeProc::new();
+        let flaky = Arc::new(Flaky(Default::default()));
+        let mut registry = Registry::new();
+        registry.register(flaky.clone(), true, None);
+        let resolver = Resolver::new(
+            HostRoots::resolve(&HostRootsConfig {
+                proc_root: Some(proc.root().to_owned()),
+                ..Default::default()
+            }),
+            registry,
+            ResolverLimits::default(),
+            Arc::new(Metrics::new()),
+        );
+        assert!(!resolver.node_ready());
+        resolver.refresh_node().await;
+        assert!(resolver.node_ready());
+        assert_eq!(resolver.node().labels.get("flaky:id"), ["i-123"]);
+        flaky.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        resolver.refresh_node().await;
+        let node = resolver.node();
+        assert_eq!(node.labels.get("flaky:id"), ["i-123"]);
+        let status = &node.reports[0].status;
+        assert_eq!(status.state(), "stale");
+        assert!(
+            status.detail().unwrap().contains("endpoint down"),
+            "{status:?}"
+        );
+        let state = &resolver.collector_states()[0];
+        assert_eq!(state.errors, 1);
+        assert_eq!(state.last_error.as_deref(), Some("endpoint down"));
+    }
+}

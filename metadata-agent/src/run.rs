@@ -1,0 +1,449 @@
+//! `metadata-agent run`: the daemon. Builds the resolver, the policies and the API from the
+//! configuration, starts the background work (node refresh, cache sweep, policy reload,
+//! pre-resolution, the event pipeline) and serves HTTP until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use axum::Router;
+use collectors::HostRoots;
+use kernel_hook::HookEvent;
+use selectors::{Action, PolicyStore};
+use tokio::sync::{mpsc, watch};
+
+use crate::api::{self, AppState, HookHealth};
+use crate::config::{Config, DEFAULT_LISTEN};
+use crate::events::{self, EventBus};
+use crate::metrics::Metrics;
+use crate::registry::build_registry;
+use crate::resolver::{
+    DEFAULT_CONTAINER_ENTRIES, DEFAULT_PROCESS_ENTRIES, Resolver, ResolverLimits,
+};
+
+/// How long shutdown waits for open requests before the agent exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Options of `run`. Each flag may also come from the environment variable it names, and
+/// overrides the configuration file.
+#[derive(Debug, Default, clap::Args)]
+pub struct RunArgs {
+    /// Configuration file (YAML). Without one, the embedded defaults apply.
+    #[arg(long, value_name = "FILE", env = "METADATA_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where to serve the API: `ADDR:PORT` or `unix:/path/to.sock` [default: 127.0.0.1:9820].
+    #[arg(long, value_name = "ADDR", env = "METADATA_AGENT_LISTEN")]
+    pub listen: Option<String>,
+    /// Policy file or directory of `*.yaml` files (overrides `policies.path`).
+    #[arg(long, value_name = "PATH", env = "METADATA_AGENT_POLICIES")]
+    pub policies: Option<PathBuf>,
+}
+
+/// Where the API is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddress {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket, created with mode 0600.
+    Unix(PathBuf),
+}
+
+impl ListenAddress {
+    /// Parses `ADDR:PORT`, `[v6]:PORT` or `unix:/path`.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                bail!("invalid listen address {text:?}: `unix:` needs a socket path");
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        text.parse().map(Self::Tcp).map_err(|_| {
+            anyhow::anyhow!(
+                "invalid listen address {text:?}: expected ADDR:PORT (e.g. 127.0.0.1:9820) or unix:/path/to.sock"
+            )
+        })
+    }
+}
+
+/// A running agent's parts, before it serves: tests build one to drive it directly.
+pub struct Agent {
+    /// What the API handlers share.
+    pub state: Arc<AppState>,
+    /// Where hook events go (the kernel hook, or a test).
+    pub hook_events: mpsc::Sender<HookEvent>,
+    hook_receiver: Option<mpsc::Receiver<HookEvent>>,
+    max_body_bytes: usize,
+    config: Config,
+}
+
+impl Agent {
+    /// Builds the agent from `config`: collectors, caches, policies, metrics. Fails when the
+    /// policies or the token file cannot be loaded.
+    pub fn build(config: Config) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let roots = HostRoots::resolve(&config.host);
+        let registry = build_registry(&config, &roots);
+        let limits = ResolverLimits {
+            process_entries: config
+                .resolver
+                .process_cache_entries
+                .unwrap_or(DEFAULT_PROCESS_ENTRIES),
+            container_entries: config
+                .resolver
+                .container_cache_entries
+                .unwrap_or(DEFAULT_CONTAINER_ENTRIES),
+        };
+        let resolver = Arc::new(Resolver::new(roots, registry, limits, Arc::clone(&metrics)));
+        let default_action = config.policies.default_action.unwrap_or(Action::Allow);
+        let policies = match &config.policies.path {
+            Some(path) => PolicyStore::load(vec![path.clone()], default_action)
+                .map_err(|errors| anyhow::anyhow!("cannot load the policies:\n{errors}"))?,
+            None => PolicyStore::empty(default_action),
+        };
+        let policies = Arc::new(policies);
+        metrics.policies.set(policies.status().policies as i64);
+        metrics.policy_reloads.inc_by(policies.status().reloads);
+        let token = match &config.server.token_file {
+            Some(path) => Some(read_token(path)?),
+            None => None,
+        };
+        let bus = Arc::new(EventBus::new(
+            config
+                .events
+                .subscriber_buffer
+                .unwrap_or(events::DEFAULT_SUBSCRIBER_BUFFER),
+            Arc::clone(&metrics),
+        ));
+        let (hook_events, hook_receiver) = mpsc::channel(events::PIPELINE_QUEUE);
+        let state = Arc::new(AppState {
+            resolver,
+            policies,
+            bus,
+            metrics,
+            token,
+            hook: Mutex::new(HookHealth {
+                attached: false,
+                mode: None,
+                reason: Some(
+                    "this build has no kernel hook: connects are not observed; lookups work"
+                        .to_owned(),
+                ),
+            }),
+            started: Instant::now(),
+        });
+        Ok(Self {
+            state,
+            hook_events,
+            hook_receiver: Some(hook_receiver),
+            max_body_bytes: config
+                .server
+                .max_body_bytes
+                .unwrap_or(api::DEFAULT_MAX_BODY_BYTES),
+            config,
+        })
+    }
+
+    /// The HTTP API.
+    pub fn router(&self) -> Router {
+        api::router(Arc::clone(&self.state), self.max_body_bytes)
+    }
+
+    /// Starts the background work; it stops when `shutdown` turns true.
+    pub fn start_background(&mut self, shutdown: watch::Receiver<bool>) {
+        let state = &self.state;
+        let resolver = Arc::clone(&state.resolver);
+        let node_interval = self
+            .config
+            .resolver
+            .node_refresh_interval
+            .unwrap_or(Duration::from_secs(300));
+        every(node_interval, shutdown.clone(), true, move || {
+            let resolver = Arc::clone(&resolver);
+            async move { resolver.refresh_node().await }
+        });
+
+        let resolver = Arc::clone(&state.resolver);
+        let sweep_interval = self
+            .config
+            .resolver
+            .sweep_interval
+            .unwrap_or(Duration::from_secs(30));
+        every(sweep_interval, shutdown.clone(), false, move || {
+            let resolver = Arc::clone(&resolver);
+            async move { resolver.sweep() }
+        });
+
+        if self.config.policies.path.is_some() {
+            let (policies, metrics) = (Arc::clone(&state.policies), Arc::clone(&state.metrics));
+            let reload_interval = self
+                .config
+                .policies
+                .reload_interval
+                .unwrap_or(Duration::from_secs(2));
+            every(reload_interval, shutdown.clone(), false, move || {
+                let (policies, metrics) = (Arc::clone(&policies), Arc::clone(&metrics));
+                async move { reload_policies(&policies, &metrics) }
+            });
+        }
+
+        if self.config.resolver.prestart.unwrap_or(true) {
+            let resolver = Arc::clone(&state.resolver);
+            let concurrency = self.config.resolver.prestart_concurrency.unwrap_or(2);
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = resolver.prestart(concurrency) => {}
+                    _ = shutdown.changed() => {}
+                }
+            });
+        }
+
+        if let Some(receiver) = self.hook_receiver.take() {
+            tokio::spawn(events::run_pipeline(
+                receiver,
+                Arc::clone(&state.resolver),
+                Arc::clone(&state.policies),
+                Arc::clone(&state.bus),
+                Arc::clone(&state.metrics),
+            ));
+        }
+    }
+}
+
+/// Runs `task` every `period` (first right away when `now`) until `shutdown` turns true.
+fn every<F, Fut>(period: Duration, mut shutdown: watch::Receiver<bool>, now: bool, task: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let period = period.max(Duration::from_millis(10));
+        let start = if now {
+            tokio::time::Instant::now()
+        } else {
+            tokio::time::Instant::now() + period
+        };
+        let mut ticker = tokio::time::interval_at(start, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => task().await,
+                _ = shutdown.changed() => break,
+            }
+        }
+    });
+}
+
+/// Reloads changed policy files; logs and counts the outcome.
+fn reload_policies(policies: &PolicyStore, metrics: &Metrics) {
+    match policies.reload_if_changed() {
+        None => {}
+        Some(Ok(count)) => {
+            metrics.policy_reloads.inc();
+            metrics.policies.set(count as i64);
+            metrics.policy_reload_failing.set(0);
+            tracing::info!(policies = count, "policies reloaded");
+        }
+        Some(Err(errors)) => {
+            metrics.policy_reload_failures.inc();
+            metrics.policy_reload_failing.set(1);
+            tracing::error!("policy reload failed; the previous policies stay in force:\n{errors}");
+        }
+    }
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read the token file", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("{}: the token file is empty", path.display());
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!(
+            "{}: the token must be one line without spaces",
+            path.display()
+        );
+    }
+    Ok(token.to_owned())
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("METADATA_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging();
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(path) = args.policies {
+        config.policies.path = Some(path);
+    }
+    let listen = args
+        .listen
+        .or_else(|| config.server.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen = ListenAddress::parse(&listen)?;
+    let authenticated = config.server.token_file.is_some();
+    let mut agent = Agent::build(config)?;
+    let (stop, shutdown) = watch::channel(false);
+    let router = agent.router();
+    let server_shutdown = {
+        let mut shutdown = shutdown.clone();
+        async move {
+            let _ = shutdown.changed().await;
+        }
+    };
+    let server = match &listen {
+        ListenAddress::Tcp(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address}"))?;
+            let bound = listener.local_addr()?;
+            tracing::info!(address = %bound, authenticated, "listening on http://{bound}");
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(server_shutdown)
+                    .await
+            })
+        }
+        ListenAddress::Unix(path) => {
+            let listener = bind_unix(path)?;
+            tracing::info!(socket = %path.display(), authenticated, "listening on unix:{}", path.display());
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(server_shutdown)
+                    .await
+            })
+        }
+    };
+    agent.start_background(shutdown);
+    if agent.state.hook.lock().map(|h| !h.attached).unwrap_or(true) {
+        tracing::warn!(
+            "kernel hook not attached: this build has no kernel hook; HTTP lookups work"
+        );
+    }
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    agent.state.bus.close();
+    let _ = stop.send(true);
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::error!("the server stopped with an error: {error}"),
+        Ok(Err(error)) => tracing::error!("the server task failed: {error}"),
+        Err(_) => tracing::warn!(
+            "open requests did not finish within {} s; exiting anyway",
+            SHUTDOWN_GRACE.as_secs()
+        ),
+    }
+    if let ListenAddress::Unix(path) = &listen {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
+
+/// Binds a Unix socket readable and writable by the agent's user only. A stale socket left by
+/// a previous run is replaced; one that still answers belongs to a running agent.
+fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!(
+                "cannot listen on unix:{}: the path exists and is not a socket",
+                path.display()
+            );
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "cannot listen on unix:{}: another process is serving it",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    // The umask makes the socket 0600 from its creation, leaving no window for other users.
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
+    let previous = unsafe { libc::umask(0o177) };
+    let bound = tokio::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    let listener = bound.with_context(|| format!("cannot listen on unix:{}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {} to mode 0600", path.display()))?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            ListenAddress::parse("127.0.0.1:9820").unwrap(),
+            ListenAddress::Tcp("127.0.0.1:9820".parse().unwrap())
+        );
+        assert_eq!(
+            ListenAddress::parse("[::1]:80").unwrap(),
+            ListenAddress::Tcp("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(
+            ListenAddress::parse("unix:/run/a.sock").unwrap(),
+            ListenAddress::Unix("/run/a.sock".into())
+        );
+        assert_eq!(
+            ListenAddress::parse("unix:///run/a.sock").unwrap(),
+            ListenAddress::Unix("/run/a.sock".into())
+        );
+        for bad in ["localhost", "9820", "unix:", "127.0.0.1"] {
+            let error = ListenAddress::parse(bad).unwrap_err().to_string();
+            assert!(error.contains(bad), "{error}");
+        }
+    }
+
+    #[test]
+    fn token_files_must_hold_one_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "abc.def_ghi\n").unwrap();
+        assert_eq!(read_token(&path).unwrap(), "abc.def_ghi");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(read_token(&path).unwrap_err().to_string().contains("empty"));
+        std::fs::write(&path, "two words").unwrap();
+        assert!(read_token(&path).is_err());
+        let missing = dir.path().join("missing");
+        assert!(
+            read_token(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("missing")
+        );
+    }
+}
