@@ -7,7 +7,7 @@
 //! other subscribers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use collectors::LabelSet;
 use kernel_hook::{ConnectEvent, HookEvent};
@@ -62,7 +62,7 @@ pub struct EventBus {
 /// the agent shuts down.
 pub struct Subscription {
     receiver: mpsc::Receiver<Arc<str>>,
-    metrics: Arc<Metrics>,
+    bus: Weak<EventBus>,
 }
 
 impl Subscription {
@@ -74,7 +74,11 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.metrics.subscribers.dec();
+        // Closing first lets the bus see this subscriber as gone right away.
+        self.receiver.close();
+        if let Some(bus) = self.bus.upgrade() {
+            bus.prune();
+        }
     }
 }
 
@@ -90,17 +94,25 @@ impl EventBus {
     }
 
     /// A new subscription, or `None` once the bus is closed.
-    pub fn subscribe(&self) -> Option<Subscription> {
+    pub fn subscribe(self: &Arc<Self>) -> Option<Subscription> {
         if self.closed.load(Ordering::Acquire) {
             return None;
         }
         let (sender, receiver) = mpsc::channel(self.buffer);
-        self.lock().push(sender);
-        self.metrics.subscribers.inc();
+        let mut subscribers = self.lock();
+        subscribers.push(sender);
+        self.metrics.subscribers.set(subscribers.len() as i64);
         Some(Subscription {
             receiver,
-            metrics: Arc::clone(&self.metrics),
+            bus: Arc::downgrade(self),
         })
+    }
+
+    /// Forgets subscribers that went away.
+    fn prune(&self) {
+        let mut subscribers = self.lock();
+        subscribers.retain(|sender| !sender.is_closed());
+        self.metrics.subscribers.set(subscribers.len() as i64);
     }
 
     /// Sends `event` to every subscriber; one that is full is disconnected.
@@ -133,12 +145,14 @@ impl EventBus {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
+        self.metrics.subscribers.set(subscribers.len() as i64);
     }
 
     /// Ends every subscription (at shutdown) and refuses new ones.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.lock().clear();
+        self.metrics.subscribers.set(0);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<mpsc::Sender<Arc<str>>>> {
@@ -217,7 +231,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_subscriber_is_dropped_and_the_others_keep_everything() {
         let metrics = Arc::new(Metrics::new());
-        let bus = EventBus::new(4, Arc::clone(&metrics));
+        let bus = Arc::new(EventBus::new(4, Arc::clone(&metrics)));
         let mut slow = bus.subscribe().unwrap();
         let mut fast = bus.subscribe().unwrap();
         let mut received = Vec::new();
@@ -233,8 +247,12 @@ mod tests {
         }
         assert_eq!(slow_got, ["0", "1", "2", "3"]);
         assert_eq!(metrics.subscribers_dropped.get(), 1);
-        assert_eq!(metrics.subscribers.get(), 2);
+        assert_eq!(metrics.subscribers.get(), 1);
         drop(slow);
+        assert_eq!(metrics.subscribers.get(), 1);
+        let extra = bus.subscribe().unwrap();
+        assert_eq!(metrics.subscribers.get(), 2);
+        drop(extra);
         assert_eq!(metrics.subscribers.get(), 1);
         bus.close();
         assert!(fast.next().await.is_none());
