@@ -147,10 +147,22 @@ impl LabelSet {
         Ok(labels)
     }
 
+    /// The labels as a map from key to values, e.g. to serialize them without the `labels`
+    /// wrapper.
+    pub fn as_map(&self) -> &BTreeMap<String, Vec<String>> {
+        &self.labels
+    }
+
     /// The JSON rendering: `{"labels": {"key": ["v1", "v2"]}}`.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
+}
+
+/// Serializes a label set as its bare map (`{"key": ["value"]}`), for a field named `labels`
+/// inside a larger document: `#[serde(serialize_with = "collectors::labels::serialize_map")]`.
+pub fn serialize_map<S: serde::Serializer>(labels: &LabelSet, s: S) -> Result<S::Ok, S::Error> {
+    labels.labels.serialize(s)
 }
 
 impl fmt::Display for LabelSet {

@@ -292,5 +292,40 @@ mod example_tests {
             .map(String::as_str)
             .collect();
         assert_eq!(patterns, collectors::procfs::DEFAULT_REDACT_PATTERNS);
+
+        assert_eq!(config.server.listen.as_deref(), Some(DEFAULT_LISTEN));
+        assert_eq!(
+            config.server.max_body_bytes,
+            Some(crate::api::DEFAULT_MAX_BODY_BYTES)
+        );
+        assert_eq!(config.policies.default_action, Some(Action::Allow));
+        assert_eq!(
+            config.resolver.process_cache_entries,
+            Some(crate::resolver::DEFAULT_PROCESS_ENTRIES)
+        );
+        assert_eq!(
+            config.resolver.container_cache_entries,
+            Some(crate::resolver::DEFAULT_CONTAINER_ENTRIES)
+        );
+        assert_eq!(
+            config.resolver.node_refresh_interval,
+            Some(crate::run::DEFAULT_NODE_REFRESH)
+        );
+        assert_eq!(
+            config.resolver.sweep_interval,
+            Some(crate::run::DEFAULT_SWEEP)
+        );
+        assert_eq!(
+            config.policies.reload_interval,
+            Some(crate::run::DEFAULT_POLICY_RELOAD)
+        );
+        assert_eq!(
+            config.resolver.prestart_concurrency,
+            Some(crate::run::DEFAULT_PRESTART_CONCURRENCY)
+        );
+        assert_eq!(
+            config.events.subscriber_buffer,
+            Some(crate::events::DEFAULT_SUBSCRIBER_BUFFER)
+        );
     }
 }

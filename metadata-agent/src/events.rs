@@ -33,7 +33,7 @@ pub struct ConnectReport {
     /// The kernel's event.
     pub event: ConnectEvent,
     /// The process's labels (empty when it could not be resolved).
-    #[serde(serialize_with = "serialize_labels")]
+    #[serde(serialize_with = "collectors::labels::serialize_map")]
     pub labels: LabelSet,
     /// Why the process could not be resolved (it may have exited already).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -44,10 +44,6 @@ pub struct ConnectReport {
     pub verdict: Action,
     /// Whether no policy matched and the default decided.
     pub default_applied: bool,
-}
-
-fn serialize_labels<S: serde::Serializer>(labels: &LabelSet, s: S) -> Result<S::Ok, S::Error> {
-    labels.to_json()["labels"].serialize(s)
 }
 
 /// Fans serialized events out to subscribers without ever waiting for one.

@@ -87,7 +87,7 @@ pub struct Resolution {
     /// The container it runs in, if any.
     pub container: Option<ContainerIdentity>,
     /// Labels of every scope, merged.
-    #[serde(serialize_with = "serialize_labels")]
+    #[serde(serialize_with = "collectors::labels::serialize_map")]
     pub labels: LabelSet,
     /// Each collector's outcome: process scope, then container, then node.
     pub collectors: Vec<CollectorReport>,
@@ -95,10 +95,6 @@ pub struct Resolution {
     pub resolved_at: String,
     /// Whether the process labels came from the cache.
     pub cached: bool,
-}
-
-fn serialize_labels<S: serde::Serializer>(labels: &LabelSet, s: S) -> Result<S::Ok, S::Error> {
-    labels.to_json()["labels"].serialize(s)
 }
 
 /// Per-collector history, for `GET /collectors`.

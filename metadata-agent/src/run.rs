@@ -23,6 +23,15 @@ use crate::resolver::{
     DEFAULT_CONTAINER_ENTRIES, DEFAULT_PROCESS_ENTRIES, Resolver, ResolverLimits,
 };
 
+/// How often node labels are collected again, unless configured.
+pub const DEFAULT_NODE_REFRESH: Duration = Duration::from_secs(300);
+/// How often entries of ended processes are dropped, unless configured.
+pub const DEFAULT_SWEEP: Duration = Duration::from_secs(30);
+/// How often policy files are checked for changes, unless configured.
+pub const DEFAULT_POLICY_RELOAD: Duration = Duration::from_secs(2);
+/// Processes pre-resolved at once at start, unless configured.
+pub const DEFAULT_PRESTART_CONCURRENCY: usize = 2;
+
 /// How long shutdown waits for open requests before the agent exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -159,18 +168,14 @@ impl Agent {
             .config
             .resolver
             .node_refresh_interval
-            .unwrap_or(Duration::from_secs(300));
+            .unwrap_or(DEFAULT_NODE_REFRESH);
         every(node_interval, shutdown.clone(), true, move || {
             let resolver = Arc::clone(&resolver);
             async move { resolver.refresh_node().await }
         });
 
         let resolver = Arc::clone(&state.resolver);
-        let sweep_interval = self
-            .config
-            .resolver
-            .sweep_interval
-            .unwrap_or(Duration::from_secs(30));
+        let sweep_interval = self.config.resolver.sweep_interval.unwrap_or(DEFAULT_SWEEP);
         every(sweep_interval, shutdown.clone(), false, move || {
             let resolver = Arc::clone(&resolver);
             async move { resolver.sweep() }
@@ -182,7 +187,7 @@ impl Agent {
                 .config
                 .policies
                 .reload_interval
-                .unwrap_or(Duration::from_secs(2));
+                .unwrap_or(DEFAULT_POLICY_RELOAD);
             every(reload_interval, shutdown.clone(), false, move || {
                 let (policies, metrics) = (Arc::clone(&policies), Arc::clone(&metrics));
                 async move { reload_policies(&policies, &metrics) }
@@ -191,7 +196,11 @@ impl Agent {
 
         if self.config.resolver.prestart.unwrap_or(true) {
             let resolver = Arc::clone(&state.resolver);
-            let concurrency = self.config.resolver.prestart_concurrency.unwrap_or(2);
+            let concurrency = self
+                .config
+                .resolver
+                .prestart_concurrency
+                .unwrap_or(DEFAULT_PRESTART_CONCURRENCY);
             let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
                 tokio::select! {

@@ -42,18 +42,18 @@ pub struct MetadataQuery {
 /// Query of the selector routes.
 #[derive(Debug, Deserialize)]
 pub struct ExplainQuery {
-    #[serde(default, deserialize_with = "lenient_bool")]
+    #[serde(default, deserialize_with = "strict_bool")]
     explain: bool,
 }
 
-/// `true`/`false`, also `1`/`0` and `yes`/`no`, as query strings are written by hand.
-fn lenient_bool<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+/// `true` or `false`; anything else is a 400 naming the value.
+fn strict_bool<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
     let text = String::deserialize(deserializer)?;
-    match text.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" | "" => Ok(false),
+    match text.as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
         _ => Err(serde::de::Error::custom(format!(
-            "expected true or false, found {text:?}"
+            "expected `true` or `false`, found {text:?}"
         ))),
     }
 }
@@ -137,6 +137,12 @@ pub async fn evaluate(
 }
 
 fn parse_label_body(headers: &HeaderMap, body: &[u8]) -> Result<LabelSet, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_labels",
+            "the body is empty: send a label set as JSON or `key: value` lines",
+        ));
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -199,7 +205,7 @@ pub async fn node(State(state): State<Arc<AppState>>) -> Answer {
     let node = state.resolver.node();
     Ok(Json(json!({
         "ready": state.resolver.node_ready(),
-        "labels": node.labels.to_json()["labels"],
+        "labels": node.labels.as_map(),
         "collectors": node.reports,
         "resolved_at": humantime::format_rfc3339_millis(node.resolved_at).to_string(),
     }))
