@@ -85,6 +85,23 @@ pub struct CgroupInfo {
     pub container: ContainerMatch,
 }
 
+impl ContainerMatch {
+    /// Why there is no container identity, for statuses (`None` when there is one).
+    pub fn why_not_a_container(&self) -> Option<String> {
+        match self {
+            Self::Container(_) => None,
+            Self::Monitor { runtime, id } => Some(format!(
+                "the process is {runtime}'s monitor of container {id}, not the container"
+            )),
+            Self::Unrecognized { path } => Some(format!(
+                "unrecognized container runtime: cgroup path {path:?} matches no known layout"
+            )),
+            Self::Conflict { detail } => Some(format!("conflicting container ids: {detail}")),
+            Self::None => Some("the process is not in a container".to_owned()),
+        }
+    }
+}
+
 impl CgroupInfo {
     /// The container identity, when the process runs in a recognized container.
     pub fn identity(&self) -> Option<&ContainerIdentity> {

@@ -30,6 +30,18 @@ pub struct Subject {
     pub process: Option<ProcessRef>,
     /// The container the process runs in, from its cgroups.
     pub container: Option<ContainerIdentity>,
+    /// When `container` is `None`: why (a host process, a runtime's monitor, an unrecognized
+    /// or conflicting cgroup path), for container collectors' statuses.
+    pub container_note: Option<String>,
+}
+
+impl Subject {
+    /// Why container collectors do not apply, when they do not.
+    pub fn not_in_container(&self) -> String {
+        self.container_note
+            .clone()
+            .unwrap_or_else(|| "the process is not in a container".to_owned())
+    }
 }
 
 impl Subject {
@@ -98,4 +110,20 @@ pub trait Collector: Send + Sync {
 
     /// Collects the labels for `subject`.
     async fn collect(&self, subject: &Subject) -> Result<Collected, CollectError>;
+
+    /// Notices of cached labels gone stale, for collectors whose source reports changes (the
+    /// Docker event stream). Called once by the daemon, inside the async runtime; `None` (the
+    /// default) means the collector's labels only change with the process.
+    fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
+        None
+    }
+}
+
+/// Which cached container labels are stale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// One container died, was removed or renamed.
+    Container(String),
+    /// Changes may have been missed (the event stream broke): drop every container entry.
+    AllContainers,
 }

@@ -61,8 +61,7 @@ pub struct BasicConfig {
     pub timeout: Option<Duration>,
 }
 
-/// `collectors.docker` (the collector itself arrives with the Docker issue; the section is
-/// validated now so that configuration files can be written against the final schema).
+/// `collectors.docker`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DockerConfig {
@@ -74,6 +73,12 @@ pub struct DockerConfig {
     pub timeout: Option<Duration>,
     /// Docker socket: a path or a `unix://` URL (default `/var/run/docker.sock`).
     pub socket_path: Option<String>,
+    /// Keys of `docker:env:*` whose values are replaced by `<redacted>` (default: the procfs
+    /// collector's patterns).
+    pub redact_env_patterns: Option<Vec<String>>,
+    /// Keys shown even though they match a pattern.
+    #[serde(default)]
+    pub allow_envs: Vec<String>,
 }
 
 /// `collectors.kubernetes`, with the reference's field names.

@@ -118,7 +118,7 @@ pub struct CollectorsConfig {
     /// `sysfsdmi:*` labels.
     #[serde(default)]
     pub sysfsdmi: BasicConfig,
-    /// `docker:*` labels (validated; the collector is not in this build yet).
+    /// `docker:*` labels.
     #[serde(default)]
     pub docker: DockerConfig,
     /// `k8s:*` labels (validated; the collector is not in this build yet).

@@ -1,7 +1,10 @@
 //! Builds the collector registry from the configuration: one registration line per collector.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use collectors::config::Enabled;
+use collectors::docker::DockerCollector;
 use collectors::linuxos::LinuxOsCollector;
 use collectors::procfs::ProcfsCollector;
 use collectors::sysfsdmi::SysfsDmiCollector;
@@ -18,6 +21,14 @@ pub fn build_registry(config: &Config, roots: &HostRoots) -> Registry {
             Arc::new(ProcfsCollector::new(roots.clone(), &c.procfs)),
             c.procfs.enabled.unwrap_or(true),
             c.procfs.timeout,
+        )
+        .register(
+            Arc::new(DockerCollector::new(
+                &c.docker,
+                c.docker.timeout.unwrap_or(Duration::from_millis(500)),
+            )),
+            c.docker.enabled != Enabled::Never,
+            c.docker.timeout,
         )
         .register(
             Arc::new(LinuxOsCollector::new(roots.clone())),

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use collectors::cgroup::{ContainerIdentity, parse_cgroup_file};
+use collectors::cgroup::{ContainerIdentity, ContainerMatch, parse_cgroup_file};
 use collectors::{
     CollectorReport, CollectorStatus, HostRoots, LabelSet, ProcessError, ProcessRef, Registry,
     Scope, Subject, merge_labels,
@@ -73,6 +73,8 @@ impl ScopeEntry {
 struct ProcessEntry {
     scope: ScopeEntry,
     container: Option<ContainerIdentity>,
+    /// Why there is no container, when there is none.
+    container_note: Option<String>,
     /// The `/proc/<pid>/exe` target when collected; a different one means the process exec'd.
     exe: Option<PathBuf>,
 }
@@ -268,7 +270,7 @@ impl Resolver {
             labels.merge(&container.labels);
             reports.extend(container.reports.iter().cloned());
         } else {
-            reports.extend(self.not_in_container());
+            reports.extend(self.not_in_container(entry.container_note.as_deref()));
         }
         labels.merge(&node.labels);
         reports.extend(node.reports.iter().cloned());
@@ -313,16 +315,17 @@ impl Resolver {
             .get_or_create(&Metrics::cache(Scope::Process))
             .inc();
         let exe = self.exe_of(process.pid);
-        let container = std::fs::read(self.roots.proc_file(process.pid, "cgroup"))
-            .ok()
-            .and_then(|content| {
-                parse_cgroup_file(&String::from_utf8_lossy(&content))
-                    .identity()
-                    .cloned()
-            });
+        let cgroup = std::fs::read(self.roots.proc_file(process.pid, "cgroup"))
+            .map(|content| parse_cgroup_file(&String::from_utf8_lossy(&content)).container);
+        let (container, container_note) = match cgroup {
+            Ok(ContainerMatch::Container(identity)) => (Some(identity), None),
+            Ok(other) => (None, other.why_not_a_container()),
+            Err(error) => (None, Some(format!("cannot read its cgroups: {error}"))),
+        };
         let subject = Subject {
             process: Some(process),
             container: container.clone(),
+            container_note: container_note.clone(),
         };
         let reports = self.run(Scope::Process, &subject).await;
         if reports
@@ -335,6 +338,7 @@ impl Resolver {
         let entry = Arc::new(ProcessEntry {
             scope: ScopeEntry::new(reports),
             container,
+            container_note,
             exe,
         });
         if entry.scope.has_errors() {
@@ -371,6 +375,7 @@ impl Resolver {
         let subject = Subject {
             process: Some(process),
             container: Some(identity.clone()),
+            container_note: None,
         };
         let entry = Arc::new(ScopeEntry::new(self.run(Scope::Container, &subject).await));
         if entry.has_errors() {
@@ -382,7 +387,7 @@ impl Resolver {
     }
 
     /// Container-scope reports for a process outside any container (not cached: no key).
-    fn not_in_container(&self) -> Vec<CollectorReport> {
+    fn not_in_container(&self, why: Option<&str>) -> Vec<CollectorReport> {
         self.registry
             .collectors()
             .iter()
@@ -392,7 +397,9 @@ impl Resolver {
                 scope: Scope::Container,
                 status: if r.enabled {
                     CollectorStatus::NotApplicable {
-                        reason: "the process is not in a container".to_owned(),
+                        reason: why
+                            .unwrap_or("the process is not in a container")
+                            .to_owned(),
                     }
                 } else {
                     CollectorStatus::Disabled
@@ -491,6 +498,54 @@ impl Resolver {
         let before = self.processes.len();
         self.processes.retain(|(cached, _), _| *cached != pid);
         self.count_removals(before);
+    }
+
+    /// Drops the cached labels of container `id` (it died, was removed or renamed).
+    pub fn forget_container(&self, id: &str) {
+        if self.containers.remove(id).is_some() {
+            self.metrics
+                .cache_removals
+                .get_or_create(&Metrics::cache(Scope::Container))
+                .inc();
+        }
+        self.update_entry_gauges();
+    }
+
+    /// Drops every container entry (changes may have been missed).
+    pub fn forget_all_containers(&self) {
+        self.containers.clear();
+        self.update_entry_gauges();
+    }
+
+    /// Follows the invalidation notices of every collector that gives them, until shutdown.
+    pub fn follow_invalidations(self: &Arc<Self>) {
+        for registered in self.registry.collectors() {
+            if !registered.enabled {
+                continue;
+            }
+            let Some(mut notices) = registered.collector.invalidations() else {
+                continue;
+            };
+            let resolver = Arc::downgrade(self);
+            tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    let notice = notices.recv().await;
+                    let Some(resolver) = resolver.upgrade() else {
+                        break;
+                    };
+                    match notice {
+                        Ok(collectors::Invalidation::Container(id)) => {
+                            resolver.forget_container(&id)
+                        }
+                        Ok(collectors::Invalidation::AllContainers) | Err(RecvError::Lagged(_)) => {
+                            resolver.forget_all_containers()
+                        }
+                        Err(RecvError::Closed) => break,
+                    }
+                }
+            });
+        }
     }
 
     /// Drops entries of processes that ended or whose PID now names another process.
@@ -676,6 +731,31 @@ mod tests {
         assert!(!reused.cached);
         assert_eq!(reused.start_time_ticks, Some(200));
         assert_eq!(reused.labels.get("process:cmdline"), ["second --client"]);
+    }
+
+    #[tokio::test]
+    async fn an_unrecognized_container_runtime_is_named_in_the_container_statuses() {
+        let proc = FakeProc::new();
+        proc.process(90, 1, "/sbin/init", "init");
+        std::fs::write(
+            proc.root().join("90/cgroup"),
+            "0::/lxc.payload.web1/init.scope\n",
+        )
+        .unwrap();
+        let resolution = proc.resolver().resolve(90).await.unwrap();
+        let docker = resolution
+            .collectors
+            .iter()
+            .find(|r| r.name == "docker")
+            .unwrap();
+        assert_eq!(docker.status.state(), "not_applicable");
+        let reason = docker.status.detail().unwrap();
+        assert!(
+            reason.contains("unrecognized container runtime"),
+            "{reason}"
+        );
+        assert!(reason.contains("/lxc.payload.web1/init.scope"), "{reason}");
+        assert!(resolution.container.is_none());
     }
 
     #[tokio::test]

@@ -174,6 +174,8 @@ impl Agent {
             async move { resolver.refresh_node().await }
         });
 
+        state.resolver.follow_invalidations();
+
         let resolver = Arc::clone(&state.resolver);
         let sweep_interval = self.config.resolver.sweep_interval.unwrap_or(DEFAULT_SWEEP);
         every(sweep_interval, shutdown.clone(), false, move || {

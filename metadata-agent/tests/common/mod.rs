@@ -59,3 +59,4 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 pub mod daemon;
+pub mod docker;

@@ -1,0 +1,414 @@
+//! The `docker` collector (container scope): `docker:*` labels from the Docker Engine API over
+//! its Unix socket (`GET /containers/<id>/json`), for processes whose cgroups name a Docker
+//! container.
+//!
+//! The daemon caches the labels by container id; [`DockerCollector::invalidations`] follows the
+//! engine's event stream so that a container that dies, is removed or renamed is collected
+//! again. Every request runs under the collector's deadline, so a socket that accepts but never
+//! answers costs one lookup its deadline, nothing more.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::ContainerInspectResponse;
+use bollard::query_parameters::EventsOptions;
+use futures_util::StreamExt;
+use tokio::sync::{OnceCell, broadcast};
+
+use crate::cgroup::Runtime;
+use crate::collector::{CollectError, Collected, Collector, Invalidation, Scope, Subject};
+use crate::config::{DockerConfig, Enabled};
+use crate::labels::{LabelSet, escape_bytes};
+use crate::procfs::{DEFAULT_REDACT_PATTERNS, REDACTED, Redactor};
+
+/// Where the Docker socket is unless configured.
+pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+
+/// Every key this collector can emit.
+pub const LABEL_KEYS: &[&str] = &[
+    "docker:id",
+    "docker:name",
+    "docker:cmdline",
+    "docker:env:<KEY>",
+    "docker:label:<k>",
+    "docker:image:name",
+    "docker:image:hash",
+    "docker:network:hostname",
+    "docker:network:mode",
+    "docker:port-binding",
+];
+
+/// Container events after which cached labels are stale.
+const STALE_AFTER: &[&str] = &["die", "destroy", "rename", "update"];
+
+/// `docker:*` labels from the Docker Engine.
+pub struct DockerCollector {
+    socket: PathBuf,
+    enabled: Enabled,
+    timeout: Duration,
+    redactor: Redactor,
+    /// Connected and version-negotiated once, on first use.
+    client: OnceCell<Docker>,
+    invalidations: broadcast::Sender<Invalidation>,
+}
+
+impl DockerCollector {
+    /// A collector for the socket of `config` (a path or a `unix://` URL).
+    pub fn new(config: &DockerConfig, timeout: Duration) -> Self {
+        let socket = config.socket_path.as_deref().unwrap_or(DEFAULT_SOCKET);
+        let socket = socket.strip_prefix("unix://").unwrap_or(socket);
+        let patterns: Vec<String> = match &config.redact_env_patterns {
+            Some(patterns) => patterns.clone(),
+            None => DEFAULT_REDACT_PATTERNS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect(),
+        };
+        Self {
+            socket: PathBuf::from(socket),
+            enabled: config.enabled,
+            timeout,
+            redactor: Redactor::new(&patterns, &config.allow_envs),
+            client: OnceCell::new(),
+            invalidations: broadcast::channel(1024).0,
+        }
+    }
+
+    /// The socket this collector talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn client(&self) -> Result<&Docker, CollectError> {
+        self.client
+            .get_or_try_init(|| connect(&self.socket, self.timeout))
+            .await
+    }
+
+    fn missing_socket(&self) -> CollectError {
+        let message = format!("no Docker socket at {}", self.socket.display());
+        match self.enabled {
+            Enabled::Always => CollectError::Failed(message),
+            _ => CollectError::Unavailable(message),
+        }
+    }
+
+    /// Labels of container `id`, or `None` when the engine does not know it.
+    async fn inspect(&self, id: &str) -> Result<Option<LabelSet>, CollectError> {
+        let client = self.client().await?;
+        match client.inspect_container(id, None).await {
+            Ok(container) => Ok(Some(labels_of(&container, &self.redactor))),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(error) => Err(CollectError::Failed(format!(
+                "Docker at {}: inspecting container {id}: {error}",
+                self.socket.display()
+            ))),
+        }
+    }
+}
+
+async fn connect(socket: &Path, timeout: Duration) -> Result<Docker, CollectError> {
+    let failed = |error: DockerError| {
+        CollectError::Failed(format!("Docker at {}: {error}", socket.display()))
+    };
+    let path = socket.to_str().ok_or_else(|| {
+        CollectError::Failed(format!("socket path {} is not UTF-8", socket.display()))
+    })?;
+    let seconds = timeout.as_secs().max(1);
+    let client =
+        Docker::connect_with_unix(path, seconds, bollard::API_DEFAULT_VERSION).map_err(failed)?;
+    // Older engines reject a client newer than they are: agree on the highest common version.
+    client.negotiate_version().await.map_err(failed)
+}
+
+#[async_trait]
+impl Collector for DockerCollector {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn scope(&self) -> Scope {
+        Scope::Container
+    }
+
+    fn label_keys(&self) -> &'static [&'static str] {
+        LABEL_KEYS
+    }
+
+    async fn collect(&self, subject: &Subject) -> Result<Collected, CollectError> {
+        let Some(container) = &subject.container else {
+            return Err(CollectError::NotApplicable(subject.not_in_container()));
+        };
+        // The kubelet's cgroupfs layout does not name the runtime: it may be Docker
+        // (cri-dockerd), so ask; any other named runtime is not Docker's.
+        if !matches!(container.runtime, Runtime::Docker | Runtime::Unknown) {
+            return Err(CollectError::NotApplicable(format!(
+                "container {} is run by {}, not Docker",
+                container.id, container.runtime
+            )));
+        }
+        if !self.socket.exists() {
+            return Err(self.missing_socket());
+        }
+        match self.inspect(&container.id).await? {
+            Some(labels) => Ok(Collected::complete(labels)),
+            None => Err(CollectError::NotApplicable(format!(
+                "Docker does not know container {}",
+                container.id
+            ))),
+        }
+    }
+
+    fn invalidations(&self) -> Option<broadcast::Receiver<Invalidation>> {
+        if self.enabled == Enabled::Never {
+            return None;
+        }
+        let receiver = self.invalidations.subscribe();
+        tokio::spawn(follow_events(
+            self.socket.clone(),
+            self.timeout,
+            self.invalidations.clone(),
+        ));
+        Some(receiver)
+    }
+}
+
+/// Follows the engine's container events for as long as anyone listens, reconnecting with a
+/// growing pause. After a reconnect every entry is invalidated: events may have been missed.
+async fn follow_events(
+    socket: PathBuf,
+    timeout: Duration,
+    sender: broadcast::Sender<Invalidation>,
+) {
+    let mut pause = Duration::from_millis(500);
+    let mut reconnecting = false;
+    while sender.receiver_count() > 0 {
+        if socket.exists()
+            && let Ok(client) = connect(&socket, timeout).await
+        {
+            if reconnecting {
+                let _ = sender.send(Invalidation::AllContainers);
+            }
+            let filters = HashMap::from([("type".to_owned(), vec!["container".to_owned()])]);
+            let mut events = client.events(Some(EventsOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }));
+            pause = Duration::from_millis(500);
+            while let Some(Ok(event)) = events.next().await {
+                let stale = event
+                    .action
+                    .as_deref()
+                    .is_some_and(|action| STALE_AFTER.contains(&action));
+                if let (true, Some(id)) = (stale, event.actor.and_then(|actor| actor.id)) {
+                    let _ = sender.send(Invalidation::Container(id));
+                }
+            }
+            reconnecting = true;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// The `docker:*` labels of one inspected container.
+pub fn labels_of(container: &ContainerInspectResponse, redactor: &Redactor) -> LabelSet {
+    let mut labels = LabelSet::new();
+    let mut put = |key: &str, value: &str| labels.insert(key, escape_bytes(value.as_bytes()));
+    if let Some(id) = &container.id {
+        put("docker:id", id);
+    }
+    if let Some(name) = &container.name {
+        put("docker:name", name.strip_prefix('/').unwrap_or(name));
+    }
+    let command: Vec<&str> = container
+        .path
+        .iter()
+        .chain(container.args.iter().flatten())
+        .map(String::as_str)
+        .filter(|part| !part.is_empty())
+        .collect();
+    put("docker:cmdline", &command.join(" "));
+    if let Some(config) = &container.config {
+        for entry in config.env.iter().flatten() {
+            let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
+            let key = key.to_ascii_uppercase();
+            let value = if redactor.redacts(&key) {
+                REDACTED
+            } else {
+                value
+            };
+            put(
+                &format!("docker:env:{}", escape_bytes(key.as_bytes())),
+                value,
+            );
+        }
+        let mut container_labels: Vec<(&String, &String)> =
+            config.labels.iter().flatten().collect();
+        container_labels.sort();
+        for (key, value) in container_labels {
+            put(&format!("docker:label:{}", escape_key(key)), value);
+        }
+        if let Some(image) = &config.image {
+            put("docker:image:name", image);
+        }
+        if let Some(hostname) = &config.hostname {
+            put("docker:network:hostname", hostname);
+        }
+    }
+    if let Some(image) = &container.image {
+        put("docker:image:hash", image);
+    }
+    if let Some(host) = &container.host_config {
+        if let Some(mode) = &host.network_mode {
+            put("docker:network:mode", mode);
+        }
+        let mut ports: Vec<&String> = host
+            .port_bindings
+            .iter()
+            .flatten()
+            .map(|(k, _)| k)
+            .collect();
+        ports.sort();
+        for port in ports {
+            put("docker:port-binding", port);
+        }
+    }
+    labels
+}
+
+/// A label key segment from free text: escaped like values, and spaces too, since keys have none.
+fn escape_key(key: &str) -> String {
+    escape_bytes(key.as_bytes()).replace(' ', "\\x20")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn inspect_fixture() -> ContainerInspectResponse {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/docker/nginx-inspect.json"
+        ))
+        .unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn the_reference_container_gives_the_reference_labels() {
+        let redactor = Redactor::new(&["*TOKEN*".to_owned()], &[]);
+        let labels = labels_of(&inspect_fixture(), &redactor);
+        let expected = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/docker/nginx-expected.txt"
+        ))
+        .unwrap();
+        assert_eq!(labels.to_text(), expected);
+
+        let mut container = inspect_fixture();
+        let config = container.config.as_mut().unwrap();
+        config
+            .env
+            .as_mut()
+            .unwrap()
+            .push("api_token=abc".to_owned());
+        config.env.as_mut().unwrap().push("EMPTY=".to_owned());
+        config
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("odd key".to_owned(), "line\nbreak".to_owned());
+        let labels = labels_of(&container, &redactor);
+        assert_eq!(labels.get("docker:env:API_TOKEN"), [REDACTED]);
+        assert!(!labels.contains_key("docker:env:EMPTY"));
+        assert_eq!(labels.get("docker:label:odd\\x20key"), ["line\\x0abreak"]);
+    }
+
+    #[tokio::test]
+    async fn outside_docker_the_collector_says_why_without_touching_the_socket() {
+        let config = DockerConfig {
+            socket_path: Some("unix:///nonexistent/docker.sock".to_owned()),
+            ..Default::default()
+        };
+        let collector = DockerCollector::new(&config, Duration::from_millis(200));
+        assert_eq!(collector.socket(), Path::new("/nonexistent/docker.sock"));
+        let none = collector.collect(&Subject::default()).await.unwrap_err();
+        assert!(matches!(none, CollectError::NotApplicable(_)), "{none:?}");
+
+        let mut subject = Subject {
+            container: Some(crate::cgroup::ContainerIdentity {
+                id: "a".repeat(64),
+                runtime: Runtime::Containerd,
+                pod_uid: None,
+            }),
+            ..Default::default()
+        };
+        let other = collector.collect(&subject).await.unwrap_err();
+        assert!(other.to_string().contains("containerd"), "{other}");
+
+        subject.container.as_mut().unwrap().runtime = Runtime::Docker;
+        let missing = collector.collect(&subject).await.unwrap_err();
+        assert_eq!(
+            missing,
+            CollectError::Unavailable("no Docker socket at /nonexistent/docker.sock".to_owned())
+        );
+        let always = DockerCollector::new(
+            &DockerConfig {
+                enabled: Enabled::Always,
+                ..config
+            },
+            Duration::from_millis(200),
+        );
+        assert!(matches!(
+            always.collect(&subject).await.unwrap_err(),
+            CollectError::Failed(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_never_answers_fails_within_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docker.sock");
+        // Accepts connections and never writes a byte.
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                open.push(stream);
+            }
+        });
+        let config = DockerConfig {
+            socket_path: Some(path.to_str().unwrap().to_owned()),
+            ..Default::default()
+        };
+        let collector = Arc::new(DockerCollector::new(&config, Duration::from_millis(300)));
+        let mut registry = crate::Registry::new();
+        registry.register(collector, true, Some(Duration::from_millis(300)));
+        let subject = Subject {
+            process: None,
+            container: Some(crate::cgroup::ContainerIdentity {
+                id: "b".repeat(64),
+                runtime: Runtime::Docker,
+                pod_uid: None,
+            }),
+            container_note: None,
+        };
+        let started = std::time::Instant::now();
+        let reports = registry.collect(Some(Scope::Container), &subject).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(reports[0].status.state(), "timed_out");
+        held.abort();
+    }
+}
