@@ -38,6 +38,8 @@ pub struct ConnectEvent {
     pub port: u16,
     /// Kernel monotonic time of the call, in nanoseconds since boot.
     pub timestamp_ns: u64,
+    /// Whether the kernel let the call through (always, in observe mode).
+    pub allowed: bool,
 }
 
 /// Everything the hook reports.

@@ -1,9 +1,11 @@
 //! Userspace side of the eBPF connect hook.
 //!
-//! [`event`] holds the typed events the hook reports (connects, execs, exits); the agent consumes
-//! them from a channel, so its event pipeline does not depend on how they were produced. Loading
-//! and attaching the BPF programs with `aya` lands with the kernel-hook issue.
+//! - [`hook`]: loads the programs of `kernel-hook-ebpf`, attaches them to the cgroup v2 root and
+//!   the sched tracepoints, drains their ring buffer, and writes the verdict map.
+//! - [`event`]: the typed events (connects, execs, exits) the agent consumes from a channel.
 
 pub mod event;
+pub mod hook;
 
 pub use event::{ConnectEvent, HookEvent, Protocol};
+pub use hook::{EventReader, Hook, HookError, Verdict, detect_cgroup_root};

@@ -23,6 +23,7 @@ fn connect_event(tgid: u32, port: u16) -> HookEvent {
         destination: "127.0.0.1".parse().unwrap(),
         port,
         timestamp_ns: 1,
+        allowed: true,
     })
 }
 
