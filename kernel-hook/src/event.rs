@@ -52,6 +52,8 @@ pub enum HookEvent {
     Exec {
         /// The process.
         tgid: u32,
+        /// Kernel monotonic time of the exec, in nanoseconds since boot.
+        timestamp_ns: u64,
     },
     /// A process ended (its last thread exited).
     Exit {

@@ -80,6 +80,16 @@ pub fn detect_cgroup_root() -> Result<PathBuf, HookError> {
     ))
 }
 
+/// The kernel's monotonic clock in nanoseconds, the clock of the events' `timestamp_ns`.
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime writes into a timespec we own.
+    unsafe {
+        let mut now: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+        now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    }
+}
+
 /// Whether `path` is the root of a cgroup2 mount.
 pub fn is_cgroup2(path: &Path) -> bool {
     let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
@@ -303,7 +313,10 @@ pub fn parse_event(record: &[u8]) -> Option<HookEvent> {
     let u64_at = |at: usize| u64::from_le_bytes(record[at..at + 8].try_into().unwrap_or_default());
     let tgid = u32_at(4);
     match u32_at(0) {
-        EVENT_EXEC => Some(HookEvent::Exec { tgid }),
+        EVENT_EXEC => Some(HookEvent::Exec {
+            tgid,
+            timestamp_ns: u64_at(32),
+        }),
         EVENT_EXIT => Some(HookEvent::Exit { tgid }),
         EVENT_CONNECT => {
             let family = u16::from_le_bytes([record[20], record[21]]);

@@ -8,4 +8,4 @@ pub mod event;
 pub mod hook;
 
 pub use event::{ConnectEvent, HookEvent, Protocol};
-pub use hook::{EventReader, Hook, HookError, Verdict, detect_cgroup_root};
+pub use hook::{EventReader, Hook, HookError, Verdict, detect_cgroup_root, monotonic_ns};

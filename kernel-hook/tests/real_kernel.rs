@@ -114,7 +114,7 @@ fn the_hook_reports_connects_execs_exits_and_enforces_verdicts() {
     assert!(
         events
             .iter()
-            .any(|e| matches!(e, HookEvent::Exec { tgid } if *tgid == pid)),
+            .any(|e| matches!(e, HookEvent::Exec { tgid, .. } if *tgid == pid)),
         "no exec event for {pid}"
     );
 

@@ -34,6 +34,39 @@ pub struct Config {
     /// The event stream.
     #[serde(default)]
     pub events: EventsConfig,
+    /// The kernel hook.
+    #[serde(default)]
+    pub hook: HookConfig,
+}
+
+/// `hook:`: the eBPF connect hook.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HookConfig {
+    /// `auto` (default: attach when possible, else warn and run without), `true` (failing to
+    /// attach stops the start) or `false`.
+    #[serde(default)]
+    pub enabled: collectors::config::Enabled,
+    /// The cgroup v2 root to attach to (default: `/sys/fs/cgroup` when it is cgroup2, else
+    /// `/sys/fs/cgroup/unified`).
+    pub cgroup_root: Option<PathBuf>,
+    /// `observe` (default) or `enforce`.
+    #[serde(default)]
+    pub mode: HookMode,
+    /// In enforce mode, the verdict for processes not resolved yet (default `allow`).
+    #[serde(default, deserialize_with = "deserialize_action")]
+    pub default_verdict: Option<Action>,
+}
+
+/// What the hook does with connects.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HookMode {
+    /// Report only.
+    #[default]
+    Observe,
+    /// Refuse connects of processes whose verdict is `deny`.
+    Enforce,
 }
 
 /// The address the API listens on by default: loopback only.

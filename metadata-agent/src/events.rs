@@ -15,6 +15,7 @@ use selectors::{Action, PolicyMatch, PolicyStore};
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::enforcement::SharedEnforcer;
 use crate::metrics::{DropLabels, Metrics};
 use crate::resolver::Resolver;
 
@@ -164,6 +165,7 @@ pub async fn run_pipeline(
     policies: Arc<PolicyStore>,
     bus: Arc<EventBus>,
     metrics: Arc<Metrics>,
+    enforcer: SharedEnforcer,
 ) {
     let permits = Arc::new(Semaphore::new(RESOLUTION_CONCURRENCY));
     while let Some(event) = events.recv().await {
@@ -176,19 +178,34 @@ pub async fn run_pipeline(
                 let resolver = Arc::clone(&resolver);
                 let policies = Arc::clone(&policies);
                 let bus = Arc::clone(&bus);
+                let enforcer = enforcer.clone();
                 tokio::spawn(async move {
                     let report = report_connect(connect, &resolver, &policies).await;
+                    if let Some(enforcer) = &enforcer
+                        && report.resolution_error.is_none()
+                    {
+                        enforcer.apply(report.event.tgid, report.verdict);
+                    }
                     bus.publish(&report);
                     drop(permit);
                 });
             }
-            HookEvent::Exec { tgid } => {
+            HookEvent::Exec { tgid, timestamp_ns } => {
                 metrics.events_received.inc();
-                resolver.forget(tgid);
+                // A lookup may have collected the new image already: keep what is newer.
+                resolver.forget_collected_before(tgid, timestamp_ns);
                 let resolver = Arc::clone(&resolver);
-                // Resolve ahead of the first connect; a process gone already is not an error.
+                let policies = Arc::clone(&policies);
+                let enforcer = enforcer.clone();
+                // Resolve ahead of the first connect (and decide its verdict); a process gone
+                // already is not an error.
                 tokio::spawn(async move {
-                    let _ = resolver.resolve(tgid).await;
+                    if let Ok(resolution) = resolver.resolve(tgid).await
+                        && let Some(enforcer) = &enforcer
+                    {
+                        let verdict = policies.current().evaluate(&resolution.labels).verdict;
+                        enforcer.apply(tgid, verdict);
+                    }
                 });
             }
             HookEvent::Exit { tgid } => {

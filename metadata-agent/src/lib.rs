@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod config;
+pub mod enforcement;
 pub mod events;
 pub mod inspect;
 pub mod metrics;

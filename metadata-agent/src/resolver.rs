@@ -77,6 +77,8 @@ struct ProcessEntry {
     container_note: Option<String>,
     /// The `/proc/<pid>/exe` target when collected; a different one means the process exec'd.
     exe: Option<PathBuf>,
+    /// When the collection started, on the kernel's monotonic clock (that of hook events).
+    collected_ns: u64,
 }
 
 /// Everything known about one process: its own labels, its container's and the node's.
@@ -314,6 +316,7 @@ impl Resolver {
             .cache_misses
             .get_or_create(&Metrics::cache(Scope::Process))
             .inc();
+        let collected_ns = kernel_hook::monotonic_ns();
         let exe = self.exe_of(process.pid);
         let cgroup = std::fs::read(self.roots.proc_file(process.pid, "cgroup"))
             .map(|content| parse_cgroup_file(&String::from_utf8_lossy(&content)).container);
@@ -340,6 +343,7 @@ impl Resolver {
             container,
             container_note,
             exe,
+            collected_ns,
         });
         if entry.scope.has_errors() {
             drop(guard);
@@ -500,6 +504,15 @@ impl Resolver {
         self.count_removals(before);
     }
 
+    /// Drops the entries of `pid` collected before `monotonic_ns` (an exec at that time made
+    /// them stale).
+    pub fn forget_collected_before(&self, pid: u32, monotonic_ns: u64) {
+        let before = self.processes.len();
+        self.processes
+            .retain(|(cached, _), entry| *cached != pid || entry.collected_ns >= monotonic_ns);
+        self.count_removals(before);
+    }
+
     /// Drops the cached labels of container `id` (it died, was removed or renamed).
     pub fn forget_container(&self, id: &str) {
         if self.containers.remove(id).is_some() {
@@ -578,6 +591,14 @@ impl Resolver {
             .cache_entries
             .get_or_create(&Metrics::cache(Scope::Container))
             .set(self.containers.len() as i64);
+    }
+
+    /// The PIDs of the cached processes.
+    pub fn cached_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.processes.iter().map(|((pid, _), _)| pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
     }
 
     /// Number of cached process entries.
@@ -781,6 +802,12 @@ mod tests {
         assert_eq!(resolver.cached_processes(), 2);
         resolver.forget(10);
         assert_eq!(resolver.cached_processes(), 1);
+        // An exec older than the collection keeps the entry; a newer one drops it.
+        resolver.forget_collected_before(11, 0);
+        assert_eq!(resolver.cached_processes(), 1);
+        resolver.forget_collected_before(11, u64::MAX);
+        assert_eq!(resolver.cached_processes(), 0);
+        resolver.resolve(11).await.unwrap();
         std::fs::remove_dir_all(proc.root().join("11")).unwrap();
         resolver.sweep();
         assert_eq!(resolver.cached_processes(), 0);

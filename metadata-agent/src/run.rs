@@ -15,13 +15,16 @@ use selectors::{Action, PolicyStore};
 use tokio::sync::{mpsc, watch};
 
 use crate::api::{self, AppState, HookHealth};
-use crate::config::{Config, DEFAULT_LISTEN};
+use crate::config::{Config, DEFAULT_LISTEN, HookMode};
+use crate::enforcement::{Enforcer, SharedEnforcer};
 use crate::events::{self, EventBus};
 use crate::metrics::Metrics;
 use crate::registry::build_registry;
 use crate::resolver::{
     DEFAULT_CONTAINER_ENTRIES, DEFAULT_PROCESS_ENTRIES, Resolver, ResolverLimits,
 };
+use collectors::config::Enabled;
+use kernel_hook::EventReader;
 
 /// How often node labels are collected again, unless configured.
 pub const DEFAULT_NODE_REFRESH: Duration = Duration::from_secs(300);
@@ -84,6 +87,9 @@ pub struct Agent {
     /// Where hook events go (the kernel hook, or a test).
     pub hook_events: mpsc::Sender<HookEvent>,
     hook_receiver: Option<mpsc::Receiver<HookEvent>>,
+    hook_reader: Option<EventReader>,
+    /// The attached hook, if any.
+    pub enforcer: SharedEnforcer,
     max_body_bytes: usize,
     config: Config,
 }
@@ -136,10 +142,7 @@ impl Agent {
             hook: Mutex::new(HookHealth {
                 attached: false,
                 mode: None,
-                reason: Some(
-                    "this build has no kernel hook: connects are not observed; lookups work"
-                        .to_owned(),
-                ),
+                reason: Some("not attached yet".to_owned()),
             }),
             started: Instant::now(),
         });
@@ -147,12 +150,70 @@ impl Agent {
             state,
             hook_events,
             hook_receiver: Some(hook_receiver),
+            hook_reader: None,
+            enforcer: None,
             max_body_bytes: config
                 .server
                 .max_body_bytes
                 .unwrap_or(api::DEFAULT_MAX_BODY_BYTES),
             config,
         })
+    }
+
+    /// Attaches the kernel hook as `hook.enabled` says: `auto` warns and goes on without it,
+    /// `true` fails, `false` does not try.
+    pub fn attach_hook(&mut self) -> anyhow::Result<()> {
+        let config = &self.config.hook;
+        let set_health = |attached: bool, mode: Option<&str>, reason: Option<String>| {
+            *self.state.hook.lock().unwrap_or_else(|e| e.into_inner()) = HookHealth {
+                attached,
+                mode: mode.map(str::to_owned),
+                reason,
+            };
+            self.state.metrics.hook_attached.set(i64::from(attached));
+        };
+        if config.enabled == Enabled::Never {
+            set_health(
+                false,
+                None,
+                Some("disabled in the configuration (hook.enabled: false)".to_owned()),
+            );
+            return Ok(());
+        }
+        let attached = config
+            .cgroup_root
+            .clone()
+            .map_or_else(kernel_hook::detect_cgroup_root, Ok)
+            .and_then(|root| kernel_hook::Hook::attach(&root));
+        let enforce = config.mode == HookMode::Enforce;
+        let default = config.default_verdict.unwrap_or(Action::Allow);
+        match attached.and_then(|(hook, reader)| {
+            let root = hook.cgroup_root().to_owned();
+            Enforcer::new(hook, enforce, default).map(|e| (e, reader, root))
+        }) {
+            Ok((enforcer, reader, root)) => {
+                let mode = if enforce { "enforce" } else { "observe" };
+                tracing::info!(cgroup = %root.display(), mode, "kernel hook attached");
+                set_health(true, Some(mode), None);
+                self.enforcer = Some(Arc::new(enforcer));
+                self.hook_reader = Some(reader);
+                Ok(())
+            }
+            Err(error) if config.enabled == Enabled::Auto => {
+                tracing::warn!("kernel hook not attached, running without it: {error}");
+                set_health(false, None, Some(error.to_string()));
+                Ok(())
+            }
+            Err(error) => Err(anyhow::anyhow!("cannot attach the kernel hook: {error}")),
+        }
+    }
+
+    /// Detaches the kernel hook, if attached.
+    pub fn detach_hook(&self) {
+        if let Some(enforcer) = &self.enforcer {
+            enforcer.detach();
+            self.state.metrics.hook_attached.set(0);
+        }
     }
 
     /// The HTTP API.
@@ -185,6 +246,7 @@ impl Agent {
 
         if self.config.policies.path.is_some() {
             let (policies, metrics) = (Arc::clone(&state.policies), Arc::clone(&state.metrics));
+            let (resolver, enforcer) = (Arc::clone(&state.resolver), self.enforcer.clone());
             let reload_interval = self
                 .config
                 .policies
@@ -192,12 +254,20 @@ impl Agent {
                 .unwrap_or(DEFAULT_POLICY_RELOAD);
             every(reload_interval, shutdown.clone(), false, move || {
                 let (policies, metrics) = (Arc::clone(&policies), Arc::clone(&metrics));
-                async move { reload_policies(&policies, &metrics) }
+                let (resolver, enforcer) = (Arc::clone(&resolver), enforcer.clone());
+                async move {
+                    if reload_policies(&policies, &metrics)
+                        && let Some(enforcer) = enforcer
+                    {
+                        enforcer.apply_all(&resolver, &policies).await;
+                    }
+                }
             });
         }
 
         if self.config.resolver.prestart.unwrap_or(true) {
             let resolver = Arc::clone(&state.resolver);
+            let (policies, enforcer) = (Arc::clone(&state.policies), self.enforcer.clone());
             let concurrency = self
                 .config
                 .resolver
@@ -205,11 +275,35 @@ impl Agent {
                 .unwrap_or(DEFAULT_PRESTART_CONCURRENCY);
             let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
+                let work = async {
+                    resolver.prestart(concurrency).await;
+                    if let Some(enforcer) = enforcer {
+                        enforcer.apply_all(&resolver, &policies).await;
+                    }
+                };
                 tokio::select! {
-                    _ = resolver.prestart(concurrency) => {}
+                    _ = work => {}
                     _ = shutdown.changed() => {}
                 }
             });
+        }
+
+        if let Some(reader) = self.hook_reader.take() {
+            let (lost, dropped) = (Arc::clone(&state.metrics), Arc::clone(&state.metrics));
+            tokio::spawn(reader.run(
+                self.hook_events.clone(),
+                move |n| {
+                    lost.events_lost.inc_by(n);
+                },
+                move |n| {
+                    dropped
+                        .events_dropped
+                        .get_or_create(&crate::metrics::DropLabels {
+                            reason: "pipeline_full".to_owned(),
+                        })
+                        .inc_by(n);
+                },
+            ));
         }
 
         if let Some(receiver) = self.hook_receiver.take() {
@@ -219,6 +313,7 @@ impl Agent {
                 Arc::clone(&state.policies),
                 Arc::clone(&state.bus),
                 Arc::clone(&state.metrics),
+                self.enforcer.clone(),
             ));
         }
     }
@@ -248,20 +343,23 @@ where
     });
 }
 
-/// Reloads changed policy files; logs and counts the outcome.
-fn reload_policies(policies: &PolicyStore, metrics: &Metrics) {
+/// Reloads changed policy files; logs and counts the outcome. True when new policies are in
+/// force.
+fn reload_policies(policies: &PolicyStore, metrics: &Metrics) -> bool {
     match policies.reload_if_changed() {
-        None => {}
+        None => false,
         Some(Ok(count)) => {
             metrics.policy_reloads.inc();
             metrics.policies.set(count as i64);
             metrics.policy_reload_failing.set(0);
             tracing::info!(policies = count, "policies reloaded");
+            true
         }
         Some(Err(errors)) => {
             metrics.policy_reload_failures.inc();
             metrics.policy_reload_failing.set(1);
             tracing::error!("policy reload failed; the previous policies stay in force:\n{errors}");
+            false
         }
     }
 }
@@ -310,6 +408,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listen = ListenAddress::parse(&listen)?;
     let authenticated = config.server.token_file.is_some();
     let mut agent = Agent::build(config)?;
+    agent.attach_hook()?;
     let (stop, shutdown) = watch::channel(false);
     let router = agent.router();
     let server_shutdown = {
@@ -342,11 +441,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     agent.start_background(shutdown);
-    if agent.state.hook.lock().map(|h| !h.attached).unwrap_or(true) {
-        tracing::warn!(
-            "kernel hook not attached: this build has no kernel hook; HTTP lookups work"
-        );
-    }
 
     wait_for_signal().await?;
     tracing::info!("shutting down");
@@ -361,6 +455,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             SHUTDOWN_GRACE.as_secs()
         ),
     }
+    agent.detach_hook();
     if let ListenAddress::Unix(path) = &listen {
         let _ = std::fs::remove_file(path);
     }

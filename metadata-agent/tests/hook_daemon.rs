@@ -1,0 +1,123 @@
+//! The agent with the real kernel hook (root): a child's connect reaches `/events` subscribers
+//! with its labels, its exit drops it from the cache, and in enforce mode the policies decide
+//! who may connect.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use metadata_agent::config::{Config, HookMode};
+use metadata_agent::run::Agent;
+
+const POLICIES: &str = r#"
+policies:
+  - name: blocked-user
+    action: deny
+    selectors:
+      - process:uid: 4242
+  - name: trusted-user
+    action: allow
+    selectors:
+      - process:uid: 4243
+"#;
+
+/// Runs a python3 connect to 127.0.0.1:`port` as `uid`. The process lives a moment before and
+/// after the connect, as the agent resolves processes from their exec event, asynchronously.
+fn connect_as(uid: u32, port: u16) -> Output {
+    let script = format!(
+        "sleep 1; exec python3 -c 'import socket, time; time.sleep(0.5); \
+         socket.create_connection((\"127.0.0.1\", {port})).close(); time.sleep(0.5)'"
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .unwrap()
+}
+
+async fn agent(config: Config) -> Agent {
+    let mut agent = Agent::build(config).unwrap();
+    agent.attach_hook().unwrap();
+    let attached = agent.state.hook.lock().unwrap().attached;
+    assert!(attached, "{:?}", agent.state.hook.lock().unwrap());
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    std::mem::forget(_stop);
+    agent.start_background(shutdown);
+    agent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_are_resolved_published_and_enforced() {
+    if !common::require(common::is_root(), "root (to load BPF programs)") {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+
+    // Observe mode: the event stream carries the child's connect with its labels.
+    let mut config = Config::default();
+    config.resolver.prestart = Some(false);
+    let observer = agent(config).await;
+    let mut subscription = observer.state.bus.subscribe().unwrap();
+    let child = std::thread::spawn(move || connect_as(0, port));
+    let pid_event = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let json = subscription.next().await.unwrap();
+            let event: serde_json::Value = serde_json::from_str(&json).unwrap();
+            if event["event"]["port"] == port {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("no connect event within 10 s");
+    let output = child.join().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let pid = pid_event["event"]["tgid"].as_u64().unwrap() as u32;
+    assert_eq!(pid_event["labels"]["process:pid"][0], pid.to_string());
+    assert_eq!(pid_event["event"]["protocol"], "tcp");
+    assert_eq!(pid_event["event"]["destination"], "127.0.0.1");
+    assert_eq!(pid_event["event"]["allowed"], true);
+    assert!(
+        pid_event["labels"]["process:binary:path"][0]
+            .as_str()
+            .unwrap()
+            .contains("python3"),
+        "{pid_event}"
+    );
+    // Its exit drops it from the cache.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while observer.state.resolver.cached_pids().contains(&pid) {
+        assert!(tokio::time::Instant::now() < deadline, "{pid} still cached");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    observer.detach_hook();
+
+    // Enforce mode: deny by policy, allow by policy, allow by default.
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies.yaml");
+    std::fs::write(&policies, POLICIES).unwrap();
+    let mut config = Config::default();
+    config.resolver.prestart = Some(false);
+    config.policies.path = Some(policies);
+    config.hook.mode = HookMode::Enforce;
+    let enforcer = agent(config).await;
+    let denied = tokio::task::spawn_blocking(move || connect_as(4242, port))
+        .await
+        .unwrap();
+    assert!(!denied.status.success(), "{denied:?}");
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("PermissionError"),
+        "{denied:?}"
+    );
+    for uid in [4243, 4244] {
+        let allowed = tokio::task::spawn_blocking(move || connect_as(uid, port))
+            .await
+            .unwrap();
+        assert!(allowed.status.success(), "uid {uid}: {allowed:?}");
+    }
+    enforcer.detach_hook();
+}
