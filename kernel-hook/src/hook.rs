@@ -59,13 +59,9 @@ fn classify(text: String) -> HookError {
     }
 }
 
+/// An error about program or map `name`, classified like the loader's.
 fn program_error(name: &str, error: impl std::fmt::Display) -> HookError {
-    let error = format!("{error}");
-    let mut source = None;
-    if error.contains("Operation not permitted") {
-        source = Some(HookError::Permission(format!("{name}: {error}")));
-    }
-    source.unwrap_or_else(|| HookError::Kernel(format!("{name}: {error}")))
+    classify(format!("{name}: {error}"))
 }
 
 /// The cgroup v2 root: `/sys/fs/cgroup` when it is cgroup2, else `/sys/fs/cgroup/unified`.
