@@ -59,6 +59,17 @@ fn classify(text: String) -> HookError {
     }
 }
 
+/// Program `name` of the object, as its type `P`.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, HookError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| HookError::Kernel(format!("program {name} missing")))?
+        .try_into()
+        .map_err(|e| program_error(name, e))
+}
+
 /// An error about program or map `name`, classified like the loader's.
 fn program_error(name: &str, error: impl std::fmt::Display) -> HookError {
     classify(format!("{name}: {error}"))
@@ -172,11 +183,7 @@ impl Hook {
         let cgroup = File::open(cgroup_root)
             .map_err(|e| HookError::NoCgroup2(format!("{}: {e}", cgroup_root.display())))?;
         for name in CONNECT_PROGRAMS {
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or_else(|| HookError::Kernel(format!("program {name} missing")))?
-                .try_into()
-                .map_err(|e| program_error(name, e))?;
+            let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             program.load().map_err(|e| program_error(name, e))?;
             // Single: the other modes fail with EINVAL on kernels ≥ 5.7, where cgroup links
             // coexist anyway.
@@ -186,11 +193,7 @@ impl Hook {
         }
         ensure_tracefs()?;
         for (name, tracepoint) in TRACEPOINTS {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| HookError::Kernel(format!("program {name} missing")))?
-                .try_into()
-                .map_err(|e| program_error(name, e))?;
+            let program: &mut TracePoint = program(&mut ebpf, name)?;
             program.load().map_err(|e| program_error(name, e))?;
             program
                 .attach("sched", tracepoint)

@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::daemon::{Daemon, write};
+use common::daemon::{Daemon, token_config};
 
 fn schemathesis_available() -> bool {
     Command::new("schemathesis")
@@ -54,15 +54,7 @@ fn the_api_conforms_to_its_openapi_document() {
     assert!(status.success());
     assert!(!log.contains("ERROR"), "{log}");
 
-    write(dir.path(), "token", "schemathesis-token\n");
-    let config = write(
-        dir.path(),
-        "agent.yaml",
-        &format!(
-            "server:\n  tokenFile: {}\n",
-            dir.path().join("token").display()
-        ),
-    );
+    let config = token_config(dir.path(), "schemathesis-token");
     let guarded = Daemon::start(&[
         "--listen",
         "127.0.0.1:0",

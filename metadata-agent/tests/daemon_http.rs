@@ -6,7 +6,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::daemon::{Daemon, write};
+use common::daemon::{Daemon, token_config, write};
 use serde_json::Value;
 
 /// A `sleep` child, killed when dropped.
@@ -294,15 +294,7 @@ async fn serves_labels_verdicts_and_clear_errors_for_real_processes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bearer_token_guards_everything_but_health() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "token", "s3cr3t-token.value\n");
-    let config = write(
-        dir.path(),
-        "agent.yaml",
-        &format!(
-            "server:\n  tokenFile: {}\n",
-            dir.path().join("token").display()
-        ),
-    );
+    let config = token_config(dir.path(), "s3cr3t-token.value");
     let daemon = Daemon::start(&["--listen", "127.0.0.1:0", "--config", &config]);
     let client = reqwest::Client::new();
     let me = std::process::id();

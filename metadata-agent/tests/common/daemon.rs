@@ -130,3 +130,14 @@ pub fn write(dir: &Path, name: &str, text: &str) -> String {
     std::fs::write(&path, text).unwrap();
     path.to_str().unwrap().to_owned()
 }
+
+/// Writes `token` to `dir/token` and a configuration requiring it to `dir/agent.yaml`; returns
+/// the configuration's path.
+pub fn token_config(dir: &Path, token: &str) -> String {
+    write(dir, "token", &format!("{token}\n"));
+    write(
+        dir,
+        "agent.yaml",
+        &format!("server:\n  tokenFile: {}\n", dir.join("token").display()),
+    )
+}
