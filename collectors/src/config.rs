@@ -103,6 +103,12 @@ pub struct KubernetesConfig {
     pub skip_kubelet_verification: bool,
     /// A bearer token, PEM cert+key content, or comma-separated paths to them.
     pub credentials: Option<String>,
+    /// How often the pod list is fetched in the background (default 30s).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub refresh_interval: Option<Duration>,
+    /// How long a pod gone from the kubelet's list stays resolvable (default 5m).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub deleted_pod_grace: Option<Duration>,
 }
 
 /// `collectors.ec2`, `collectors.azure`, `collectors.gcp`.

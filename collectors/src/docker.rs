@@ -22,7 +22,7 @@ use tokio::sync::{OnceCell, broadcast};
 use crate::cgroup::Runtime;
 use crate::collector::{CollectError, Collected, Collector, Invalidation, Scope, Subject};
 use crate::config::{DockerConfig, Enabled};
-use crate::labels::{LabelSet, escape_bytes};
+use crate::labels::{LabelSet, escape_bytes, escape_key};
 use crate::procfs::{DEFAULT_REDACT_PATTERNS, REDACTED, Redactor};
 
 /// Where the Docker socket is unless configured.
@@ -281,11 +281,6 @@ pub fn labels_of(container: &ContainerInspectResponse, redactor: &Redactor) -> L
         }
     }
     labels
-}
-
-/// A label key segment from free text: escaped like values, and spaces too, since keys have none.
-fn escape_key(key: &str) -> String {
-    escape_bytes(key.as_bytes()).replace(' ', "\\x20")
 }
 
 #[cfg(test)]

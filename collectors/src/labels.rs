@@ -181,6 +181,12 @@ pub struct LabelParseError {
     pub message: String,
 }
 
+/// A label key segment from free text (a Docker or Kubernetes label key): escaped like values,
+/// and spaces too, since keys have none.
+pub fn escape_key(key: &str) -> String {
+    escape_bytes(key.as_bytes()).replace(' ', "\\x20")
+}
+
 /// Turns raw bytes (a path, an argument, an environment value) into a label value, losslessly.
 ///
 /// Valid UTF-8 is kept as is, except that a backslash is written `\\`, and control characters

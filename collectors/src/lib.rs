@@ -3,7 +3,7 @@
 //! - [`LabelSet`]: the multi-valued, sorted label model and its text and JSON renderings.
 //! - [`Collector`]: the one trait every source of labels implements, with its [`Scope`].
 //! - [`Registry`]: runs collectors concurrently, each under its own deadline.
-//! - The collectors: [`procfs`], [`docker`], [`linuxos`], [`sysfsdmi`].
+//! - The collectors: [`procfs`], [`docker`], [`kubernetes`], [`linuxos`], [`sysfsdmi`].
 //! - [`cgroup`]: container identity from `/proc/<pid>/cgroup`, shared by container collectors.
 
 pub mod cgroup;
@@ -11,6 +11,7 @@ pub mod collector;
 pub mod config;
 pub mod docker;
 pub mod host;
+pub mod kubernetes;
 pub mod labels;
 pub mod linuxos;
 pub mod process;
@@ -23,3 +24,10 @@ pub use host::{HostRoots, HostRootsConfig};
 pub use labels::LabelSet;
 pub use process::{ProcessError, ProcessRef};
 pub use registry::{CollectorReport, CollectorStatus, Registry, merge_labels};
+
+/// Makes ring the process's TLS crypto provider (the one provider this project builds with);
+/// HTTP clients built without an explicit TLS configuration need it. Idempotent.
+pub fn install_crypto_provider() {
+    // An error means a provider is installed already, which is all this asks.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

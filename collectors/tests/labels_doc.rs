@@ -14,6 +14,7 @@ fn labels_reference_matches_declared_keys() {
     let declared: BTreeSet<&str> = [
         collectors::procfs::LABEL_KEYS,
         collectors::docker::LABEL_KEYS,
+        collectors::kubernetes::LABEL_KEYS,
         collectors::linuxos::LABEL_KEYS,
         collectors::sysfsdmi::LABEL_KEYS,
     ]

@@ -326,6 +326,24 @@ mod example_tests {
             .collect();
         assert_eq!(patterns, collectors::procfs::DEFAULT_REDACT_PATTERNS);
 
+        let kubernetes = &config.collectors.kubernetes;
+        assert_eq!(
+            kubernetes.timeout,
+            Some(collectors::kubernetes::DEFAULT_TIMEOUT)
+        );
+        assert_eq!(
+            kubernetes.kubelet_port,
+            Some(collectors::kubernetes::kubelet::DEFAULT_PORT)
+        );
+        assert_eq!(
+            kubernetes.refresh_interval,
+            Some(collectors::kubernetes::DEFAULT_REFRESH_INTERVAL)
+        );
+        assert_eq!(
+            kubernetes.deleted_pod_grace,
+            Some(collectors::kubernetes::DEFAULT_DELETED_POD_GRACE)
+        );
+
         assert_eq!(config.server.listen.as_deref(), Some(DEFAULT_LISTEN));
         assert_eq!(
             config.server.max_body_bytes,

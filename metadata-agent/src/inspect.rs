@@ -45,7 +45,7 @@ async fn print(args: InspectArgs) -> anyhow::Result<()> {
     };
     let roots = HostRoots::resolve(&config.host);
     let pid = parse_pid(&args.pid, &roots)?;
-    let registry = build_registry(&config, &roots);
+    let registry = build_registry(&config, &roots)?;
     let resolution = resolve_once(registry, roots, pid).await?;
     let mut stdout = std::io::stdout().lock();
     if args.json {

@@ -29,6 +29,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    collectors::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -94,7 +94,7 @@ async fn test(args: TestArgs) -> anyhow::Result<()> {
             };
             let roots = HostRoots::resolve(&config.host);
             let pid = collectors::process::parse_pid(pid, &roots)?;
-            let registry = build_registry(&config, &roots);
+            let registry = build_registry(&config, &roots)?;
             resolve_once(registry, roots, pid).await?.labels
         }
         (None, None) => bail!("give --labels FILE or --pid N"),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use collectors::config::Enabled;
 use collectors::docker::DockerCollector;
+use collectors::kubernetes::{self, KubernetesCollector};
 use collectors::linuxos::LinuxOsCollector;
 use collectors::procfs::ProcfsCollector;
 use collectors::sysfsdmi::SysfsDmiCollector;
@@ -12,9 +13,15 @@ use collectors::{HostRoots, Registry};
 
 use crate::config::Config;
 
-/// The registry for `config`, reading the host through `roots`.
-pub fn build_registry(config: &Config, roots: &HostRoots) -> Registry {
+/// The registry for `config`, reading the host through `roots`. Fails on settings that can
+/// only be checked by reading them (an invalid `kubeletCA`).
+pub fn build_registry(config: &Config, roots: &HostRoots) -> anyhow::Result<Registry> {
     let c = &config.collectors;
+    let kubernetes = KubernetesCollector::new(
+        &c.kubernetes,
+        c.kubernetes.timeout.unwrap_or(kubernetes::DEFAULT_TIMEOUT),
+    )
+    .map_err(anyhow::Error::msg)?;
     let mut registry = Registry::new();
     registry
         .register(
@@ -31,6 +38,11 @@ pub fn build_registry(config: &Config, roots: &HostRoots) -> Registry {
             c.docker.timeout,
         )
         .register(
+            Arc::new(kubernetes),
+            c.kubernetes.enabled != Enabled::Never,
+            c.kubernetes.timeout,
+        )
+        .register(
             Arc::new(LinuxOsCollector::new(roots.clone())),
             c.linuxos.enabled.unwrap_or(true),
             c.linuxos.timeout,
@@ -40,5 +52,5 @@ pub fn build_registry(config: &Config, roots: &HostRoots) -> Registry {
             c.sysfsdmi.enabled.unwrap_or(true),
             c.sysfsdmi.timeout,
         );
-    registry
+    Ok(registry)
 }

@@ -66,6 +66,12 @@ impl ScopeEntry {
     fn has_errors(&self) -> bool {
         self.reports.iter().any(|r| r.status.is_error())
     }
+
+    fn is_partial(&self) -> bool {
+        self.reports
+            .iter()
+            .any(|r| matches!(r.status, CollectorStatus::Partial { .. }))
+    }
 }
 
 /// A cached process.
@@ -382,7 +388,9 @@ impl Resolver {
             container_note: None,
         };
         let entry = Arc::new(ScopeEntry::new(self.run(Scope::Container, &subject).await));
-        if entry.has_errors() {
+        // A partial container entry (a pod whose status does not list the container yet) is
+        // not kept: the next lookup asks again.
+        if entry.has_errors() || entry.is_partial() {
             drop(guard);
         } else {
             let _ = guard.insert(Arc::clone(&entry));
@@ -721,7 +729,7 @@ mod tests {
                 etc_root: Some(self.root().join("etc")),
             });
             let config = crate::config::Config::default();
-            let registry = crate::registry::build_registry(&config, &roots);
+            let registry = crate::registry::build_registry(&config, &roots).unwrap();
             Resolver::new(
                 roots,
                 registry,
@@ -924,5 +932,71 @@ mod tests {
         let state = &resolver.collector_states()[0];
         assert_eq!(state.errors, 1);
         assert_eq!(state.last_error.as_deref(), Some("endpoint down"));
+    }
+
+    /// A container collector whose first answer is partial (a pod status without the container
+    /// yet), complete afterwards.
+    struct LateStatus(std::sync::atomic::AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl collectors::Collector for LateStatus {
+        fn name(&self) -> &'static str {
+            "late"
+        }
+        fn scope(&self) -> Scope {
+            Scope::Container
+        }
+        fn label_keys(&self) -> &'static [&'static str] {
+            &["late:name"]
+        }
+        async fn collect(
+            &self,
+            _: &Subject,
+        ) -> Result<collectors::Collected, collectors::CollectError> {
+            let calls = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut labels = LabelSet::new();
+            labels.insert("late:pod", "web");
+            if calls == 0 {
+                return Ok(collectors::Collected {
+                    labels,
+                    partial: Some("no status for the container yet".into()),
+                });
+            }
+            labels.insert("late:name", "app");
+            Ok(collectors::Collected::complete(labels))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_partial_container_entry_is_collected_again_and_a_complete_one_is_kept() {
+        let proc = FakeProc::new();
+        proc.process(77, 100, "/usr/bin/app", "app");
+        let id = "c".repeat(64);
+        std::fs::write(
+            proc.root().join("77/cgroup"),
+            format!("0::/system.slice/docker-{id}.scope\n"),
+        )
+        .unwrap();
+        let late = Arc::new(LateStatus(Default::default()));
+        let mut registry = Registry::new();
+        registry.register(late.clone(), true, None);
+        let resolver = Resolver::new(
+            HostRoots::resolve(&HostRootsConfig {
+                proc_root: Some(proc.root().to_owned()),
+                ..Default::default()
+            }),
+            registry,
+            ResolverLimits::default(),
+            Arc::new(Metrics::new()),
+        );
+        let first = resolver.resolve(77).await.unwrap();
+        assert!(!first.labels.contains_key("late:name"));
+        resolver.forget(77);
+        let second = resolver.resolve(77).await.unwrap();
+        assert_eq!(second.labels.get("late:name"), ["app"]);
+        resolver.forget(77);
+        let third = resolver.resolve(77).await.unwrap();
+        assert_eq!(third.labels.get("late:name"), ["app"]);
+        assert_eq!(late.0.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

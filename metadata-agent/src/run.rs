@@ -100,7 +100,7 @@ impl Agent {
     pub fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         let roots = HostRoots::resolve(&config.host);
-        let registry = build_registry(&config, &roots);
+        let registry = build_registry(&config, &roots)?;
         let limits = ResolverLimits {
             process_entries: config
                 .resolver

@@ -104,7 +104,7 @@ async fn serves_labels_verdicts_and_clear_errors_for_real_processes() {
         "--policies",
         &policies,
     ]);
-    let client = reqwest::Client::new();
+    let client = common::http_client();
     let sleeper = Sleeper::start();
     let pid = sleeper.pid();
 
@@ -296,7 +296,7 @@ async fn bearer_token_guards_everything_but_health() {
     let dir = tempfile::tempdir().unwrap();
     let config = token_config(dir.path(), "s3cr3t-token.value");
     let daemon = Daemon::start(&["--listen", "127.0.0.1:0", "--config", &config]);
-    let client = reqwest::Client::new();
+    let client = common::http_client();
     let me = std::process::id();
     let url = daemon.url(&format!("/metadata/{me}"));
 
@@ -412,7 +412,7 @@ async fn a_broken_policy_file_keeps_the_previous_policies_and_is_reported() {
         ),
     );
     let daemon = Daemon::start(&["--listen", "127.0.0.1:0", "--config", &config]);
-    let client = reqwest::Client::new();
+    let client = common::http_client();
     let url = daemon.url("/selectors/evaluate");
     let verdict = |body: Value| body["verdict"].as_str().unwrap().to_owned();
     let (_, body) = post(&client, &url, "text/plain", "app: web\n").await;

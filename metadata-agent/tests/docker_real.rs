@@ -183,7 +183,7 @@ async fn a_container_process_gets_exact_docker_and_process_labels() {
 
     // The daemon caches the container's labels and follows the engine's events.
     let agent = Daemon::start(&["--listen", "127.0.0.1:0", "--config", &config]);
-    let client = reqwest::Client::new();
+    let client = common::http_client();
     let url = agent.url(&format!("/metadata/{pid}?format=text"));
     let name_of = async || -> String {
         let body = client.get(&url).send().await.unwrap().text().await.unwrap();

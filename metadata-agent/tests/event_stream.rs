@@ -2,6 +2,8 @@
 //! subscribers over HTTP, and a subscriber that stops reading is dropped without stalling the
 //! others.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -70,7 +72,7 @@ async fn count_events(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_events_reach_subscribers_with_labels_and_verdict() {
     let (agent, base, _stop) = serve(config(64)).await;
-    let client = reqwest::Client::new();
+    let client = common::http_client();
     let response = client.get(format!("{base}/events")).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
@@ -137,7 +139,7 @@ async fn a_subscriber_that_stops_reading_is_dropped_and_the_others_get_everythin
     assert!(head[..n].starts_with(b"HTTP/1.1 200"));
 
     // The fast subscriber reads everything.
-    let response = reqwest::Client::new()
+    let response = common::http_client()
         .get(format!("{base}/events"))
         .send()
         .await

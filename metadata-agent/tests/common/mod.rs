@@ -53,6 +53,12 @@ pub fn require(available: bool, what: &str) -> bool {
     false
 }
 
+/// An HTTP client for talking to the agent under test.
+pub fn http_client() -> reqwest::Client {
+    collectors::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 /// Whether we run as root.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -60,3 +66,4 @@ pub fn is_root() -> bool {
 }
 pub mod daemon;
 pub mod docker;
+pub mod kubelet;

@@ -1,0 +1,305 @@
+//! The `kubernetes` collector (container scope): `k8s:*` labels from the kubelet's `GET /pods`,
+//! for processes whose cgroups name a pod.
+//!
+//! The pod list is cached. A lookup of a pod (or container) the cached list does not have
+//! fetches the list again, once for all concurrent lookups and at most every
+//! [`MIN_REFRESH_GAP`]; a background poll every `refreshInterval` notices changed pods and
+//! invalidates their containers' cached labels. Pods gone from the list stay resolvable for
+//! `deletedPodGrace`, so a short-lived pod keeps its identity for the events it caused.
+
+pub mod kubelet;
+pub mod labels;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::{OnceCell, broadcast};
+
+use crate::collector::{CollectError, Collected, Collector, Invalidation, Scope, Subject};
+use crate::config::{Enabled, KubernetesConfig};
+use kubelet::{Credentials, KubeletClient, KubeletError, Trust};
+pub use labels::LABEL_KEYS;
+
+/// The deadline unless configured: a pod list over TLS can take a while on a busy node.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the pod list is polled unless configured.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a deleted pod stays resolvable unless configured.
+pub const DEFAULT_DELETED_POD_GRACE: Duration = Duration::from_secs(300);
+/// A lookup miss fetches the list again only if the last fetch is older than this.
+pub const MIN_REFRESH_GAP: Duration = Duration::from_millis(500);
+/// Annotation holding a static pod's UID as the kubelet computes it.
+const CONFIG_HASH: &str = "kubernetes.io/config.hash";
+
+/// A pod as last listed.
+struct Known {
+    pod: Arc<Pod>,
+    listed: Instant,
+}
+
+#[derive(Default)]
+struct PodCache {
+    /// By pod UID (and, for static pods, by `kubernetes.io/config.hash`).
+    pods: HashMap<String, Known>,
+    fetched: Option<Instant>,
+    /// Counts fetches, so that lookups waiting on one fetch do not start another.
+    generation: u64,
+}
+
+/// `k8s:*` labels from the kubelet.
+pub struct KubernetesCollector {
+    inner: Arc<Inner>,
+}
+
+/// The collector's state, shared with its background poll.
+struct Inner {
+    config: KubernetesConfig,
+    trust: Trust,
+    timeout: Duration,
+    grace: Duration,
+    client: OnceCell<KubeletClient>,
+    cache: Mutex<PodCache>,
+    /// Serializes fetches (single flight).
+    fetching: tokio::sync::Mutex<()>,
+    invalidations: broadcast::Sender<Invalidation>,
+}
+
+impl KubernetesCollector {
+    /// A collector for `config`; `timeout` bounds every kubelet request. Fails on an unreadable
+    /// or invalid `kubeletCA`.
+    pub fn new(config: &KubernetesConfig, timeout: Duration) -> Result<Self, String> {
+        let trust = match config.enabled {
+            // Not read when off: a stale path in a disabled section is no reason to fail.
+            Enabled::Never => Trust::SystemRoots,
+            _ => Trust::from_config(
+                config.kubelet_ca.as_deref(),
+                config.skip_kubelet_verification,
+            )
+            .map_err(|e| format!("collectors.kubernetes: {e}"))?,
+        };
+        if config.skip_kubelet_verification && config.enabled != Enabled::Never {
+            static WARNED: OnceLock<()> = OnceLock::new();
+            WARNED.get_or_init(|| {
+                tracing::warn!(
+                    "collectors.kubernetes.skipKubeletVerification is true: the kubelet's \
+                     certificate is not checked, so anyone on the path can serve pod metadata"
+                );
+            });
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config: config.clone(),
+                trust,
+                timeout,
+                grace: config
+                    .deleted_pod_grace
+                    .unwrap_or(DEFAULT_DELETED_POD_GRACE),
+                client: OnceCell::new(),
+                cache: Mutex::new(PodCache::default()),
+                fetching: tokio::sync::Mutex::new(()),
+                invalidations: broadcast::channel(1024).0,
+            }),
+        })
+    }
+}
+
+impl Inner {
+    async fn client(&self) -> &KubeletClient {
+        self.client
+            .get_or_init(|| async {
+                let port = self.config.kubelet_port.unwrap_or(kubelet::DEFAULT_PORT);
+                let host = match self.config.kubelet_host.as_deref().map(str::trim) {
+                    Some(host) if !host.is_empty() => host.to_owned(),
+                    _ => kubelet::default_host(port).await,
+                };
+                KubeletClient::new(
+                    &host,
+                    port,
+                    self.trust.clone(),
+                    Credentials::parse(self.config.credentials.as_deref()),
+                    self.timeout,
+                )
+            })
+            .await
+    }
+
+    /// The pod with UID `uid`, from the cache.
+    fn cached(&self, uid: &str) -> (Option<Arc<Pod>>, u64, Option<Instant>) {
+        let cache = self.cache.lock().unwrap();
+        let pod = cache.pods.get(uid).map(|known| Arc::clone(&known.pod));
+        (pod, cache.generation, cache.fetched)
+    }
+
+    /// Fetches the pod list unless a fetch finished since `seen` (the generation the caller
+    /// looked at). Returns the pods whose content changed or that expired, for invalidation.
+    async fn refresh(&self, seen: Option<u64>) -> Result<Vec<Arc<Pod>>, KubeletError> {
+        let _flight = self.fetching.lock().await;
+        if let Some(seen) = seen {
+            let cache = self.cache.lock().unwrap();
+            let recent = cache.fetched.is_some_and(|t| t.elapsed() < MIN_REFRESH_GAP);
+            if cache.generation != seen || recent {
+                return Ok(Vec::new());
+            }
+        }
+        let pods = self.client().await.pods().await?;
+        let now = Instant::now();
+        let mut cache = self.cache.lock().unwrap();
+        let mut changed = Vec::new();
+        for pod in pods {
+            let pod = Arc::new(pod);
+            let mut keys = vec![pod.metadata.uid.clone().unwrap_or_default()];
+            if let Some(hash) = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(CONFIG_HASH))
+            {
+                keys.push(hash.clone());
+            }
+            for key in keys.into_iter().filter(|k| !k.is_empty()) {
+                let known = Known {
+                    pod: Arc::clone(&pod),
+                    listed: now,
+                };
+                if let Some(old) = cache.pods.insert(key, known)
+                    && old.pod.metadata.resource_version != pod.metadata.resource_version
+                {
+                    changed.push(old.pod);
+                }
+            }
+        }
+        let grace = self.grace;
+        cache.pods.retain(|_, known| {
+            let keep = now.duration_since(known.listed) <= grace;
+            if !keep {
+                changed.push(Arc::clone(&known.pod));
+            }
+            keep
+        });
+        cache.fetched = Some(now);
+        cache.generation += 1;
+        Ok(changed)
+    }
+
+    fn kubelet_error(&self, error: KubeletError) -> CollectError {
+        match error {
+            KubeletError::Unreachable(message) if self.config.enabled == Enabled::Auto => {
+                CollectError::Unavailable(message)
+            }
+            KubeletError::Unreachable(message)
+            | KubeletError::TimedOut(message)
+            | KubeletError::Failed(message) => CollectError::Failed(message),
+        }
+    }
+}
+
+#[async_trait]
+impl Collector for KubernetesCollector {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn scope(&self) -> Scope {
+        Scope::Container
+    }
+
+    fn label_keys(&self) -> &'static [&'static str] {
+        LABEL_KEYS
+    }
+
+    fn default_timeout(&self) -> Duration {
+        DEFAULT_TIMEOUT
+    }
+
+    async fn collect(&self, subject: &Subject) -> Result<Collected, CollectError> {
+        let Some(container) = &subject.container else {
+            return Err(CollectError::NotApplicable(subject.not_in_container()));
+        };
+        let Some(uid) = &container.pod_uid else {
+            return Err(CollectError::NotApplicable(format!(
+                "container {} is not in a Kubernetes pod (its cgroup path names no pod)",
+                container.id
+            )));
+        };
+        let inner = &self.inner;
+        let (mut pod, generation, _) = inner.cached(uid);
+        let found = |pod: &Option<Arc<Pod>>| {
+            pod.as_ref()
+                .is_some_and(|pod| labels::find_status(pod, &container.id).is_some())
+        };
+        if !found(&pod) {
+            // Unknown pod or container: the list may predate it.
+            inner
+                .refresh(Some(generation))
+                .await
+                .map_err(|e| inner.kubelet_error(e))?;
+            pod = inner.cached(uid).0;
+        }
+        let Some(pod) = pod else {
+            let base = inner.client().await.base().to_owned();
+            return Err(CollectError::Failed(format!(
+                "the kubelet at {base} lists no pod with UID {uid} (container {})",
+                container.id
+            )));
+        };
+        let status = labels::find_status(&pod, &container.id);
+        let labels = labels::labels_of(&pod, &container.id, status);
+        Ok(match status {
+            Some(_) => Collected::complete(labels),
+            None => Collected {
+                labels,
+                partial: Some(format!(
+                    "pod {uid} has no status for container {} yet: container labels are missing",
+                    container.id
+                )),
+            },
+        })
+    }
+
+    fn invalidations(&self) -> Option<broadcast::Receiver<Invalidation>> {
+        if self.inner.config.enabled == Enabled::Never {
+            return None;
+        }
+        let receiver = self.inner.invalidations.subscribe();
+        let interval = self
+            .inner
+            .config
+            .refresh_interval
+            .unwrap_or(DEFAULT_REFRESH_INTERVAL);
+        tokio::spawn(poll(Arc::downgrade(&self.inner), interval));
+        Some(receiver)
+    }
+}
+
+/// Polls the kubelet every `interval` while the collector lives and anyone listens, once a
+/// first lookup found a kubelet, and invalidates every container of a pod that changed or
+/// expired.
+async fn poll(inner: std::sync::Weak<Inner>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.invalidations.receiver_count() == 0 {
+            return;
+        }
+        if inner.cache.lock().unwrap().fetched.is_none() {
+            continue;
+        }
+        match inner.refresh(None).await {
+            Ok(changed) => {
+                for pod in changed {
+                    for status in labels::statuses(&pod) {
+                        if let Some(id) = labels::status_container_id(status) {
+                            let _ = inner
+                                .invalidations
+                                .send(Invalidation::Container(id.to_owned()));
+                        }
+                    }
+                }
+            }
+            Err(error) => tracing::debug!("kubelet poll: {error}"),
+        }
+    }
+}

@@ -1,0 +1,613 @@
+//! The Kubernetes collector against a fixture kubelet (HTTPS, certificates generated here,
+//! token or client-certificate authentication), and end to end with real cgroups shaped like a
+//! kubelet's.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use collectors::cgroup::{ContainerIdentity, Runtime};
+use collectors::config::{Enabled, KubernetesConfig};
+use collectors::kubernetes::KubernetesCollector;
+use collectors::{CollectError, Collector, LabelSet, Subject};
+use common::kubelet::{Behaviour, Kubelet, Pki};
+use k8s_openapi::api::core::v1::Pod;
+use sha2::{Digest, Sha256};
+
+const TOKEN: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6YWdlbnQ6YWdlbnQifQ.c2lnbmF0dXJlLXdpdGgtXy1hbmQtLQ";
+const METRICS_SERVER_UID: &str = "5d3b1f2e-8a41-4c55-9a0e-2f6b7c1d9e30";
+const WEB_UID: &str = "a1c2e3f4-0b5d-4e6f-8a7b-9c0d1e2f3a4b";
+
+fn pods_json() -> String {
+    std::fs::read_to_string(common::fixture("kubernetes/pods.json")).unwrap()
+}
+
+/// The fixture's pod list with only the pods `keep` says.
+fn pods_json_with(keep: impl Fn(&str) -> bool) -> String {
+    let mut list: serde_json::Value = serde_json::from_str(&pods_json()).unwrap();
+    list["items"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|pod| keep(pod["metadata"]["uid"].as_str().unwrap()));
+    list.to_string()
+}
+
+fn fixture_pods() -> Vec<Pod> {
+    let list: serde_json::Value = serde_json::from_str(&pods_json()).unwrap();
+    serde_json::from_value(list["items"].clone()).unwrap()
+}
+
+/// Container ids of the fixture are the SHA-256 of a short name.
+fn container_id(name: &str) -> String {
+    Sha256::digest(name.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn behaviour() -> Behaviour {
+    Behaviour {
+        pods: pods_json(),
+        tokens: vec![TOKEN.to_owned()],
+        delay: Duration::ZERO,
+        forbid: false,
+    }
+}
+
+fn subject(pod_uid: &str, container: &str) -> Subject {
+    Subject {
+        process: None,
+        container: Some(ContainerIdentity {
+            id: container_id(container),
+            runtime: Runtime::Containerd,
+            pod_uid: Some(pod_uid.to_owned()),
+        }),
+        container_note: None,
+    }
+}
+
+/// A configuration for `kubelet`, trusting its CA, with `credentials`.
+fn config_for(kubelet: &Kubelet, credentials: &str) -> KubernetesConfig {
+    KubernetesConfig {
+        enabled: Enabled::Always,
+        kubelet_host: Some("127.0.0.1".to_owned()),
+        kubelet_port: Some(kubelet.address.port()),
+        kubelet_ca: Some(kubelet.pki.ca.clone()),
+        credentials: Some(credentials.to_owned()),
+        ..Default::default()
+    }
+}
+
+fn collector(config: &KubernetesConfig) -> KubernetesCollector {
+    KubernetesCollector::new(config, Duration::from_secs(2)).unwrap()
+}
+
+async fn labels_of(collector: &KubernetesCollector, subject: &Subject) -> LabelSet {
+    match collector.collect(subject).await {
+        Ok(collected) => {
+            assert_eq!(collected.partial, None);
+            collected.labels
+        }
+        Err(error) => panic!("collection failed: {error}"),
+    }
+}
+
+fn failure(result: Result<collectors::Collected, CollectError>) -> String {
+    match result {
+        Err(CollectError::Failed(message)) => message,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+fn expected_metrics_server() -> String {
+    std::fs::read_to_string(common::fixture("kubernetes/metrics-server-expected.txt")).unwrap()
+}
+
+#[tokio::test]
+async fn a_good_token_gives_the_reference_labels() {
+    let kubelet = Kubelet::start(behaviour()).await;
+    let collector = collector(&config_for(&kubelet, TOKEN));
+    let labels = labels_of(&collector, &subject(METRICS_SERVER_UID, "metrics-server")).await;
+    assert_eq!(labels.to_text(), expected_metrics_server());
+}
+
+#[tokio::test]
+async fn missing_or_wrong_tokens_get_a_401_that_names_them() {
+    let kubelet = Kubelet::start(behaviour()).await;
+    let subject = subject(METRICS_SERVER_UID, "metrics-server");
+    let none = failure(collector(&config_for(&kubelet, "")).collect(&subject).await);
+    assert!(
+        none.contains("401 Unauthorized") && none.contains("no credentials"),
+        "{none}"
+    );
+
+    let wrong = failure(
+        collector(&config_for(&kubelet, "not-the-token"))
+            .collect(&subject)
+            .await,
+    );
+    assert!(
+        wrong.contains("401 Unauthorized to the token given inline"),
+        "{wrong}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "stale-token\n").unwrap();
+    let from_file = failure(
+        collector(&config_for(&kubelet, file.to_str().unwrap()))
+            .collect(&subject)
+            .await,
+    );
+    assert!(
+        from_file.contains(&format!(
+            "401 Unauthorized to the token from file {}",
+            file.display()
+        )),
+        "{from_file}"
+    );
+}
+
+#[tokio::test]
+async fn a_forbidden_account_is_told_which_permission_it_needs() {
+    let kubelet = Kubelet::start(Behaviour {
+        forbid: true,
+        ..behaviour()
+    })
+    .await;
+    let error = failure(
+        collector(&config_for(&kubelet, TOKEN))
+            .collect(&subject(METRICS_SERVER_UID, "metrics-server"))
+            .await,
+    );
+    assert!(
+        error.contains("403 Forbidden")
+            && error.contains("nodes/pods")
+            && error.contains("nodes/proxy"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_kubelet_certificate_from_another_ca_is_a_clear_tls_error() {
+    let kubelet = Kubelet::start(behaviour()).await;
+    let other = Pki::new("other");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("other-ca.pem");
+    std::fs::write(&ca, &other.ca).unwrap();
+    let config = KubernetesConfig {
+        kubelet_ca: Some(ca.to_str().unwrap().to_owned()),
+        ..config_for(&kubelet, TOKEN)
+    };
+    let error = failure(
+        collector(&config)
+            .collect(&subject(METRICS_SERVER_UID, "metrics-server"))
+            .await,
+    );
+    let base = format!("https://127.0.0.1:{}", kubelet.address.port());
+    assert!(
+        error.contains(&format!("TLS verification failed for kubelet at {base}"))
+            && error.contains("UnknownIssuer")
+            && error.contains(&format!("kubeletCA file {}", ca.display())),
+        "{error}"
+    );
+
+    // With no kubeletCA the system's roots are used, which do not know the fixture's CA either.
+    let system = KubernetesConfig {
+        kubelet_ca: None,
+        ..config_for(&kubelet, TOKEN)
+    };
+    let error = failure(
+        collector(&system)
+            .collect(&subject(METRICS_SERVER_UID, "metrics-server"))
+            .await,
+    );
+    assert!(
+        error.contains("TLS verification failed") && error.contains("system's trust store"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn skipping_verification_accepts_any_kubelet_certificate() {
+    let kubelet = Kubelet::start(behaviour()).await;
+    let config = KubernetesConfig {
+        kubelet_ca: None,
+        skip_kubelet_verification: true,
+        ..config_for(&kubelet, TOKEN)
+    };
+    let labels = labels_of(
+        &collector(&config),
+        &subject(METRICS_SERVER_UID, "metrics-server"),
+    )
+    .await;
+    assert_eq!(labels.to_text(), expected_metrics_server());
+}
+
+#[tokio::test]
+async fn a_client_certificate_authenticates_from_files_or_inline() {
+    let kubelet = Kubelet::start(Behaviour {
+        tokens: Vec::new(),
+        ..behaviour()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("agent.crt"), dir.path().join("agent.key"));
+    std::fs::write(&cert, &kubelet.pki.client.0).unwrap();
+    std::fs::write(&key, &kubelet.pki.client.1).unwrap();
+    let subject = subject(METRICS_SERVER_UID, "metrics-server");
+
+    let paths = format!("{}, {}", cert.display(), key.display());
+    let labels = labels_of(&collector(&config_for(&kubelet, &paths)), &subject).await;
+    assert_eq!(labels.to_text(), expected_metrics_server());
+
+    let inline = format!("{}{}", kubelet.pki.client.0, kubelet.pki.client.1);
+    let labels = labels_of(&collector(&config_for(&kubelet, &inline)), &subject).await;
+    assert_eq!(
+        labels.get("k8s:pod:name"),
+        ["metrics-server-648b5df564-drsb2"]
+    );
+
+    // A certificate from another authority is no proof: 401, naming the files.
+    let other = Pki::new("other");
+    std::fs::write(&cert, &other.client.0).unwrap();
+    std::fs::write(&key, &other.client.1).unwrap();
+    let error = failure(
+        collector(&config_for(&kubelet, &paths))
+            .collect(&subject)
+            .await,
+    );
+    assert!(!error.is_empty());
+}
+
+#[tokio::test]
+async fn a_rotated_token_file_is_read_again() {
+    let kubelet = Kubelet::start(Behaviour {
+        pods: pods_json_with(|uid| uid == METRICS_SERVER_UID),
+        tokens: vec!["first-token".to_owned()],
+        ..behaviour()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "first-token\n").unwrap();
+    let collector = collector(&config_for(&kubelet, file.to_str().unwrap()));
+    labels_of(&collector, &subject(METRICS_SERVER_UID, "metrics-server")).await;
+
+    // The service-account token rotates; a new pod appears.
+    kubelet.set(|b| {
+        b.tokens = vec!["second-token".to_owned()];
+        b.pods = pods_json();
+    });
+    std::fs::write(&file, "second-token\n").unwrap();
+    tokio::time::sleep(collectors::kubernetes::MIN_REFRESH_GAP).await;
+    let web = labels_of(&collector, &subject(WEB_UID, "app")).await;
+    assert_eq!(web.get("k8s:pod:name"), ["web-7d4b9c6f5-x2kq9"]);
+    assert_eq!(kubelet.pod_lists_served(), 2);
+}
+
+#[tokio::test]
+async fn a_slow_kubelet_costs_one_deadline() {
+    let kubelet = Kubelet::start(Behaviour {
+        delay: Duration::from_secs(5),
+        ..behaviour()
+    })
+    .await;
+    let collector =
+        KubernetesCollector::new(&config_for(&kubelet, TOKEN), Duration::from_millis(300)).unwrap();
+    let started = Instant::now();
+    let error = failure(
+        collector
+            .collect(&subject(METRICS_SERVER_UID, "metrics-server"))
+            .await,
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(error.contains("did not answer within 300ms"), "{error}");
+}
+
+#[tokio::test]
+async fn a_kubelet_that_is_down_is_unavailable_or_failed_as_configured() {
+    let kubelet = Kubelet::start(behaviour()).await;
+    kubelet.stop();
+    // Let the aborted listener close.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let subject = subject(METRICS_SERVER_UID, "metrics-server");
+    let auto = KubernetesConfig {
+        enabled: Enabled::Auto,
+        ..config_for(&kubelet, TOKEN)
+    };
+    let started = Instant::now();
+    match collector(&auto).collect(&subject).await {
+        Err(CollectError::Unavailable(message)) => {
+            assert!(
+                message.starts_with("no kubelet at https://127.0.0.1:"),
+                "{message}"
+            )
+        }
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let always = failure(
+        collector(&config_for(&kubelet, TOKEN))
+            .collect(&subject)
+            .await,
+    );
+    assert!(always.starts_with("no kubelet at"), "{always}");
+}
+
+#[tokio::test]
+async fn concurrent_misses_share_one_fetch() {
+    let kubelet = Kubelet::start(Behaviour {
+        delay: Duration::from_millis(200),
+        ..behaviour()
+    })
+    .await;
+    let collector = collector(&config_for(&kubelet, TOKEN));
+    let subjects: Vec<Subject> = (0..20)
+        .map(|i| match i % 3 {
+            0 => subject(METRICS_SERVER_UID, "metrics-server"),
+            1 => subject(WEB_UID, "proxy"),
+            _ => subject(WEB_UID, "migrate"),
+        })
+        .collect();
+    let results =
+        futures_util::future::join_all(subjects.iter().map(|s| collector.collect(s))).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(kubelet.pod_lists_served(), 1);
+}
+
+#[tokio::test]
+async fn a_deleted_pod_stays_resolvable_for_the_grace_period() {
+    let kubelet = Kubelet::start(behaviour()).await;
+    let with_grace = collector(&config_for(&kubelet, TOKEN));
+    let without = collector(&KubernetesConfig {
+        deleted_pod_grace: Some(Duration::ZERO),
+        ..config_for(&kubelet, TOKEN)
+    });
+    let pod = subject(METRICS_SERVER_UID, "metrics-server");
+    labels_of(&with_grace, &pod).await;
+    labels_of(&without, &pod).await;
+
+    // The pod is deleted; an unknown pod makes both collectors fetch the list again.
+    kubelet.set(|b| b.pods = pods_json_with(|uid| uid != METRICS_SERVER_UID));
+    tokio::time::sleep(collectors::kubernetes::MIN_REFRESH_GAP).await;
+    let unknown = subject("00000000-0000-0000-0000-000000000000", "nothing");
+    assert!(failure(with_grace.collect(&unknown).await).contains("lists no pod with UID"));
+    assert!(failure(without.collect(&unknown).await).contains("lists no pod with UID"));
+
+    assert_eq!(
+        labels_of(&with_grace, &pod).await.to_text(),
+        expected_metrics_server()
+    );
+    let gone = failure(without.collect(&pod).await);
+    assert!(gone.contains(METRICS_SERVER_UID), "{gone}");
+}
+
+#[tokio::test]
+async fn a_container_missing_from_the_statuses_gives_partial_pod_labels() {
+    let kubelet = Kubelet::start(behaviour()).await;
+    let collector = collector(&config_for(&kubelet, TOKEN));
+    // The container the status's lastState names: an earlier one, not matched.
+    let earlier = subject(METRICS_SERVER_UID, "metrics-server-previous");
+    let collected = collector.collect(&earlier).await.unwrap();
+    assert!(
+        collected
+            .partial
+            .as_deref()
+            .is_some_and(|p| p.contains("has no status for container")),
+        "{:?}",
+        collected.partial
+    );
+    assert_eq!(collected.labels.get("k8s:pod:namespace"), ["kube-system"]);
+    assert!(!collected.labels.contains_key("k8s:container:name"));
+}
+
+#[tokio::test]
+async fn processes_outside_pods_never_reach_the_kubelet() {
+    let kubelet = Kubelet::start(behaviour()).await;
+    let collector = collector(&config_for(&kubelet, TOKEN));
+    let host = collector.collect(&Subject::default()).await;
+    assert!(
+        matches!(host, Err(CollectError::NotApplicable(_))),
+        "{host:?}"
+    );
+    let mut docker = subject(METRICS_SERVER_UID, "metrics-server");
+    docker.container.as_mut().unwrap().pod_uid = None;
+    let plain = collector.collect(&docker).await;
+    assert!(
+        matches!(&plain, Err(CollectError::NotApplicable(m)) if m.contains("not in a Kubernetes pod")),
+        "{plain:?}"
+    );
+    assert_eq!(kubelet.pod_lists_served(), 0);
+}
+
+/// Cgroups made for one test and removed afterwards (deepest first), with the process moved
+/// into them killed.
+struct Cgroups {
+    made: Vec<PathBuf>,
+    child: std::process::Child,
+}
+
+impl Cgroups {
+    /// Spawns a process and moves it into `leaf` under `root`, creating every level.
+    fn spawn_into(root: &Path, leaf: &str) -> Self {
+        let mut made = Vec::new();
+        let mut dir = root.to_path_buf();
+        for part in leaf.split('/') {
+            dir.push(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir)
+                    .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
+                made.push(dir.clone());
+            }
+        }
+        let child = Command::new("sleep").arg("60").spawn().unwrap();
+        let procs = dir.join("cgroup.procs");
+        std::fs::write(&procs, child.id().to_string())
+            .unwrap_or_else(|e| panic!("moving {} into {}: {e}", child.id(), procs.display()));
+        Self { made, child }
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for dir in self.made.iter().rev() {
+            // A cgroup is removable once its last process is gone, which can take a moment.
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// `metadata-agent inspect <pid> --json` with `config`.
+async fn inspect(config: &Path, pid: u32) -> serde_json::Value {
+    let config = config.to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        common::run(
+            common::agent()
+                .args(["inspect", &pid.to_string(), "--json", "--config"])
+                .arg(&config),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn k8s_labels(resolution: &serde_json::Value) -> String {
+    let labels: std::collections::BTreeMap<String, Vec<String>> =
+        serde_json::from_value(resolution["labels"].clone()).unwrap();
+    let mut set = LabelSet::new();
+    for (key, values) in labels.into_iter().filter(|(k, _)| k.starts_with("k8s:")) {
+        set.insert_all(&key, values);
+    }
+    set.to_text()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_cgroups_shaped_like_a_kubelets_resolve_to_their_pods() {
+    let v1 = Path::new("/sys/fs/cgroup/pids");
+    let v2 = Path::new("/sys/fs/cgroup/unified");
+    let ready = common::is_root()
+        && v1.join("cgroup.procs").exists()
+        && v2.join("cgroup.controllers").exists();
+    if !common::require(
+        ready,
+        "root, a cgroup v1 pids hierarchy at /sys/fs/cgroup/pids and cgroup v2 at /sys/fs/cgroup/unified",
+    ) {
+        return;
+    }
+    let kubelet = Kubelet::start(behaviour()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let token = dir.path().join("token");
+    std::fs::write(&ca, &kubelet.pki.ca).unwrap();
+    std::fs::write(&token, TOKEN).unwrap();
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "collectors:\n  docker:\n    enabled: false\n  kubernetes:\n    enabled: true\n    \
+             kubeletHost: 127.0.0.1\n    kubeletPort: {}\n    kubeletCA: {}\n    credentials: {}\n",
+            kubelet.address.port(),
+            ca.display(),
+            token.display()
+        ),
+    )
+    .unwrap();
+    let pods = fixture_pods();
+
+    // cgroupfs driver, cgroup v1: kubepods/<qos>/pod<uid>/<id>; the web pod's proxy container.
+    let proxy = container_id("proxy");
+    let cgroupfs = Cgroups::spawn_into(v1, &format!("kubepods/besteffort/pod{WEB_UID}/{proxy}"));
+    let resolution = inspect(&config, cgroupfs.child.id()).await;
+    let expected = collectors::kubernetes::labels::labels_of(
+        &pods[1],
+        &proxy,
+        collectors::kubernetes::labels::find_status(&pods[1], &proxy),
+    );
+    assert_eq!(
+        k8s_labels(&resolution),
+        expected.to_text(),
+        "{resolution:#}"
+    );
+    assert_eq!(expected.get("k8s:container:name"), ["proxy"]);
+    drop(cgroupfs);
+
+    // systemd driver, cgroup v2: the reference's metrics-server pod, run by containerd.
+    let id = container_id("metrics-server");
+    let slice = METRICS_SERVER_UID.replace('-', "_");
+    let systemd = Cgroups::spawn_into(
+        v2,
+        &format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{slice}.slice/\
+             cri-containerd-{id}.scope"
+        ),
+    );
+    let resolution = inspect(&config, systemd.child.id()).await;
+    assert_eq!(
+        k8s_labels(&resolution),
+        expected_metrics_server(),
+        "{resolution:#}"
+    );
+    let statuses = resolution["collectors"].as_array().unwrap();
+    let kubernetes = statuses.iter().find(|c| c["name"] == "kubernetes").unwrap();
+    assert_eq!(kubernetes["status"]["state"], "ok", "{kubernetes:#}");
+    let made = systemd.made.clone();
+    drop(systemd);
+    assert!(
+        made.iter().all(|dir| !dir.exists()),
+        "cgroups left: {made:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_pod_invalidates_its_containers_cached_labels() {
+    let kubelet = Kubelet::start(behaviour()).await;
+    let collector = collector(&KubernetesConfig {
+        refresh_interval: Some(Duration::from_millis(100)),
+        ..config_for(&kubelet, TOKEN)
+    });
+    let mut invalidations = collector.invalidations().unwrap();
+    labels_of(&collector, &subject(METRICS_SERVER_UID, "metrics-server")).await;
+
+    // The pod gets a new label, hence a new resourceVersion.
+    let changed = pods_json()
+        .replace(
+            "\"resourceVersion\": \"4711\"",
+            "\"resourceVersion\": \"4712\"",
+        )
+        .replace(
+            "\"k8s-app\": \"metrics-server\"",
+            "\"k8s-app\": \"metrics\"",
+        );
+    assert_ne!(changed, pods_json());
+    kubelet.set(|b| b.pods = changed);
+    let notice = tokio::time::timeout(Duration::from_secs(5), invalidations.recv())
+        .await
+        .expect("no invalidation within 5s")
+        .unwrap();
+    assert_eq!(
+        notice,
+        collectors::Invalidation::Container(container_id("metrics-server"))
+    );
+    let labels = labels_of(&collector, &subject(METRICS_SERVER_UID, "metrics-server")).await;
+    assert_eq!(labels.get("k8s:label:k8s-app"), ["metrics"]);
+}
