@@ -8,4 +8,6 @@ pub mod event;
 pub mod hook;
 
 pub use event::{ConnectEvent, HookEvent, Protocol};
-pub use hook::{EventReader, Hook, HookError, Verdict, detect_cgroup_root, monotonic_ns};
+pub use hook::{
+    DRAIN_INTERVAL, EventReader, Hook, HookError, Verdict, detect_cgroup_root, monotonic_ns,
+};

@@ -1,6 +1,6 @@
 //! The agent with the real kernel hook (root): a child's connect reaches `/events` subscribers
 //! with its labels, its exit drops it from the cache, and in enforce mode the policies decide
-//! who may connect.
+//! who may connect, also by the labels of a Docker container.
 
 mod common;
 
@@ -38,6 +38,9 @@ fn connect_as(uid: u32, port: u16) -> Output {
         .unwrap()
 }
 
+/// The tests attach programs to the same cgroup: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn agent(config: Config) -> Agent {
     let mut agent = Agent::build(config).unwrap();
     agent.attach_hook().unwrap();
@@ -54,6 +57,7 @@ async fn connects_are_resolved_published_and_enforced() {
     if !common::require(common::is_root(), "root (to load BPF programs)") {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
 
@@ -119,5 +123,70 @@ async fn connects_are_resolved_published_and_enforced() {
             .unwrap();
         assert!(allowed.status.success(), "uid {uid}: {allowed:?}");
     }
+    enforcer.detach_hook();
+}
+
+const DOCKER_POLICIES: &str = r#"
+policies:
+  - name: quarantined-containers
+    action: deny
+    selectors:
+      - docker:label:policy-test: quarantined
+"#;
+
+/// `nc` in a container labelled `policy-test=<label>`, connecting to 127.0.0.1:`port` (host
+/// network) a second after the container started, as `hook_daemon`'s agent resolves processes
+/// from their exec events.
+fn container_connect(docker: &common::docker::Dockerd, label: &str, port: u16) -> Output {
+    docker.cli(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--label",
+        &format!("policy-test={label}"),
+        "hook-test",
+        "sh",
+        "-c",
+        &format!("sleep 1; exec nc -w 2 127.0.0.1 {port} -e /bin/true"),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_is_denied_by_its_docker_label() {
+    let missing = common::docker::missing_prerequisite();
+    if !common::require(missing.is_none(), missing.unwrap_or_default()) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let docker = common::docker::Dockerd::start();
+    docker.import_busybox_image("hook-test");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies.yaml");
+    std::fs::write(&policies, DOCKER_POLICIES).unwrap();
+    let mut config = Config::default();
+    config.resolver.prestart = Some(false);
+    config.policies.path = Some(policies);
+    config.hook.mode = HookMode::Enforce;
+    config.collectors.docker.socket_path = Some(docker.socket.to_str().unwrap().to_owned());
+    let enforcer = agent(config).await;
+
+    let docker = std::sync::Arc::new(docker);
+    let run = |label: &'static str| {
+        let docker = std::sync::Arc::clone(&docker);
+        tokio::task::spawn_blocking(move || container_connect(&docker, label, port))
+    };
+    let denied = run("quarantined").await.unwrap();
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        !denied.status.success() && stderr.contains("Operation not permitted"),
+        "{denied:?}\ndockerd log:\n{}",
+        docker.log()
+    );
+    let allowed = run("trusted").await.unwrap();
+    assert!(allowed.status.success(), "{allowed:?}");
     enforcer.detach_hook();
 }

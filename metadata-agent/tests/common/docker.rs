@@ -112,12 +112,13 @@ impl Dockerd {
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
-    /// Imports a rootfs holding busybox (with `sh` and `sleep` links) as image `name`.
+    /// Imports a rootfs holding busybox (with `sh`, `sleep`, `nc` and `true` links) as image
+    /// `name`.
     pub fn import_busybox_image(&self, name: &str) {
         let rootfs = self.dir.path().join("rootfs");
         std::fs::create_dir_all(rootfs.join("bin")).unwrap();
         std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
-        for applet in ["sh", "sleep"] {
+        for applet in ["sh", "sleep", "nc", "true"] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
         }
         let tarball = self.dir.path().join("rootfs.tar");
