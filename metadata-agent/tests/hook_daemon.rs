@@ -190,3 +190,62 @@ async fn a_container_is_denied_by_its_docker_label() {
     assert!(allowed.status.success(), "{allowed:?}");
     enforcer.detach_hook();
 }
+
+/// Names of the programs attached to cgroup `root`, as `bpftool cgroup show` lists them.
+fn attached_programs(root: &std::path::Path) -> Vec<String> {
+    let output = common::run(
+        Command::new("bpftool")
+            .args(["-j", "cgroup", "show"])
+            .arg(root),
+    );
+    assert!(output.status.success(), "{output:?}");
+    if output.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Vec::new();
+    }
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    listed
+        .iter()
+        .filter_map(|program| program["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_detaches_its_programs_on_sigterm_and_sigint() {
+    let bpftool = Command::new("bpftool").arg("version").output().is_ok();
+    if !common::require(
+        common::is_root() && bpftool,
+        "root and bpftool (Debian package bpftool)",
+    ) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let root = kernel_hook::detect_cgroup_root().unwrap();
+    let ours = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+    let count_ours = || {
+        attached_programs(&root)
+            .iter()
+            .filter(|name| ours.contains(&name.as_str()))
+            .count()
+    };
+    assert_eq!(count_ours(), 0, "programs attached before the test");
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let daemon = common::daemon::Daemon::start(&["--listen", "127.0.0.1:0"]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while count_ours() < ours.len() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not attached: {:?}\n{}",
+                attached_programs(&root),
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (status, _, log) = daemon.stop_with(signal);
+        assert!(status.success(), "signal {signal}: {status:?}\n{log}");
+        assert_eq!(
+            count_ours(),
+            0,
+            "signal {signal} left programs attached\n{log}"
+        );
+    }
+}

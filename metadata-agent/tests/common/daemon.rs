@@ -98,10 +98,15 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and waits for the exit; returns the exit status and the elapsed time.
-    pub fn terminate(mut self) -> (std::process::ExitStatus, Duration, String) {
+    pub fn terminate(self) -> (std::process::ExitStatus, Duration, String) {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `signal` and waits for the exit; returns the exit status and the elapsed time.
+    pub fn stop_with(mut self, signal: i32) -> (std::process::ExitStatus, Duration, String) {
         let started = Instant::now();
         // SAFETY: kill with a valid PID of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -110,7 +115,10 @@ impl Daemon {
                 return (status, started.elapsed(), self.log());
             }
             if Instant::now() > deadline {
-                panic!("the agent did not exit after SIGTERM; log:\n{}", self.log());
+                panic!(
+                    "the agent did not exit after signal {signal}; log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
