@@ -53,6 +53,17 @@ pub fn parse_pid(text: &str, roots: &HostRoots) -> Result<u32, ProcessError> {
 }
 
 impl ProcessRef {
+    /// `pid` with its start time, read from `/proc/<pid>/stat` alone, without checking that
+    /// it is a process rather than a thread: for cache lookups, where a hit proves it (caches
+    /// hold processes only, and no thread shares a PID and start time with a process).
+    pub fn probe(roots: &HostRoots, pid: u32) -> Option<Self> {
+        let stat = std::fs::read(roots.proc_file(pid, "stat")).ok()?;
+        Some(Self {
+            pid,
+            start_ticks: Some(parse_start_ticks(&stat)?),
+        })
+    }
+
     /// Resolves `pid` (which may be a thread id) to its process.
     pub fn resolve(roots: &HostRoots, pid: u32) -> Result<Self, ProcessError> {
         let status_path = roots.proc_file(pid, "status");

@@ -55,6 +55,10 @@ fn every_connect_of_a_flood_is_received_or_counted_lost() {
     let root = detect_cgroup_root().expect("a cgroup v2 hierarchy");
     let (hook, mut reader) = Hook::attach(&root).expect("attach the hook");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // A deep backlog: with std's default, a briefly starved accept thread makes SYNs drop and
+    // connects wait a second for their retransmission.
+    // SAFETY: listen on a valid, bound socket.
+    unsafe { libc::listen(listener.as_raw_fd(), 4096) };
     let address = listener.local_addr().unwrap();
     let me = std::process::id();
     let done = Arc::new(AtomicBool::new(false));

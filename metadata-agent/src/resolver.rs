@@ -246,7 +246,19 @@ impl Resolver {
 
     /// Resolves `pid` (a thread id resolves to its process).
     pub async fn resolve(&self, pid: u32) -> Result<Resolution, ResolveError> {
-        let process = ProcessRef::resolve(&self.roots, pid)?;
+        // Warm path: one small read finds a cached process; only a miss reads its status to
+        // turn a thread id into its process.
+        let process = match ProcessRef::probe(&self.roots, pid) {
+            Some(probe)
+                if self
+                    .processes
+                    .peek(&(probe.pid, probe.start_ticks))
+                    .is_some() =>
+            {
+                probe
+            }
+            _ => ProcessRef::resolve(&self.roots, pid)?,
+        };
         let key = (process.pid, process.start_ticks);
         let cached_entry = match self.processes.get(&key) {
             Some(entry) if self.still_same_image(&process, &entry) => Some(entry),
@@ -998,5 +1010,21 @@ mod tests {
         let third = resolver.resolve(77).await.unwrap();
         assert_eq!(third.labels.get("late:name"), ["app"]);
         assert_eq!(late.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_thread_id_resolves_to_its_cached_process() {
+        let proc = FakeProc::new();
+        proc.process(50, 100, "/usr/bin/server", "server");
+        // Thread 51 of process 50: its own stat, its status naming the thread group.
+        proc.process(51, 101, "/usr/bin/server", "server");
+        let status = proc.root().join("51/status");
+        let text = std::fs::read_to_string(&status).unwrap();
+        std::fs::write(&status, text.replace("Tgid:\t51", "Tgid:\t50")).unwrap();
+        let resolver = proc.resolver();
+        assert_eq!(resolver.resolve(50).await.unwrap().pid, 50);
+        let thread = resolver.resolve(51).await.unwrap();
+        assert_eq!((thread.pid, thread.cached), (50, true));
+        assert_eq!(resolver.cached_pids(), vec![50]);
     }
 }

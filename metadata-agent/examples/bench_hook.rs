@@ -1,0 +1,136 @@
+//! Benchmark helper for `bench/run` (root): the kernel hook's cost and throughput.
+//!
+//! `bench_hook overhead [N]` — N loopback TCP connects (default 100 000) with the hook detached
+//! and attached, in alternating rounds so drift hits both alike; prints the time per connect of
+//! each and their ratio. The attached rounds drain the ring buffer as the agent does.
+//! `bench_hook flood PORT [N] [THREADS]` — N connects (default 100 000) to 127.0.0.1:PORT from
+//! THREADS threads (default 2) as fast as they go; prints the rate. `bench/run` runs it against
+//! a running agent and reads the agent's event counters.
+//!
+//! Prints one `RESULT key=value ...` line.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kernel_hook::{DRAIN_INTERVAL, Hook, detect_cgroup_root};
+
+/// Closes with a reset, so no TIME_WAIT entry is left and ports are not exhausted.
+fn connect_once(address: SocketAddr) {
+    if let Ok(stream) = TcpStream::connect(address) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket and a pointer to a live `linger` of the size passed.
+        unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+/// A listener on 127.0.0.1 that accepts and drops, until the process ends.
+fn sink() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // A deep backlog: with std's default, a briefly starved accept thread makes SYNs drop and
+    // connects wait a second for their retransmission.
+    // SAFETY: listen on a valid, bound socket.
+    unsafe { libc::listen(listener.as_raw_fd(), 4096) };
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
+    address
+}
+
+fn timed(address: SocketAddr, count: u64) -> Duration {
+    let started = Instant::now();
+    for _ in 0..count {
+        connect_once(address);
+    }
+    started.elapsed()
+}
+
+fn overhead(total: u64) {
+    let address = sink();
+    let root = detect_cgroup_root().expect("a cgroup v2 hierarchy");
+    const ROUNDS: u64 = 10;
+    let per_round = total / ROUNDS;
+    timed(address, per_round / 4); // warm-up
+    let (mut off, mut on) = (Duration::ZERO, Duration::ZERO);
+    for round in 0..ROUNDS {
+        let attached = round % 2 == 1;
+        let mut run_on = |off_first: bool| {
+            if off_first {
+                off += timed(address, per_round);
+            } else {
+                let (hook, mut reader) = Hook::attach(&root).expect("attach the hook");
+                let done = Arc::new(AtomicBool::new(false));
+                let drainer = {
+                    let done = Arc::clone(&done);
+                    std::thread::spawn(move || {
+                        while !done.load(Ordering::SeqCst) {
+                            reader.drain(|_| {});
+                            std::thread::sleep(DRAIN_INTERVAL);
+                        }
+                    })
+                };
+                on += timed(address, per_round);
+                done.store(true, Ordering::SeqCst);
+                drainer.join().unwrap();
+                hook.detach();
+            }
+        };
+        // Alternate which comes first in each pair of rounds.
+        run_on(!attached);
+        run_on(attached);
+    }
+    let n = (per_round * ROUNDS) as f64;
+    let (off_ns, on_ns) = (off.as_nanos() as f64 / n, on.as_nanos() as f64 / n);
+    println!(
+        "RESULT connects={} detached_ns={off_ns:.0} attached_ns={on_ns:.0} ratio={:.3}",
+        per_round * ROUNDS,
+        on_ns / off_ns
+    );
+}
+
+fn flood(port: u16, count: u64, threads: u64) {
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|_| std::thread::spawn(move || timed(address, count / threads)))
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    let elapsed = started.elapsed();
+    let made = count / threads * threads;
+    println!(
+        "RESULT connects={made} elapsed_us={} per_second={:.0}",
+        elapsed.as_micros(),
+        made as f64 / elapsed.as_secs_f64()
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |i: usize, default: u64| args.get(i).map_or(default, |a| a.parse().unwrap());
+    match args.first().map(String::as_str) {
+        Some("overhead") => overhead(number(1, 100_000)),
+        Some("flood") => flood(number(1, 0) as u16, number(2, 100_000), number(3, 2)),
+        _ => {
+            eprintln!("usage: bench_hook overhead [N] | flood PORT [N] [THREADS]");
+            std::process::exit(2);
+        }
+    }
+}
