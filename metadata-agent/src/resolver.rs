@@ -734,6 +734,19 @@ mod tests {
             std::os::unix::fs::symlink(exe, link).unwrap();
         }
 
+        /// A resolver of this tree running only the collectors of `registry`.
+        fn resolver_with(&self, registry: Registry) -> Resolver {
+            Resolver::new(
+                HostRoots::resolve(&HostRootsConfig {
+                    proc_root: Some(self.root().to_owned()),
+                    ..Default::default()
+                }),
+                registry,
+                ResolverLimits::default(),
+                Arc::new(Metrics::new()),
+            )
+        }
+
         fn resolver(&self) -> Resolver {
             let roots = HostRoots::resolve(&HostRootsConfig {
                 proc_root: Some(self.root().to_owned()),
@@ -918,15 +931,7 @@ mod tests {
         let flaky = Arc::new(Flaky(Default::default()));
         let mut registry = Registry::new();
         registry.register(flaky.clone(), true, None);
-        let resolver = Resolver::new(
-            HostRoots::resolve(&HostRootsConfig {
-                proc_root: Some(proc.root().to_owned()),
-                ..Default::default()
-            }),
-            registry,
-            ResolverLimits::default(),
-            Arc::new(Metrics::new()),
-        );
+        let resolver = proc.resolver_with(registry);
         assert!(!resolver.node_ready());
         resolver.refresh_node().await;
         assert!(resolver.node_ready());
@@ -992,15 +997,7 @@ mod tests {
         let late = Arc::new(LateStatus(Default::default()));
         let mut registry = Registry::new();
         registry.register(late.clone(), true, None);
-        let resolver = Resolver::new(
-            HostRoots::resolve(&HostRootsConfig {
-                proc_root: Some(proc.root().to_owned()),
-                ..Default::default()
-            }),
-            registry,
-            ResolverLimits::default(),
-            Arc::new(Metrics::new()),
-        );
+        let resolver = proc.resolver_with(registry);
         let first = resolver.resolve(77).await.unwrap();
         assert!(!first.labels.contains_key("late:name"));
         resolver.forget(77);
