@@ -111,16 +111,57 @@ pub struct KubernetesConfig {
     pub deleted_pod_grace: Option<Duration>,
 }
 
-/// `collectors.ec2`, `collectors.azure`, `collectors.gcp`.
+/// `collectors.ec2`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct CloudConfig {
+pub struct Ec2Config {
     /// `auto` (default), `true` or `false`.
     #[serde(default)]
     pub enabled: Enabled,
-    /// Deadline.
+    /// Deadline of one collection (default 2s).
     #[serde(default, deserialize_with = "deserialize_duration")]
     pub timeout: Option<Duration>,
-    /// Base URL of the metadata service, e.g. `http://127.0.0.1:8080`.
+    /// Base URL of the metadata service (default: `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else
+    /// `http://169.254.169.254`).
     pub endpoint: Option<String>,
+    /// Fall back to IMDSv1 (no token) when the token request is refused with 403, 404 or 405
+    /// (default true). Never done when the token request timed out.
+    pub imds_v1_fallback: Option<bool>,
+    /// Lifetime asked for each IMDSv2 token, 1s to 6h (default 6h).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub token_ttl: Option<Duration>,
+}
+
+/// `collectors.azure`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AzureConfig {
+    /// `auto` (default), `true` or `false`.
+    #[serde(default)]
+    pub enabled: Enabled,
+    /// Deadline of one collection (default 2s).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub timeout: Option<Duration>,
+    /// Base URL of the metadata service (default: `AZURE_IMDS_ENDPOINT`, else
+    /// `http://169.254.169.254`).
+    pub endpoint: Option<String>,
+}
+
+/// `collectors.gcp`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GcpConfig {
+    /// `auto` (default), `true` or `false`.
+    #[serde(default)]
+    pub enabled: Enabled,
+    /// Deadline of one collection (default 2s).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub timeout: Option<Duration>,
+    /// Base URL of the metadata server (default: `http://` + `GCE_METADATA_HOST`, else
+    /// `http://metadata.google.internal`).
+    pub endpoint: Option<String>,
+    /// Instance attributes exported even though they can hold secrets or scripts (`ssh-keys`,
+    /// `startup-script`, `kube-env`, multi-line values), by name.
+    #[serde(default)]
+    pub export_attributes: Vec<String>,
 }

@@ -3,10 +3,12 @@
 //! - [`LabelSet`]: the multi-valued, sorted label model and its text and JSON renderings.
 //! - [`Collector`]: the one trait every source of labels implements, with its [`Scope`].
 //! - [`Registry`]: runs collectors concurrently, each under its own deadline.
-//! - The collectors: [`procfs`], [`docker`], [`kubernetes`], [`linuxos`], [`sysfsdmi`].
+//! - The collectors: [`procfs`], [`docker`], [`kubernetes`], [`linuxos`], [`sysfsdmi`], and the
+//!   [`cloud`] ones: EC2, Azure, GCP.
 //! - [`cgroup`]: container identity from `/proc/<pid>/cgroup`, shared by container collectors.
 
 pub mod cgroup;
+pub mod cloud;
 pub mod collector;
 pub mod config;
 pub mod docker;

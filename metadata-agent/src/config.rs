@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use collectors::HostRootsConfig;
 use collectors::config::{
-    BasicConfig, CloudConfig, DockerConfig, KubernetesConfig, deserialize_duration,
+    AzureConfig, BasicConfig, DockerConfig, Ec2Config, GcpConfig, KubernetesConfig,
+    deserialize_duration,
 };
 use collectors::procfs::ProcfsConfig;
 use selectors::Action;
@@ -154,18 +155,18 @@ pub struct CollectorsConfig {
     /// `docker:*` labels.
     #[serde(default)]
     pub docker: DockerConfig,
-    /// `k8s:*` labels (validated; the collector is not in this build yet).
+    /// `k8s:*` labels.
     #[serde(default)]
     pub kubernetes: KubernetesConfig,
-    /// `ec2:*` labels (validated; the collector is not in this build yet).
+    /// `ec2:*` labels.
     #[serde(default)]
-    pub ec2: CloudConfig,
-    /// `azure:*` labels (validated; the collector is not in this build yet).
+    pub ec2: Ec2Config,
+    /// `azure:*` labels.
     #[serde(default)]
-    pub azure: CloudConfig,
-    /// `gcp:*` labels (validated; the collector is not in this build yet).
+    pub azure: AzureConfig,
+    /// `gcp:*` labels.
     #[serde(default)]
-    pub gcp: CloudConfig,
+    pub gcp: GcpConfig,
 }
 
 /// A configuration file that could not be used.

@@ -6,11 +6,13 @@
 //! - [`api`]: the HTTP API. [`events`]: the event pipeline and `/events` fan-out.
 //! - [`metrics`]: Prometheus metrics. [`config`]: the configuration file.
 //! - [`inspect`], [`policy`]: the one-shot CLI commands.
+//! - [`imds_mock`]: `metadata-agent imds-mock`, a cloud metadata service for CI and tests.
 
 pub mod api;
 pub mod config;
 pub mod enforcement;
 pub mod events;
+pub mod imds_mock;
 pub mod inspect;
 pub mod metrics;
 pub mod policy;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use metadata_agent::{inspect, policy, run};
+use metadata_agent::{imds_mock, inspect, policy, run};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,6 +25,8 @@ enum Command {
     /// Check policy files, or test them against labels or a process.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Serve a mock cloud instance metadata service (EC2, Azure, GCP) for CI and tests.
+    ImdsMock(imds_mock::ImdsMockArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await.map(|()| true),
             Command::Inspect(args) => inspect::run(args).await.map(|()| true),
             Command::Policy(command) => policy::run(command).await,
+            Command::ImdsMock(args) => imds_mock::run(args).await.map(|()| true),
         }
     });
     match outcome {

@@ -3,6 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use collectors::cloud::azure::AzureCollector;
+use collectors::cloud::ec2::Ec2Collector;
+use collectors::cloud::gcp::GcpCollector;
 use collectors::config::Enabled;
 use collectors::docker::DockerCollector;
 use collectors::kubernetes::{self, KubernetesCollector};
@@ -14,7 +17,7 @@ use collectors::{HostRoots, Registry};
 use crate::config::Config;
 
 /// The registry for `config`, reading the host through `roots`. Fails on settings that can
-/// only be checked by reading them (an invalid `kubeletCA`).
+/// only be checked by reading them (an invalid `kubeletCA`, a metadata service URL).
 pub fn build_registry(config: &Config, roots: &HostRoots) -> anyhow::Result<Registry> {
     let c = &config.collectors;
     let kubernetes = KubernetesCollector::new(
@@ -22,6 +25,9 @@ pub fn build_registry(config: &Config, roots: &HostRoots) -> anyhow::Result<Regi
         c.kubernetes.timeout.unwrap_or(kubernetes::DEFAULT_TIMEOUT),
     )
     .map_err(anyhow::Error::msg)?;
+    let ec2 = Ec2Collector::new(&c.ec2, roots).map_err(anyhow::Error::msg)?;
+    let azure = AzureCollector::new(&c.azure, roots).map_err(anyhow::Error::msg)?;
+    let gcp = GcpCollector::new(&c.gcp, roots).map_err(anyhow::Error::msg)?;
     let mut registry = Registry::new();
     registry
         .register(
@@ -51,6 +57,21 @@ pub fn build_registry(config: &Config, roots: &HostRoots) -> anyhow::Result<Regi
             Arc::new(SysfsDmiCollector::new(roots.clone())),
             c.sysfsdmi.enabled.unwrap_or(true),
             c.sysfsdmi.timeout,
+        )
+        .register(
+            Arc::new(ec2),
+            c.ec2.enabled != Enabled::Never,
+            c.ec2.timeout,
+        )
+        .register(
+            Arc::new(azure),
+            c.azure.enabled != Enabled::Never,
+            c.azure.timeout,
+        )
+        .register(
+            Arc::new(gcp),
+            c.gcp.enabled != Enabled::Never,
+            c.gcp.timeout,
         );
     Ok(registry)
 }

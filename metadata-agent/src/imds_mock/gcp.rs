@@ -1,0 +1,336 @@
+//! The GCP part of the mock: the Compute Engine metadata server's `/computeMetadata/v1/…`.
+//!
+//! Requests need `Metadata-Flavor: Google` (else 403) and are refused with `X-Forwarded-For`.
+//! Every answer — errors too — carries `Metadata-Flavor: Google`, a Content-Type and an ETag.
+//! Paths use the server's kebab-case names (`machine-type`, `service-accounts`) over the fixture's
+//! camelCase recursive JSON; a service account is found by its email or an alias (`default`).
+//! A directory answers its listing, or its JSON with `recursive=true` (`alt=text` flattens it);
+//! a leaf answers text, or JSON with `alt=json`. `service-accounts/<account>/token` issues an
+//! access token.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::http::{Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::{MockRequest, reply};
+
+/// The fixture must hold an `instance` object with an `id`.
+pub(crate) fn check_fixture(fixture: &Value) -> Result<(), String> {
+    if !fixture["instance"].is_object() {
+        return Err("expected an object with an `instance` object".to_owned());
+    }
+    if fixture["instance"]["id"].is_null() {
+        return Err("`instance` has no `id`".to_owned());
+    }
+    Ok(())
+}
+
+/// An answer with the headers every metadata server answer has.
+fn flavored(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
+    let mut hasher = DefaultHasher::new();
+    body.hash(&mut hasher);
+    let etag = format!("{:016x}", hasher.finish());
+    let mut response = reply(status, content_type, body);
+    let headers = response.headers_mut();
+    headers.insert("metadata-flavor", "Google".parse().expect("static"));
+    headers.insert("server", "Metadata Server for VM".parse().expect("static"));
+    if let Ok(value) = etag.parse() {
+        headers.insert("etag", value);
+    }
+    response
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    flavored(status, "application/text", body.into())
+}
+
+fn not_found() -> Response<Body> {
+    text(StatusCode::NOT_FOUND, "Not Found\n")
+}
+
+/// `machine-type` → `machineType`.
+fn camel(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    let mut upper = false;
+    for c in segment.chars() {
+        if c == '-' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `machineType` → `machine-type`.
+fn kebab(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    for c in key.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('-');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Where a node sits, for naming its children.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Children are named as the server names them (kebab-case).
+    Plain,
+    /// User-chosen names, as they are (attributes).
+    Literal,
+    /// The service account map: accounts by email or alias.
+    Accounts,
+    /// One service account.
+    Account,
+}
+
+fn is_directory(node: &Value) -> bool {
+    match node {
+        Value::Object(_) => true,
+        Value::Array(items) => items.iter().any(|i| i.is_object()),
+        _ => false,
+    }
+}
+
+pub(crate) fn handle(fixture: &Value, request: &MockRequest) -> Response<Body> {
+    let flavor = request
+        .header("metadata-flavor")
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("google"));
+    if !flavor {
+        return text(
+            StatusCode::FORBIDDEN,
+            "Your client does not have permission to get URL from this server. \
+             Missing Metadata-Flavor:Google header.\n",
+        );
+    }
+    if request.header("x-forwarded-for").is_some() {
+        return text(
+            StatusCode::FORBIDDEN,
+            "Requests with X-Forwarded-For are refused.\n",
+        );
+    }
+    let segments: Vec<&str> = request.segments.iter().map(String::as_str).collect();
+    match segments.as_slice() {
+        [] => text(StatusCode::OK, "computeMetadata/\n"),
+        ["computeMetadata"] => text(StatusCode::OK, "v1/\n"),
+        ["computeMetadata", "v1", path @ ..] => serve_path(fixture, path, request),
+        _ => not_found(),
+    }
+}
+
+fn serve_path(fixture: &Value, path: &[&str], request: &MockRequest) -> Response<Body> {
+    let mut node = fixture;
+    let mut place = Place::Plain;
+    for (index, segment) in path.iter().enumerate() {
+        if place == Place::Account && *segment == "token" && index + 1 == path.len() {
+            return access_token();
+        }
+        let (child, child_place) = match (node, place) {
+            (Value::Object(map), Place::Accounts) => (
+                map.get(*segment).or_else(|| {
+                    map.values().find(|account| {
+                        account["aliases"]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|alias| alias == *segment))
+                    })
+                }),
+                Place::Account,
+            ),
+            (Value::Object(map), Place::Literal) => (map.get(*segment), Place::Plain),
+            (Value::Object(map), _) => {
+                let key = if map.contains_key(*segment) {
+                    segment.to_string()
+                } else {
+                    camel(segment)
+                };
+                let place = match key.as_str() {
+                    "attributes" => Place::Literal,
+                    "serviceAccounts" => Place::Accounts,
+                    _ => Place::Plain,
+                };
+                (map.get(&key), place)
+            }
+            (Value::Array(items), _) => (
+                segment.parse::<usize>().ok().and_then(|i| items.get(i)),
+                Place::Plain,
+            ),
+            _ => (None, Place::Plain),
+        };
+        match child {
+            Some(child) => {
+                node = child;
+                place = child_place;
+            }
+            None => return not_found(),
+        }
+    }
+    let recursive = request
+        .param("recursive")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let alt = request.param("alt");
+    if is_directory(node) {
+        if recursive {
+            return match alt {
+                Some("text") => {
+                    let mut lines = String::new();
+                    flatten(node, place, "", &mut lines);
+                    text(StatusCode::OK, lines)
+                }
+                _ => flavored(StatusCode::OK, "application/json", node.to_string()),
+            };
+        }
+        let names = listing(node, place);
+        return match alt {
+            Some("json") => flavored(StatusCode::OK, "application/json", json!(names).to_string()),
+            _ => text(
+                StatusCode::OK,
+                names.iter().map(|n| format!("{n}\n")).collect::<String>(),
+            ),
+        };
+    }
+    match alt {
+        Some("json") => flavored(StatusCode::OK, "application/json", node.to_string()),
+        _ => text(StatusCode::OK, leaf_text(node)),
+    }
+}
+
+/// A directory's entries as the server lists them: sub-directories end in `/`.
+fn listing(node: &Value, place: Place) -> Vec<String> {
+    let name = |key: &str, child: &Value| {
+        let shown = match place {
+            Place::Literal | Place::Accounts => key.to_owned(),
+            Place::Plain | Place::Account => kebab(key),
+        };
+        if is_directory(child) {
+            format!("{shown}/")
+        } else {
+            shown
+        }
+    };
+    match node {
+        Value::Object(map) => {
+            let mut names: Vec<String> = Vec::new();
+            if place == Place::Accounts {
+                for account in map.values() {
+                    for alias in account["aliases"].as_array().into_iter().flatten() {
+                        if let Some(alias) = alias.as_str() {
+                            names.push(format!("{alias}/"));
+                        }
+                    }
+                }
+            }
+            names.extend(map.iter().map(|(key, child)| name(key, child)));
+            names
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, child)| name(&i.to_string(), child))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `recursive=true&alt=text`: one `path value` line per leaf.
+fn flatten(node: &Value, place: Place, prefix: &str, out: &mut String) {
+    let children: Vec<(String, &Value, Place)> = match node {
+        Value::Object(map) => map
+            .iter()
+            .map(|(key, child)| {
+                let shown = match place {
+                    Place::Literal | Place::Accounts => key.clone(),
+                    Place::Plain | Place::Account => kebab(key),
+                };
+                let child_place = match (place, key.as_str()) {
+                    (Place::Accounts, _) => Place::Account,
+                    (Place::Plain, "attributes") => Place::Literal,
+                    (Place::Plain, "serviceAccounts") => Place::Accounts,
+                    _ => Place::Plain,
+                };
+                (shown, child, child_place)
+            })
+            .collect(),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, child)| (i.to_string(), child, Place::Plain))
+            .collect(),
+        _ => Vec::new(),
+    };
+    for (name, child, child_place) in children {
+        let path = format!("{prefix}{name}");
+        if is_directory(child) {
+            flatten(child, child_place, &format!("{path}/"), out);
+        } else {
+            out.push_str(&format!("{path} {}\n", leaf_text(child).trim_end()));
+        }
+    }
+}
+
+/// A leaf as text: strings as they are, numbers as written, lists one item a line.
+fn leaf_text(leaf: &Value) -> String {
+    match leaf {
+        Value::String(text) => text.clone(),
+        Value::Array(items) if items.iter().all(Value::is_string) && !items.is_empty() => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|item| format!("{item}\n"))
+            .collect(),
+        other => other.to_string(),
+    }
+}
+
+fn access_token() -> Response<Body> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let body = json!({
+        "access_token": format!("ya29.mock-{now:x}"),
+        "expires_in": 3599,
+        "token_type": "Bearer",
+    });
+    flavored(StatusCode::OK, "application/json", body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_convert_both_ways() {
+        assert_eq!(camel("machine-type"), "machineType");
+        assert_eq!(camel("service-accounts"), "serviceAccounts");
+        assert_eq!(kebab("numericProjectId"), "numeric-project-id");
+        assert_eq!(kebab("id"), "id");
+    }
+
+    #[test]
+    fn directories_list_kebab_names_and_attributes_keep_theirs() {
+        let fixture = json!({"instance": {"machineType": "m", "attributes": {"myKey": "v"},
+            "networkInterfaces": [{"ip": "10.0.0.2"}], "tags": ["a"]}});
+        let instance = &fixture["instance"];
+        assert_eq!(
+            listing(instance, Place::Plain),
+            ["attributes/", "machine-type", "network-interfaces/", "tags"]
+        );
+        assert_eq!(listing(&instance["attributes"], Place::Literal), ["myKey"]);
+        let mut lines = String::new();
+        flatten(instance, Place::Plain, "", &mut lines);
+        assert_eq!(
+            lines,
+            "attributes/myKey v\nmachine-type m\nnetwork-interfaces/0/ip 10.0.0.2\ntags a\n"
+        );
+    }
+}
