@@ -183,13 +183,15 @@ impl MockProcess {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        // From here the guard kills and reaps the child on every path, panics included.
+        let process = Self { child, address };
         for _ in 0..100 {
-            if std::net::TcpStream::connect(&address).is_ok() {
-                return Self { child, address };
+            if std::net::TcpStream::connect(&process.address).is_ok() {
+                return process;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("imds-mock did not start listening on {address}");
+        panic!("imds-mock did not start listening on {}", process.address);
     }
 }
 
