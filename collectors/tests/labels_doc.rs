@@ -17,6 +17,9 @@ fn labels_reference_matches_declared_keys() {
         collectors::kubernetes::LABEL_KEYS,
         collectors::linuxos::LABEL_KEYS,
         collectors::sysfsdmi::LABEL_KEYS,
+        collectors::cloud::ec2::LABEL_KEYS,
+        collectors::cloud::azure::LABEL_KEYS,
+        collectors::cloud::gcp::LABEL_KEYS,
     ]
     .concat()
     .into_iter()

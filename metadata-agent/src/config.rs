@@ -345,6 +345,20 @@ mod example_tests {
             Some(collectors::kubernetes::DEFAULT_DELETED_POD_GRACE)
         );
 
+        let c = &config.collectors;
+        assert_eq!(c.ec2.timeout, Some(collectors::cloud::DEFAULT_TIMEOUT));
+        assert_eq!(c.ec2.imds_v1_fallback, Some(true));
+        assert_eq!(
+            c.ec2.token_ttl,
+            Some(collectors::cloud::ec2::DEFAULT_TOKEN_TTL)
+        );
+        assert_eq!(c.azure.timeout, Some(collectors::cloud::DEFAULT_TIMEOUT));
+        assert_eq!(c.gcp.timeout, Some(collectors::cloud::DEFAULT_TIMEOUT));
+        for endpoint in [&c.ec2.endpoint, &c.azure.endpoint, &c.gcp.endpoint] {
+            assert_eq!(endpoint.as_deref(), Some(""), "empty: the default");
+        }
+        assert!(c.gcp.export_attributes.is_empty());
+
         assert_eq!(config.server.listen.as_deref(), Some(DEFAULT_LISTEN));
         assert_eq!(
             config.server.max_body_bytes,
