@@ -11,7 +11,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use super::{
-    Approach, Cloud, CloudSettings, Endpoint, LINK_LOCAL, MetadataHttp, insert_value, scalar_text,
+    Approach, Cloud, CloudSettings, EndpointSource, LINK_LOCAL, MetadataHttp, insert_value,
+    scalar_text,
 };
 use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
 use crate::config::AzureConfig;
@@ -20,6 +21,12 @@ use crate::labels::{LabelSet, escape_key};
 
 /// The environment variable that overrides the endpoint (the Azure SDKs have no common one).
 pub const ENDPOINT_VAR: &str = "AZURE_IMDS_ENDPOINT";
+
+const ENDPOINT_SOURCE: EndpointSource = EndpointSource {
+    config_field: "collectors.azure.endpoint",
+    env_var: ENDPOINT_VAR,
+    default: LINK_LOCAL,
+};
 
 /// The API version of the instance document: the first with `tagsList`, widely available.
 pub const INSTANCE_API_VERSION: &str = "2021-02-01";
@@ -87,22 +94,15 @@ impl AzureCollector {
         roots: &HostRoots,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, String> {
-        let endpoint = Endpoint::resolve(
+        let (settings, http) = CloudSettings::new(
+            &ENDPOINT_SOURCE,
+            config.enabled,
+            config.timeout,
             config.endpoint.as_deref(),
-            "collectors.azure.endpoint",
-            ENDPOINT_VAR,
+            roots,
             env,
-            LINK_LOCAL,
         )?;
-        Ok(Self {
-            http: MetadataHttp::new(&endpoint)?,
-            settings: CloudSettings::new(
-                config.enabled,
-                config.timeout.unwrap_or(super::DEFAULT_TIMEOUT),
-                endpoint,
-                roots.clone(),
-            ),
-        })
+        Ok(Self { http, settings })
     }
 
     async fn document(

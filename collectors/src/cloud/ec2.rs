@@ -14,7 +14,7 @@ use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 
 use super::{
-    Approach, Cloud, CloudSettings, Endpoint, LINK_LOCAL, MetadataHttp, PROBE_TIMEOUT,
+    Approach, Cloud, CloudSettings, EndpointSource, LINK_LOCAL, MetadataHttp, PROBE_TIMEOUT,
     RequestError, insert_value,
 };
 use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
@@ -24,6 +24,12 @@ use crate::labels::{LabelSet, escape_key};
 
 /// The environment variable the AWS SDKs read for the IMDS endpoint.
 pub const ENDPOINT_VAR: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT";
+
+const ENDPOINT_SOURCE: EndpointSource = EndpointSource {
+    config_field: "collectors.ec2.endpoint",
+    env_var: ENDPOINT_VAR,
+    default: LINK_LOCAL,
+};
 
 /// Lifetime asked for each token unless configured: the longest IMDS grants.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(21_600);
@@ -110,12 +116,13 @@ impl Ec2Collector {
         roots: &HostRoots,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, String> {
-        let endpoint = Endpoint::resolve(
+        let (settings, http) = CloudSettings::new(
+            &ENDPOINT_SOURCE,
+            config.enabled,
+            config.timeout,
             config.endpoint.as_deref(),
-            "collectors.ec2.endpoint",
-            ENDPOINT_VAR,
+            roots,
             env,
-            LINK_LOCAL,
         )?;
         let ttl = config.token_ttl.unwrap_or(DEFAULT_TOKEN_TTL);
         if ttl < Duration::from_secs(1) || ttl > DEFAULT_TOKEN_TTL {
@@ -125,13 +132,8 @@ impl Ec2Collector {
             ));
         }
         Ok(Self {
-            http: MetadataHttp::new(&endpoint)?,
-            settings: CloudSettings::new(
-                config.enabled,
-                config.timeout.unwrap_or(super::DEFAULT_TIMEOUT),
-                endpoint,
-                roots.clone(),
-            ),
+            http,
+            settings,
             v1_fallback: config.imds_v1_fallback.unwrap_or(true),
             token_ttl_secs: ttl.as_secs(),
             token: tokio::sync::Mutex::new(None),

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use super::{Cloud, CloudSettings, Endpoint, MetadataHttp, insert_value, scalar_text};
+use super::{Cloud, CloudSettings, EndpointSource, MetadataHttp, insert_value, scalar_text};
 use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
 use crate::config::GcpConfig;
 use crate::host::HostRoots;
@@ -22,6 +22,12 @@ use crate::labels::{LabelSet, escape_key};
 /// The environment variable Google's client libraries read for the metadata server
 /// (`host[:port]`).
 pub const ENDPOINT_VAR: &str = "GCE_METADATA_HOST";
+
+const ENDPOINT_SOURCE: EndpointSource = EndpointSource {
+    config_field: "collectors.gcp.endpoint",
+    env_var: ENDPOINT_VAR,
+    default: DEFAULT_ENDPOINT,
+};
 
 /// The metadata server's name inside Compute Engine.
 pub const DEFAULT_ENDPOINT: &str = "http://metadata.google.internal";
@@ -85,21 +91,17 @@ impl GcpCollector {
         roots: &HostRoots,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, String> {
-        let endpoint = Endpoint::resolve(
+        let (settings, http) = CloudSettings::new(
+            &ENDPOINT_SOURCE,
+            config.enabled,
+            config.timeout,
             config.endpoint.as_deref(),
-            "collectors.gcp.endpoint",
-            ENDPOINT_VAR,
+            roots,
             env,
-            DEFAULT_ENDPOINT,
         )?;
         Ok(Self {
-            http: MetadataHttp::new(&endpoint)?,
-            settings: CloudSettings::new(
-                config.enabled,
-                config.timeout.unwrap_or(super::DEFAULT_TIMEOUT),
-                endpoint,
-                roots.clone(),
-            ),
+            http,
+            settings,
             export_attributes: config.export_attributes.clone(),
         })
     }

@@ -445,16 +445,44 @@ pub struct CloudSettings {
     pub confirmed: std::sync::atomic::AtomicBool,
 }
 
+/// Where a cloud's endpoint setting can come from.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointSource {
+    /// The configuration field, for messages (`collectors.ec2.endpoint`).
+    pub config_field: &'static str,
+    /// The environment variable the cloud's clients read.
+    pub env_var: &'static str,
+    /// The cloud's own address.
+    pub default: &'static str,
+}
+
 impl CloudSettings {
-    /// Settings with nothing confirmed yet.
-    pub fn new(enabled: Enabled, timeout: Duration, endpoint: Endpoint, roots: HostRoots) -> Self {
-        Self {
+    /// Settings (with nothing confirmed yet) and the HTTP client for the endpoint found from
+    /// `configured`, then `source.env_var` in `env`, then `source.default`.
+    pub fn new(
+        source: &EndpointSource,
+        enabled: Enabled,
+        timeout: Option<Duration>,
+        configured: Option<&str>,
+        roots: &HostRoots,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Self, MetadataHttp), String> {
+        let endpoint = Endpoint::resolve(
+            configured,
+            source.config_field,
+            source.env_var,
+            env,
+            source.default,
+        )?;
+        let http = MetadataHttp::new(&endpoint)?;
+        let settings = Self {
             enabled,
-            timeout,
+            timeout: timeout.unwrap_or(DEFAULT_TIMEOUT),
             endpoint,
-            roots,
+            roots: roots.clone(),
             confirmed: std::sync::atomic::AtomicBool::new(false),
-        }
+        };
+        Ok((settings, http))
     }
 
     /// How this collection approaches the service (`None`: disabled).
