@@ -495,3 +495,62 @@ fn inspect_off_cloud_reports_the_clouds_unavailable_quickly() {
         assert!(report["latency_ms"].as_f64().unwrap() < 1000.0, "{report}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_requests_never_go_through_an_http_proxy() {
+    // The proxy is a working mock (it serves absolute-form requests); the endpoints are closed
+    // ports. Through the proxy every cloud would answer; without it none does.
+    let proxy = mock(MockOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "collectors:\n  ec2:\n    endpoint: http://{closed}\n  azure:\n    endpoint: http://{closed}\n  gcp:\n    endpoint: http://{closed}\n"
+        ),
+    )
+    .unwrap();
+    let mut command = common::agent();
+    command
+        .args(["inspect", "self", "--json", "--config"])
+        .arg(&config)
+        .env("HOST_SYS", dir.path());
+    for var in ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"] {
+        command.env(var, proxy.url());
+    }
+    command.env_remove("no_proxy").env_remove("NO_PROXY");
+    let output = tokio::task::spawn_blocking(move || common::run(&mut command))
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let states: Vec<(&str, &str)> = answer["collectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| ["ec2", "azure", "gcp"].contains(&c["name"].as_str().unwrap()))
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap(),
+                c["status"]["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("ec2", "unavailable"),
+            ("azure", "unavailable"),
+            ("gcp", "unavailable")
+        ]
+    );
+    assert!(proxy.requests().is_empty(), "{:?}", proxy.requests());
+}
