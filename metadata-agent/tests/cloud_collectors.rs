@@ -450,46 +450,51 @@ async fn a_failed_refresh_keeps_the_cloud_labels_as_stale() {
     assert_eq!(resolver.node().reports[0].status.state(), "ok");
 }
 
-#[test]
-fn inspect_off_cloud_reports_the_clouds_unavailable_quickly() {
-    // Nothing listens on the configured endpoints; DMI is absent (an empty sysfs root).
+/// `inspect self --json` with every cloud endpoint on a closed port and no DMI (an empty sysfs
+/// root), with `env` added; the three cloud reports, in registration order.
+fn inspect_with_closed_endpoints(env: &[(&str, String)]) -> Vec<serde_json::Value> {
     let dir = tempfile::tempdir().unwrap();
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
     let config = dir.path().join("agent.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "collectors:\n  ec2:\n    endpoint: http://{closed}\n  azure:\n    endpoint: http://{closed}\n  gcp:\n    endpoint: http://{closed}\n"
-        ),
-    )
-    .unwrap();
-    let output = common::run(
-        common::agent()
-            .args([
-                "inspect",
-                &std::process::id().to_string(),
-                "--json",
-                "--config",
-            ])
-            .arg(&config)
-            .env("HOST_SYS", dir.path()),
-    );
+    let endpoints: String = ["ec2", "azure", "gcp"]
+        .iter()
+        .map(|cloud| format!("  {cloud}:\n    endpoint: http://{closed}\n"))
+        .collect();
+    std::fs::write(&config, format!("collectors:\n{endpoints}")).unwrap();
+    let mut command = common::agent();
+    command
+        .args(["inspect", "self", "--json", "--config"])
+        .arg(&config)
+        .env("HOST_SYS", dir.path())
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = common::run(&mut command);
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
     let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    for cloud in ["ec2", "azure", "gcp"] {
-        let report = answer["collectors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == cloud)
-            .unwrap_or_else(|| panic!("no {cloud} report"));
+    answer["collectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| ["ec2", "azure", "gcp"].contains(&c["name"].as_str().unwrap()))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn inspect_off_cloud_reports_the_clouds_unavailable_quickly() {
+    let reports = inspect_with_closed_endpoints(&[]);
+    assert_eq!(reports.len(), 3, "{reports:?}");
+    for report in reports {
         assert_eq!(report["status"]["state"], "unavailable", "{report}");
         // Well under the 2 s collection deadline: the probe decided.
         assert!(report["latency_ms"].as_f64().unwrap() < 1000.0, "{report}");
@@ -501,42 +506,15 @@ async fn metadata_requests_never_go_through_an_http_proxy() {
     // The proxy is a working mock (it serves absolute-form requests); the endpoints are closed
     // ports. Through the proxy every cloud would answer; without it none does.
     let proxy = mock(MockOptions::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let config = dir.path().join("agent.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "collectors:\n  ec2:\n    endpoint: http://{closed}\n  azure:\n    endpoint: http://{closed}\n  gcp:\n    endpoint: http://{closed}\n"
-        ),
-    )
-    .unwrap();
-    let mut command = common::agent();
-    command
-        .args(["inspect", "self", "--json", "--config"])
-        .arg(&config)
-        .env("HOST_SYS", dir.path());
-    for var in ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"] {
-        command.env(var, proxy.url());
-    }
-    command.env_remove("no_proxy").env_remove("NO_PROXY");
-    let output = tokio::task::spawn_blocking(move || common::run(&mut command))
+    let env: Vec<(&str, String)> = ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
+        .into_iter()
+        .map(|var| (var, proxy.url()))
+        .collect();
+    let reports = tokio::task::spawn_blocking(move || inspect_with_closed_endpoints(&env))
         .await
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let states: Vec<(&str, &str)> = answer["collectors"]
-        .as_array()
-        .unwrap()
+    let states: Vec<(&str, &str)> = reports
         .iter()
-        .filter(|c| ["ec2", "azure", "gcp"].contains(&c["name"].as_str().unwrap()))
         .map(|c| {
             (
                 c["name"].as_str().unwrap(),
