@@ -38,10 +38,10 @@ const TOKEN_PATH: &str = "/latest/api/token";
 const TTL_HEADER: &str = "X-aws-ec2-metadata-token-ttl-seconds";
 const TOKEN_HEADER: &str = "X-aws-ec2-metadata-token";
 
-/// Single-valued keys and their paths under `/latest/meta-data/`.
+/// Single-valued keys and their paths under `/latest/meta-data/` (`instance-id` aside: it is
+/// read first, to confirm the service is IMDS).
 const LEAVES: &[(&str, &str)] = &[
     ("ami-id", "ec2:ami:id"),
-    ("instance-id", "ec2:instance:id"),
     ("instance-type", "ec2:instance:type"),
     ("hostname", "ec2:network:hostname"),
     ("local-hostname", "ec2:network:local-hostname"),
@@ -274,8 +274,8 @@ impl Ec2Collector {
         }
     }
 
-    /// Every label, with one set of credentials.
-    async fn read_all(&self, auth: &Auth) -> Result<Collected, GetError> {
+    /// Every label, with one set of credentials; the instance id was read already.
+    async fn read_all(&self, auth: &Auth, instance_id: &str) -> Result<Collected, GetError> {
         let leaf_reads = join_all(LEAVES.iter().map(|(path, _)| self.get_meta(path, auth)));
         let (leaves, groups, identity, tags) = tokio::join!(
             leaf_reads,
@@ -284,6 +284,7 @@ impl Ec2Collector {
             self.tags(auth),
         );
         let mut labels = LabelSet::new();
+        insert_value(&mut labels, "ec2:instance:id", instance_id);
         let mut missing = Vec::new();
         let mut note = |what: &str, error: GetError| -> Result<(), GetError> {
             match error {
@@ -432,9 +433,9 @@ impl Collector for Ec2Collector {
         let mut renewed = false;
         loop {
             let outcome = match self.instance_id(&auth, first).await {
-                Ok(_) => {
+                Ok(instance_id) => {
                     self.settings.confirm();
-                    self.read_all(&auth).await
+                    self.read_all(&auth, &instance_id).await
                 }
                 Err(error) => Err(error),
             };
