@@ -57,7 +57,7 @@ impl ProcessRef {
     /// it is a process rather than a thread: for cache lookups, where a hit proves it (caches
     /// hold processes only, and no thread shares a PID and start time with a process).
     pub fn probe(roots: &HostRoots, pid: u32) -> Option<Self> {
-        let stat = std::fs::read(roots.proc_file(pid, "stat")).ok()?;
+        let stat = read_proc_file(&roots.proc_file(pid, "stat")).ok()?;
         Some(Self {
             pid,
             start_ticks: Some(parse_start_ticks(&stat)?),
@@ -66,8 +66,17 @@ impl ProcessRef {
 
     /// Resolves `pid` (which may be a thread id) to its process.
     pub fn resolve(roots: &HostRoots, pid: u32) -> Result<Self, ProcessError> {
+        let stat = read_proc_file(&roots.proc_file(pid, "stat")).ok();
+        if stat.as_deref().and_then(|stat| stat_field(stat, 20)) == Some("1") {
+            // A thread group of one thread is its leader alone (a leader that exits before its
+            // other threads stays counted until they are gone): `pid` is the process.
+            return Ok(Self {
+                pid,
+                start_ticks: stat.as_deref().and_then(parse_start_ticks),
+            });
+        }
         let status_path = roots.proc_file(pid, "status");
-        let status = match std::fs::read(&status_path) {
+        let status = match read_proc_file(&status_path) {
             Ok(status) => status,
             Err(e) if is_gone(&e) => return Err(ProcessError::NoSuchProcess(pid)),
             Err(source) => {
@@ -81,7 +90,15 @@ impl ProcessRef {
             .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u32>().ok())
             .filter(|&tgid| tgid > 0)
             .unwrap_or(pid);
-        let start_ticks = match std::fs::read(roots.proc_file(tgid, "stat")) {
+        if tgid == pid
+            && let Some(stat) = &stat
+        {
+            return Ok(Self {
+                pid,
+                start_ticks: parse_start_ticks(stat),
+            });
+        }
+        let start_ticks = match read_proc_file(&roots.proc_file(tgid, "stat")) {
             Ok(stat) => parse_start_ticks(&stat),
             Err(e) if is_gone(&e) && tgid != pid => return Err(ProcessError::NoSuchProcess(pid)),
             Err(_) => None,
@@ -91,6 +108,78 @@ impl ProcessRef {
             start_ticks,
         })
     }
+}
+
+/// An open `<proc>/<pid>` directory. Files read through it belong to the process it was opened
+/// for: once that process is gone they fail (`ESRCH`), even when its PID has been reused. So one
+/// identity check through it (the start time in `stat`) covers every later read, and each read
+/// skips the lookup of the `<proc>/<pid>` path.
+pub(crate) struct ProcDir {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl ProcDir {
+    /// Opens `<proc>/<pid>`.
+    pub(crate) fn open(roots: &HostRoots, pid: u32) -> io::Result<Self> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::open(
+            roots.proc.join(pid.to_string()),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Self { fd })
+    }
+
+    /// Opens the file `name` in this directory.
+    pub(crate) fn open_file(&self, name: &str) -> io::Result<std::fs::File> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(fd.into())
+    }
+
+    /// Reads the file `name` whole (see [`read_proc_file`]).
+    pub(crate) fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        read_whole(self.open_file(name)?)
+    }
+
+    /// The target of the link `name` (`exe`, `cwd`).
+    pub(crate) fn read_link(&self, name: &str) -> io::Result<std::path::PathBuf> {
+        use std::os::unix::ffi::OsStringExt;
+        let target = rustix::fs::readlinkat(&self.fd, name, Vec::new())?;
+        Ok(std::ffi::OsString::from_vec(target.into_bytes()).into())
+    }
+}
+
+/// Reads a small procfs file (`status`, `stat`, `cgroup`, ...) whole.
+pub(crate) fn read_proc_file(path: &std::path::Path) -> io::Result<Vec<u8>> {
+    read_whole(std::fs::File::open(path)?)
+}
+
+/// Reads `file` to its end. procfs reports a size of 0, so unlike `std::fs::read` (a stat, a
+/// seek, then a read per doubling of its buffer) this asks for no metadata and starts with a
+/// buffer that holds a typical file: one read, and the one that sees the end.
+fn read_whole(mut file: std::fs::File) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut content = vec![0; 4096];
+    let mut len = 0;
+    loop {
+        if len == content.len() {
+            content.resize(len * 2, 0);
+        }
+        match file.read(&mut content[len..]) {
+            Ok(0) => break,
+            Ok(read) => len += read,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    content.truncate(len);
+    Ok(content)
 }
 
 /// Whether an I/O error means the process is gone (or never was).
@@ -141,6 +230,46 @@ mod tests {
         assert_eq!(status_field(status, "Tgid"), Some(&b"12"[..]));
         assert_eq!(status_field(status, "Pid"), Some(&b"13"[..]));
         assert_eq!(status_field(status, "Uid"), None);
+    }
+
+    #[test]
+    fn processes_and_threads_resolve_to_their_process() {
+        let roots = HostRoots::default();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        // One thread: resolved from its stat alone.
+        let single = ProcessRef::resolve(&roots, child.id()).unwrap();
+        assert_eq!(single.pid, child.id());
+        assert!(single.start_ticks.is_some());
+
+        // A thread of this (multi-threaded) test process resolves to the process.
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = tid_rx.recv().unwrap();
+        assert_ne!(tid, std::process::id());
+        let ours = ProcessRef::resolve(&roots, std::process::id()).unwrap();
+        assert_eq!(ProcessRef::resolve(&roots, tid).unwrap(), ours);
+        assert_eq!(ours.pid, std::process::id());
+        drop(done_tx);
+        thread.join().unwrap();
+
+        // A directory opened for the child reads nothing once the child is gone.
+        let dir = ProcDir::open(&roots, child.id()).unwrap();
+        assert_eq!(
+            dir.read("stat").ok().as_deref().and_then(parse_start_ticks),
+            single.start_ticks
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(dir.read("stat").is_err());
+        assert!(dir.read_link("exe").is_err());
     }
 
     #[test]

@@ -1,28 +1,34 @@
 //! Benchmark helper for `bench/run`: resolves the `process:*` labels of every process on the
 //! machine with the procfs collector, as the agent does.
 //!
-//! `bench_procfs cold` — one pass in a fresh process (binary hashes not cached yet): the
-//! figure compared with the psutil script, which computes the same fields.
-//! `bench_procfs warm` — a first pass to fill the hash cache, then a timed pass per process:
-//! the "cold resolution" figure (nothing cached but the hashes).
+//! `bench_procfs scan` — every process resolved on one thread per core, timed twice in one
+//! process: the first pass with no binary hash cached, the second with the hashes the first
+//! computed; then the second pass again on one thread. These are the figures compared with the
+//! psutil script, which makes the same two passes.
+//! `bench_procfs warm` — a first pass to fill the hash cache, then a timed pass per process, one
+//! at a time: the "cold resolution" figure (nothing cached but the hashes).
 //!
 //! Prints one `RESULT key=value ...` line.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use collectors::procfs::{ProcfsCollector, ProcfsConfig};
 use collectors::{HostRoots, HostRootsConfig, ProcessRef};
 
+/// Every PID but this one: each side of the psutil comparison leaves itself out, so both hash
+/// the same binaries (this program's is many times larger than the Python interpreter).
 fn pids(roots: &HostRoots) -> Vec<u32> {
     let mut pids: Vec<u32> = std::fs::read_dir(&roots.proc)
         .expect("read the proc root")
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&pid| pid != std::process::id())
         .collect();
     pids.sort_unstable();
     pids
 }
 
-/// Resolves every PID once; returns the time of each resolution that succeeded.
+/// Resolves every PID once, one at a time; returns the time of each resolution that succeeded.
 fn pass(collector: &ProcfsCollector, roots: &HostRoots, pids: &[u32]) -> Vec<Duration> {
     let mut times = Vec::with_capacity(pids.len());
     for &pid in pids {
@@ -38,23 +44,66 @@ fn pass(collector: &ProcfsCollector, roots: &HostRoots, pids: &[u32]) -> Vec<Dur
     times
 }
 
+/// What one scan did.
+struct Scan {
+    processes: usize,
+    hashes: usize,
+    elapsed: Duration,
+}
+
+/// Resolves every PID once on `threads` threads taking the next PID in turn.
+fn scan(collector: &ProcfsCollector, roots: &HostRoots, pids: &[u32], threads: usize) -> Scan {
+    let next = AtomicUsize::new(0);
+    let (processes, hashes) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                while let Some(&pid) = pids.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let Some(collected) = ProcessRef::resolve(roots, pid)
+                        .ok()
+                        .and_then(|process| collector.collect_blocking(&process).ok())
+                    else {
+                        continue;
+                    };
+                    processes.fetch_add(1, Ordering::Relaxed);
+                    if !collected.labels.get("process:binary:hash").is_empty() {
+                        hashes.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    Scan {
+        processes: processes.into_inner(),
+        hashes: hashes.into_inner(),
+        elapsed: started.elapsed(),
+    }
+}
+
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
     let roots = HostRoots::resolve(&HostRootsConfig::default());
-    let collector = ProcfsCollector::new(roots.clone(), &ProcfsConfig::default());
     let pids = pids(&roots);
     match mode.as_str() {
-        "cold" => {
-            let started = Instant::now();
-            let times = pass(&collector, &roots, &pids);
-            let total = started.elapsed();
+        "scan" => {
+            let collector = ProcfsCollector::new(roots.clone(), &ProcfsConfig::default());
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let first = scan(&collector, &roots, &pids, threads);
+            let second = scan(&collector, &roots, &pids, threads);
+            let one_thread = scan(&collector, &roots, &pids, 1);
             println!(
-                "RESULT processes={} total_us={}",
-                times.len(),
-                total.as_micros()
+                "RESULT processes={} hashes={} threads={threads} first_us={} second_us={} \
+                 one_thread_us={}",
+                second.processes,
+                second.hashes,
+                first.elapsed.as_micros(),
+                second.elapsed.as_micros(),
+                one_thread.elapsed.as_micros()
             );
         }
         "warm" => {
+            let collector = ProcfsCollector::new(roots.clone(), &ProcfsConfig::default());
             pass(&collector, &roots, &pids);
             let mut times = pass(&collector, &roots, &pids);
             times.sort_unstable();
@@ -68,7 +117,7 @@ fn main() {
             );
         }
         _ => {
-            eprintln!("usage: bench_procfs cold|warm");
+            eprintln!("usage: bench_procfs scan|warm");
             std::process::exit(2);
         }
     }

@@ -1013,11 +1013,17 @@ mod tests {
     async fn a_thread_id_resolves_to_its_cached_process() {
         let proc = FakeProc::new();
         proc.process(50, 100, "/usr/bin/server", "server");
-        // Thread 51 of process 50: its own stat, its status naming the thread group.
+        // Thread 51 of process 50: its own stat, its status naming the thread group, and both
+        // counting the group's two threads.
         proc.process(51, 101, "/usr/bin/server", "server");
         let status = proc.root().join("51/status");
         let text = std::fs::read_to_string(&status).unwrap();
         std::fs::write(&status, text.replace("Tgid:\t51", "Tgid:\t50")).unwrap();
+        for pid in [50, 51] {
+            let stat = proc.root().join(format!("{pid}/stat"));
+            let text = std::fs::read_to_string(&stat).unwrap();
+            std::fs::write(&stat, text.replace(" 20 0 1 0 ", " 20 0 2 0 ")).unwrap();
+        }
         let resolver = proc.resolver();
         assert_eq!(resolver.resolve(50).await.unwrap().pid, 50);
         let thread = resolver.resolve(51).await.unwrap();

@@ -23,6 +23,18 @@ struct FileIdentity {
     mtime_nsec: i64,
 }
 
+impl FileIdentity {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_sec: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        }
+    }
+}
+
 /// A bounded cache of binary hashes.
 pub struct BinaryHashCache {
     cache: quick_cache::sync::Cache<FileIdentity, String>,
@@ -38,17 +50,20 @@ impl BinaryHashCache {
         }
     }
 
+    /// The cached hash of the file at `path`, if there is one: a stat, no read.
+    pub fn cached(&self, path: &Path) -> io::Result<Option<String>> {
+        Ok(self.cache.get(&FileIdentity::of(&std::fs::metadata(path)?)))
+    }
+
     /// `sha256:<hex>` of the file at `path` (normally `<proc>/<pid>/exe`).
     pub fn hash(&self, path: &Path) -> io::Result<String> {
+        // A hit costs one stat. A miss opens the file and keys the hash by what was opened, so
+        // a binary replaced between the stat and the open is never hashed under the old key.
+        if let Some(hash) = self.cached(path)? {
+            return Ok(hash);
+        }
         let mut file = File::open(path)?;
-        let meta = file.metadata()?;
-        let identity = FileIdentity {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_sec: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec(),
-        };
+        let identity = FileIdentity::of(&file.metadata()?);
         if let Some(hash) = self.cache.get(&identity) {
             return Ok(hash);
         }
@@ -98,7 +113,9 @@ mod tests {
         std::fs::write(&path, b"abc").unwrap();
         let cache = BinaryHashCache::new(16);
         let expected = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(cache.cached(&path).unwrap(), None);
         assert_eq!(cache.hash(&path).unwrap(), expected);
+        assert_eq!(cache.cached(&path).unwrap().as_deref(), Some(expected));
         assert_eq!(cache.hash(&path).unwrap(), expected);
         assert_eq!(
             cache.files_hashed(),

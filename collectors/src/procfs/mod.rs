@@ -26,7 +26,9 @@ use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
 use crate::config::deserialize_duration;
 use crate::host::HostRoots;
 use crate::labels::{LabelSet, escape_bytes, escape_bytes_limited};
-use crate::process::{ProcessRef, is_gone, parse_start_ticks, stat_field, status_field};
+use crate::process::{
+    ProcDir, ProcessRef, is_gone, parse_start_ticks, read_proc_file, stat_field, status_field,
+};
 use accounts::IdNames;
 
 /// Default cut-off for `process:cmdline` and each `process:env:*` value, in bytes.
@@ -153,6 +155,26 @@ impl ProcfsCollector {
         self.inner.add_hash(process, hash, &mut collected);
         Ok(collected)
     }
+
+    /// Adds the hash of a binary not in the cache yet. Hashing a large binary the first time
+    /// can take longer than everything else: it runs in its own blocking task, and past
+    /// `hash_wait` the labels are returned without it while it goes on into the cache.
+    async fn hash_uncached(&self, process: ProcessRef, mut collected: Collected) -> Collected {
+        let inner = Arc::clone(&self.inner);
+        let hashing = tokio::task::spawn_blocking(move || inner.hash_binary(process.pid));
+        match tokio::time::timeout(self.inner.hash_wait, hashing).await {
+            Ok(Ok(hash)) => self.inner.add_hash(&process, hash, &mut collected),
+            Ok(Err(e)) => add_partial(&mut collected, format!("binary hash: task failed: {e}")),
+            Err(_) => add_partial(
+                &mut collected,
+                format!(
+                    "binary hash: not finished within {} ms (large binary; it is cached once done)",
+                    self.inner.hash_wait.as_millis()
+                ),
+            ),
+        }
+        collected
+    }
 }
 
 #[async_trait]
@@ -174,25 +196,23 @@ impl Collector for ProcfsCollector {
             return Err(CollectError::NotApplicable("no process given".to_owned()));
         };
         let inner = Arc::clone(&self.inner);
-        // Hashing a large binary the first time can take longer than everything else: it runs
-        // in its own blocking task, so the other labels never wait past `hash_wait` for it.
-        let hashing = tokio::task::spawn_blocking(move || inner.hash_binary(process.pid));
-        let inner = Arc::clone(&self.inner);
         // procfs reads are blocking syscalls: one blocking task per process, not one per file.
-        let mut collected = tokio::task::spawn_blocking(move || inner.collect(&process))
-            .await
-            .map_err(|e| CollectError::Failed(format!("procfs task failed: {e}")))??;
-        match tokio::time::timeout(self.inner.hash_wait, hashing).await {
-            Ok(Ok(hash)) => self.inner.add_hash(&process, hash, &mut collected),
-            Ok(Err(e)) => add_partial(&mut collected, format!("binary hash: task failed: {e}")),
-            Err(_) => add_partial(
-                &mut collected,
-                format!(
-                    "binary hash: not finished within {} ms (large binary; it is cached once done)",
-                    self.inner.hash_wait.as_millis()
-                ),
-            ),
-        }
+        // It also looks the binary up in the hash cache (a stat).
+        let (mut collected, cached) = tokio::task::spawn_blocking(move || {
+            let collected = inner.collect(&process)?;
+            let cached = inner
+                .hashes
+                .cached(&inner.roots.proc_file(process.pid, "exe"));
+            Ok::<_, CollectError>((collected, cached))
+        })
+        .await
+        .map_err(|e| CollectError::Failed(format!("procfs task failed: {e}")))??;
+        let cached = match cached {
+            Ok(Some(hash)) => Ok(hash),
+            Ok(None) => return Ok(self.hash_uncached(process, collected).await),
+            Err(e) => Err(e),
+        };
+        self.inner.add_hash(&process, cached, &mut collected);
         Ok(collected)
     }
 }
@@ -227,36 +247,45 @@ impl Inner {
     fn collect(&self, process: &ProcessRef) -> Result<Collected, CollectError> {
         let pid = process.pid;
         let file = |name: &str| self.roots.proc_file(pid, name);
-        let status = match std::fs::read(file("status")) {
-            Ok(status) => status,
-            Err(e) if is_gone(&e) => return Err(CollectError::NoSuchProcess(pid)),
-            Err(e) => {
-                return Err(CollectError::Failed(format!(
+        let unreadable = |name: &str, e: io::Error| {
+            if is_gone(&e) {
+                CollectError::NoSuchProcess(pid)
+            } else {
+                CollectError::Failed(format!(
                     "cannot read {}: {}",
-                    file("status").display(),
+                    file(name).display(),
                     describe(&e)
-                )));
+                ))
             }
         };
-        let mut gaps = Gaps::default();
-        let mut labels = LabelSet::new();
-        labels.insert("process:pid", pid.to_string());
-
-        let stat = std::fs::read(file("stat"));
+        // Everything is read through the directory, so the start time checked here vouches for
+        // every file read after it.
+        let dir = ProcDir::open(&self.roots, pid).map_err(|e| unreadable("", e))?;
+        let stat = dir.read("stat");
         if let (Ok(stat), Some(expected)) = (&stat, process.start_ticks)
             && parse_start_ticks(stat) != Some(expected)
         {
             // The PID now names another process: nothing read here would be about ours.
             return Err(CollectError::NoSuchProcess(pid));
         }
+        let status = dir.read("status").map_err(|e| unreadable("status", e))?;
+        let mut gaps = Gaps::default();
+        let mut labels = LabelSet::new();
+        labels.insert("process:pid", pid.to_string());
 
-        let cmdline = read_capped(&file("cmdline")).unwrap_or_else(|e| {
-            gaps.note("cmdline", &e);
+        // A kernel thread has no arguments and no executable: nothing to read.
+        let kernel_thread = stat.as_deref().is_ok_and(is_kernel_thread);
+        let cmdline = if kernel_thread {
             (Vec::new(), false)
-        });
+        } else {
+            read_capped(dir.open_file("cmdline")).unwrap_or_else(|e| {
+                gaps.note("cmdline", &e);
+                (Vec::new(), false)
+            })
+        };
         let args = split_args(&cmdline.0);
-        if let Some(name) = process_name(&status, &args) {
-            labels.insert("process:name", name);
+        if let Some(comm) = status_comm(&status) {
+            labels.insert("process:name", process_name(&comm, &args));
         }
         if !args.is_empty() {
             labels.insert(
@@ -311,11 +340,12 @@ impl Inner {
             labels.insert_all("process:capabilities:effective", caps);
         }
 
-        match std::fs::read_link(file("exe")) {
+        match dir.read_link("exe") {
             Ok(path) => labels.insert("process:binary:path", escape_path(&path)),
+            Err(_) if kernel_thread => {}
             Err(e) => gaps.note("binary path", &e),
         }
-        match std::fs::read_link(file("cwd")) {
+        match dir.read_link("cwd") {
             Ok(path) => labels.insert("process:cwd", escape_path(&path)),
             Err(e) => gaps.note("cwd", &e),
         }
@@ -327,7 +357,7 @@ impl Inner {
             }
             Err(e) => gaps.note("start time", e),
         }
-        match std::fs::read(file("cgroup")) {
+        match dir.read("cgroup") {
             Ok(content) => {
                 let info = parse_cgroup_file(&String::from_utf8_lossy(&content));
                 if let Some(path) = info.v2_path.as_deref() {
@@ -340,7 +370,7 @@ impl Inner {
             Err(e) => gaps.note("cgroup", &e),
         }
         if self.extract_envs {
-            match read_capped(&file("environ")) {
+            match read_capped(dir.open_file("environ")) {
                 Ok((environ, cut)) => {
                     self.env_labels(&environ, &mut labels);
                     if cut {
@@ -361,7 +391,7 @@ impl Inner {
     fn explain_gaps(&self, process: &ProcessRef, gaps: Gaps) -> Option<String> {
         let mut reasons = gaps.unreadable;
         if !gaps.vanished.is_empty() {
-            let stat = std::fs::read(self.roots.proc_file(process.pid, "stat")).ok();
+            let stat = read_proc_file(&self.roots.proc_file(process.pid, "stat")).ok();
             let still_there = stat.as_deref().is_some_and(|stat| {
                 process.start_ticks.is_none() || parse_start_ticks(stat) == process.start_ticks
             });
@@ -405,16 +435,37 @@ impl Inner {
     }
 
     fn parent_labels(&self, ppid: u32, labels: &mut LabelSet) {
-        let Ok(status) = std::fs::read(self.roots.proc_file(ppid, "status")) else {
+        // `comm` is the cheapest file holding the name; trees without one (recorded fixtures)
+        // have it in `status`.
+        let comm = match read_proc_file(&self.roots.proc_file(ppid, "comm")) {
+            Ok(mut comm) => {
+                if comm.last() == Some(&b'\n') {
+                    comm.pop();
+                }
+                Some(comm)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                read_proc_file(&self.roots.proc_file(ppid, "status"))
+                    .ok()
+                    .and_then(|status| status_comm(&status))
+            }
+            Err(_) => None,
+        };
+        let Some(comm) = comm else {
             return;
         };
-        let cmdline = read_capped(&self.roots.proc_file(ppid, "cmdline"))
-            .map(|(c, _)| c)
-            .unwrap_or_default();
-        let args = split_args(&cmdline);
-        if let Some(name) = process_name(&status, &args) {
-            labels.insert("process:parent:name", name);
-        }
+        // The parent's arguments matter only when its comm may have been cut.
+        let cmdline = if comm.len() == COMM_MAX {
+            read_capped(std::fs::File::open(self.roots.proc_file(ppid, "cmdline")))
+                .map(|(c, _)| c)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        labels.insert(
+            "process:parent:name",
+            process_name(&comm, &split_args(&cmdline)),
+        );
         if let Ok(path) = std::fs::read_link(self.roots.proc_file(ppid, "exe")) {
             labels.insert("process:parent:binary:path", escape_path(&path));
         }
@@ -460,19 +511,26 @@ fn add_partial(collected: &mut Collected, reason: String) {
     });
 }
 
-/// `process:name`: `Name:` of status (the kernel's comm, at most 15 bytes); when it is exactly 15
-/// bytes and the basename of argv[0] starts with it, the comm was cut, so that basename is used.
-fn process_name(status: &[u8], args: &[&[u8]]) -> Option<String> {
-    let comm = unescape_status_name(status_field(status, "Name")?);
-    if comm.len() == 15
+/// The kernel keeps at most this many bytes of a process's name (comm).
+const COMM_MAX: usize = 15;
+
+/// `process:name` from the kernel's comm (at most [`COMM_MAX`] bytes): when it is exactly that
+/// long and the basename of argv[0] starts with it, the comm was cut, so that basename is used.
+fn process_name(comm: &[u8], args: &[&[u8]]) -> String {
+    if comm.len() == COMM_MAX
         && let Some(argv0) = args.first()
     {
         let base = argv0.rsplit(|&b| b == b'/').next().unwrap_or(argv0);
-        if base.starts_with(&comm) {
-            return Some(escape_bytes(base));
+        if base.starts_with(comm) {
+            return escape_bytes(base);
         }
     }
-    Some(escape_bytes(&comm))
+    escape_bytes(comm)
+}
+
+/// The comm of a status document: its `Name:`, unescaped.
+fn status_comm(status: &[u8]) -> Option<Vec<u8>> {
+    status_field(status, "Name").map(unescape_status_name)
 }
 
 /// The kernel writes `\n` and `\` in a status Name as `\n` and `\\`.
@@ -507,13 +565,11 @@ fn escape_path(path: &Path) -> String {
     escape_bytes(path.as_os_str().as_bytes())
 }
 
-/// Reads at most [`MAX_READ_BYTES`] of `path`; the flag says whether there was more.
-fn read_capped(path: &Path) -> io::Result<(Vec<u8>, bool)> {
+/// Reads at most [`MAX_READ_BYTES`] of `file`; the flag says whether there was more.
+fn read_capped(file: io::Result<std::fs::File>) -> io::Result<(Vec<u8>, bool)> {
     use std::io::Read;
-    let mut content = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_READ_BYTES + 1)
-        .read_to_end(&mut content)?;
+    let mut content = Vec::with_capacity(4096);
+    file?.take(MAX_READ_BYTES + 1).read_to_end(&mut content)?;
     let cut = content.len() as u64 > MAX_READ_BYTES;
     content.truncate(MAX_READ_BYTES as usize);
     Ok((content, cut))
@@ -543,27 +599,24 @@ mod tests {
 
     #[test]
     fn name_uses_argv0_basename_only_when_comm_was_cut() {
+        let name = |status: &[u8], args: &[&[u8]]| {
+            status_comm(status).map(|comm| process_name(&comm, args))
+        };
         let long = "/usr/lib/systemd/systemd-journald";
         assert_eq!(
-            process_name(&status("systemd-journal"), &[long.as_bytes()]).unwrap(),
+            name(&status("systemd-journal"), &[long.as_bytes()]).unwrap(),
             "systemd-journald"
         );
         // 15 chars but argv[0] does not start with it (renamed thread): keep comm.
         assert_eq!(
-            process_name(&status("systemd-journal"), &[b"/bin/other"]).unwrap(),
+            name(&status("systemd-journal"), &[b"/bin/other"]).unwrap(),
             "systemd-journal"
         );
         // Shorter than 15: comm as is, even if argv[0] differs.
-        assert_eq!(process_name(&status("bash"), &[b"-bash"]).unwrap(), "bash");
-        assert_eq!(
-            process_name(&status("kworker/0:1"), &[]).unwrap(),
-            "kworker/0:1"
-        );
-        assert_eq!(
-            process_name(&status(r"a\\b\nc"), &[]).unwrap(),
-            r"a\\b\x0ac"
-        );
-        assert!(process_name(b"Umask:\t0022\n", &[]).is_none());
+        assert_eq!(name(&status("bash"), &[b"-bash"]).unwrap(), "bash");
+        assert_eq!(name(&status("kworker/0:1"), &[]).unwrap(), "kworker/0:1");
+        assert_eq!(name(&status(r"a\\b\nc"), &[]).unwrap(), r"a\\b\x0ac");
+        assert!(name(b"Umask:\t0022\n", &[]).is_none());
     }
 
     #[test]
