@@ -23,7 +23,7 @@ pub mod sysfsdmi;
 
 pub use collector::{CollectError, Collected, Collector, Invalidation, Scope, Subject};
 pub use host::{HostRoots, HostRootsConfig};
-pub use labels::LabelSet;
+pub use labels::{FrozenLabels, LabelSet};
 pub use process::{ProcessError, ProcessRef};
 pub use registry::{CollectorReport, CollectorStatus, Registry, merge_labels};
 

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use collectors::cgroup::{ContainerIdentity, ContainerMatch, parse_cgroup_file};
 use collectors::{
-    CollectorReport, CollectorStatus, HostRoots, LabelSet, ProcessError, ProcessRef, Registry,
-    Scope, Subject, merge_labels,
+    CollectorReport, CollectorStatus, FrozenLabels, HostRoots, LabelSet, ProcessError, ProcessRef,
+    Registry, Scope, Subject, merge_labels,
 };
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
@@ -29,6 +29,8 @@ use crate::metrics::Metrics;
 pub const DEFAULT_PROCESS_ENTRIES: usize = 16_384;
 /// Default number of container entries kept.
 pub const DEFAULT_CONTAINER_ENTRIES: usize = 1_024;
+/// Serialized answers kept (each about 3 KiB), for the processes looked up most.
+const ANSWER_ENTRIES: usize = 1_024;
 
 /// Why a PID could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,9 @@ pub enum ResolveError {
     /// The process does not exist, or could not be read.
     #[error(transparent)]
     Process(#[from] ProcessError),
+    /// The answer could not be serialized.
+    #[error("cannot encode the answer: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// The labels of one scope, as collected at one moment.
@@ -58,6 +63,20 @@ impl ScopeEntry {
         }
     }
 
+    /// An entry that keeps only the merged labels, not each report's own: what cached
+    /// process and container entries need (node entries keep them, for stale labels).
+    fn merged(mut reports: Vec<CollectorReport>) -> Self {
+        let labels = merge_labels(&reports);
+        for report in &mut reports {
+            report.labels = LabelSet::new();
+        }
+        Self {
+            labels,
+            reports,
+            resolved_at: SystemTime::now(),
+        }
+    }
+
     fn empty() -> Self {
         Self::new(Vec::new())
     }
@@ -74,10 +93,15 @@ impl ScopeEntry {
     }
 }
 
-/// A cached process.
+/// A cached process. Its labels are frozen: the cache may hold tens of thousands.
 #[derive(Debug)]
 struct ProcessEntry {
-    scope: ScopeEntry,
+    /// The process-scope collectors' labels, merged.
+    labels: FrozenLabels,
+    /// Each process-scope collector's outcome (without its own labels).
+    reports: Vec<CollectorReport>,
+    /// When they were collected.
+    resolved_at: SystemTime,
     container: Option<ContainerIdentity>,
     /// Why there is no container, when there is none.
     container_note: Option<String>,
@@ -85,6 +109,36 @@ struct ProcessEntry {
     exe: Option<PathBuf>,
     /// When the collection started, on the kernel's monotonic clock (that of hook events).
     collected_ns: u64,
+}
+
+/// The cache entries one answer is made of.
+struct Found {
+    process: ProcessRef,
+    entry: Arc<ProcessEntry>,
+    container: Option<Arc<ScopeEntry>>,
+    node: Arc<ScopeEntry>,
+    /// Whether the process entry came from the cache.
+    cached: bool,
+}
+
+/// A serialized answer and the entries it was made from.
+struct Answer {
+    found: Found,
+    json: bytes::Bytes,
+}
+
+impl Answer {
+    /// Whether `found` holds the very entries this answer was made from.
+    fn made_from(&self, found: &Found) -> bool {
+        let same = |a: &Option<Arc<ScopeEntry>>, b: &Option<Arc<ScopeEntry>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        Arc::ptr_eq(&self.found.entry, &found.entry)
+            && same(&self.found.container, &found.container)
+            && Arc::ptr_eq(&self.found.node, &found.node)
+    }
 }
 
 /// Everything known about one process: its own labels, its container's and the node's.
@@ -203,6 +257,8 @@ pub struct Resolver {
     metrics: Arc<Metrics>,
     processes: ScopedCache<ProcessKey, Arc<ProcessEntry>>,
     containers: ScopedCache<String, Arc<ScopeEntry>>,
+    /// Serialized answers of recently looked-up cached processes.
+    answers: Cache<ProcessKey, Arc<Answer>>,
     node: RwLock<Arc<ScopeEntry>>,
     node_ready: std::sync::atomic::AtomicBool,
     states: Mutex<Vec<CollectorState>>,
@@ -230,6 +286,7 @@ impl Resolver {
         Self {
             processes: scoped_cache(limits.process_entries, Scope::Process, &metrics),
             containers: scoped_cache(limits.container_entries, Scope::Container, &metrics),
+            answers: Cache::new(ANSWER_ENTRIES),
             node: RwLock::new(Arc::new(ScopeEntry::empty())),
             node_ready: std::sync::atomic::AtomicBool::new(false),
             states: Mutex::new(states),
@@ -246,6 +303,61 @@ impl Resolver {
 
     /// Resolves `pid` (a thread id resolves to its process).
     pub async fn resolve(&self, pid: u32) -> Result<Resolution, ResolveError> {
+        Ok(self.assemble(&self.find(pid).await?))
+    }
+
+    /// [`Resolver::resolve`] serialized as JSON (the answer of `GET /metadata/<pid>`). The
+    /// answer for a cached process is kept, and given again while its process, container and
+    /// node entries are the ones it was made from: a repeated lookup merges and serializes
+    /// nothing.
+    pub async fn resolve_json(&self, pid: u32) -> Result<bytes::Bytes, ResolveError> {
+        let found = self.find(pid).await?;
+        if !found.cached {
+            return Ok(serde_json::to_vec(&self.assemble(&found))?.into());
+        }
+        let key = (found.process.pid, found.process.start_ticks);
+        if let Some(answer) = self.answers.get(&key)
+            && answer.made_from(&found)
+        {
+            return Ok(answer.json.clone());
+        }
+        let json = bytes::Bytes::from(serde_json::to_vec(&self.assemble(&found))?);
+        self.answers.insert(
+            key,
+            Arc::new(Answer {
+                json: json.clone(),
+                found,
+            }),
+        );
+        Ok(json)
+    }
+
+    /// The process, container and node labels and statuses of `found`, merged.
+    fn assemble(&self, found: &Found) -> Resolution {
+        let (entry, node) = (&found.entry, &found.node);
+        let mut labels = entry.labels.thaw();
+        let mut reports = entry.reports.clone();
+        if let Some(container) = &found.container {
+            labels.merge(&container.labels);
+            reports.extend(container.reports.iter().cloned());
+        } else {
+            reports.extend(self.not_in_container(entry.container_note.as_deref()));
+        }
+        labels.merge(&node.labels);
+        reports.extend(node.reports.iter().cloned());
+        Resolution {
+            pid: found.process.pid,
+            start_time_ticks: found.process.start_ticks,
+            container: entry.container.clone(),
+            labels,
+            collectors: reports,
+            resolved_at: humantime::format_rfc3339_millis(entry.resolved_at).to_string(),
+            cached: found.cached,
+        }
+    }
+
+    /// The entries that make up the answer for `pid`, collecting what is not cached.
+    async fn find(&self, pid: u32) -> Result<Found, ResolveError> {
         // Warm path: one small read finds a cached process; only a miss reads its status to
         // turn a thread id into its process.
         let process = match ProcessRef::probe(&self.roots, pid) {
@@ -283,24 +395,11 @@ impl Resolver {
             Some(identity) => self.container_entry(process, identity).await,
             None => None,
         };
-        let node = self.node();
-        let mut labels = entry.scope.labels.clone();
-        let mut reports = entry.scope.reports.clone();
-        if let Some(container) = &container {
-            labels.merge(&container.labels);
-            reports.extend(container.reports.iter().cloned());
-        } else {
-            reports.extend(self.not_in_container(entry.container_note.as_deref()));
-        }
-        labels.merge(&node.labels);
-        reports.extend(node.reports.iter().cloned());
-        Ok(Resolution {
-            pid: process.pid,
-            start_time_ticks: process.start_ticks,
-            container: entry.container.clone(),
-            labels,
-            collectors: reports,
-            resolved_at: humantime::format_rfc3339_millis(entry.scope.resolved_at).to_string(),
+        Ok(Found {
+            process,
+            entry,
+            container,
+            node: self.node(),
             cached,
         })
     }
@@ -356,14 +455,17 @@ impl Resolver {
             // It exited, or its PID was reused, between the first look and the collection.
             return Err(ProcessError::NoSuchProcess(process.pid).into());
         }
+        let scope = ScopeEntry::merged(reports);
         let entry = Arc::new(ProcessEntry {
-            scope: ScopeEntry::new(reports),
+            labels: scope.labels.freeze(),
+            reports: scope.reports,
+            resolved_at: scope.resolved_at,
             container,
             container_note,
             exe,
             collected_ns,
         });
-        if entry.scope.has_errors() {
+        if entry.reports.iter().any(|r| r.status.is_error()) {
             drop(guard);
         } else {
             let _ = guard.insert(Arc::clone(&entry));
@@ -399,7 +501,9 @@ impl Resolver {
             container: Some(identity.clone()),
             container_note: None,
         };
-        let entry = Arc::new(ScopeEntry::new(self.run(Scope::Container, &subject).await));
+        let entry = Arc::new(ScopeEntry::merged(
+            self.run(Scope::Container, &subject).await,
+        ));
         // A partial container entry (a pod whose status does not list the container yet) is
         // not kept: the next lookup asks again.
         if entry.has_errors() || entry.is_partial() {
@@ -1007,6 +1111,58 @@ mod tests {
         let third = resolver.resolve(77).await.unwrap();
         assert_eq!(third.labels.get("late:name"), ["app"]);
         assert_eq!(late.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_lookup_reuses_its_answer_until_an_entry_changes() {
+        let proc = FakeProc::new();
+        proc.process(60, 100, "/usr/bin/server", "server --a");
+        let resolver = proc.resolver();
+        let json =
+            |bytes: &bytes::Bytes| -> serde_json::Value { serde_json::from_slice(bytes).unwrap() };
+        let first = resolver.resolve_json(60).await.unwrap();
+        assert_eq!(json(&first)["cached"], false);
+        let second = resolver.resolve_json(60).await.unwrap();
+        let third = resolver.resolve_json(60).await.unwrap();
+        // The very same bytes: nothing was merged or serialized again.
+        assert_eq!(second.as_ptr(), third.as_ptr());
+        assert_eq!(json(&third)["cached"], true);
+        assert_eq!(
+            json(&third),
+            serde_json::to_value(resolver.resolve(60).await.unwrap()).unwrap()
+        );
+
+        // New node labels (none were collected yet): a new answer, with them.
+        assert!(json(&third)["labels"]["linuxos:kernel:release"].is_null());
+        resolver.refresh_node().await;
+        let after_refresh = resolver.resolve_json(60).await.unwrap();
+        assert_ne!(after_refresh.as_ptr(), third.as_ptr());
+        assert!(json(&after_refresh)["labels"]["linuxos:kernel:release"].is_array());
+        assert_eq!(
+            json(&after_refresh)["labels"]["process:cmdline"],
+            serde_json::json!(["server --a"])
+        );
+
+        // The process exec'd: collected again, and the new answer kept.
+        proc.process(60, 100, "/usr/bin/other", "other --b");
+        let after_exec = json(&resolver.resolve_json(60).await.unwrap());
+        assert_eq!(after_exec["cached"], false);
+        assert_eq!(
+            after_exec["labels"]["process:cmdline"],
+            serde_json::json!(["other --b"])
+        );
+        let again = json(&resolver.resolve_json(60).await.unwrap());
+        assert_eq!(again["cached"], true);
+        assert_eq!(again["labels"], after_exec["labels"]);
+
+        // A reused PID is another process, never the kept answer.
+        proc.process(60, 200, "/usr/bin/server", "third");
+        let reused = json(&resolver.resolve_json(60).await.unwrap());
+        assert_eq!(reused["start_time_ticks"], 200);
+        assert_eq!(
+            reused["labels"]["process:cmdline"],
+            serde_json::json!(["third"])
+        );
     }
 
     #[tokio::test]

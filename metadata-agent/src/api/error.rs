@@ -77,6 +77,11 @@ impl From<ResolveError> for ApiError {
                 "process_unreadable",
                 error.to_string(),
             ),
+            error @ ResolveError::Encode(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                error.to_string(),
+            ),
         }
     }
 }

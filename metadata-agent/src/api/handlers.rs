@@ -102,11 +102,11 @@ pub async fn metadata(
 ) -> Answer {
     let pid = parse_pid(pid)?;
     let Query(query) = query?;
-    let resolution = state.resolver.resolve(pid).await?;
     if wants_text(query.format, &headers) {
-        return Ok(text(resolution.labels.to_text()));
+        return Ok(text(state.resolver.resolve(pid).await?.labels.to_text()));
     }
-    Ok(Json(resolution).into_response())
+    let json = state.resolver.resolve_json(pid).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 /// `GET /selectors/{pid}`: matching policies in precedence order and the verdict.
