@@ -24,7 +24,7 @@ pub mod sysfsdmi;
 pub use collector::{CollectError, Collected, Collector, Invalidation, Scope, Subject};
 pub use host::{HostRoots, HostRootsConfig};
 pub use labels::{FrozenLabels, LabelSet};
-pub use process::{ProcessError, ProcessRef};
+pub use process::{ProcDir, ProcessError, ProcessRef};
 pub use registry::{CollectorReport, CollectorStatus, Registry, merge_labels};
 
 /// Makes ring the process's TLS crypto provider (the one provider this project builds with);

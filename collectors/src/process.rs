@@ -113,14 +113,15 @@ impl ProcessRef {
 /// An open `<proc>/<pid>` directory. Files read through it belong to the process it was opened
 /// for: once that process is gone they fail (`ESRCH`), even when its PID has been reused. So one
 /// identity check through it (the start time in `stat`) covers every later read, and each read
-/// skips the lookup of the `<proc>/<pid>` path.
-pub(crate) struct ProcDir {
+/// skips the lookup of the `<proc>/<pid>` path. It holds a file descriptor.
+#[derive(Debug)]
+pub struct ProcDir {
     fd: std::os::fd::OwnedFd,
 }
 
 impl ProcDir {
     /// Opens `<proc>/<pid>`.
-    pub(crate) fn open(roots: &HostRoots, pid: u32) -> io::Result<Self> {
+    pub fn open(roots: &HostRoots, pid: u32) -> io::Result<Self> {
         use rustix::fs::{Mode, OFlags};
         let fd = rustix::fs::open(
             roots.proc.join(pid.to_string()),
@@ -130,8 +131,20 @@ impl ProcDir {
         Ok(Self { fd })
     }
 
+    /// Whether this is a directory of a real procfs, which ties it to its process (a recorded
+    /// tree of files does not).
+    pub fn pins_process(&self) -> bool {
+        rustix::fs::fstatfs(&self.fd).is_ok_and(|fs| fs.f_type == rustix::fs::PROC_SUPER_MAGIC)
+    }
+
+    /// The process's start time in clock ticks since boot (`stat` field 22), read through
+    /// this directory: what ties it to a [`ProcessRef`].
+    pub fn start_ticks(&self) -> Option<u64> {
+        parse_start_ticks(&self.read("stat").ok()?)
+    }
+
     /// Opens the file `name` in this directory.
-    pub(crate) fn open_file(&self, name: &str) -> io::Result<std::fs::File> {
+    pub fn open_file(&self, name: &str) -> io::Result<std::fs::File> {
         use rustix::fs::{Mode, OFlags};
         let fd = rustix::fs::openat(
             &self.fd,
@@ -143,12 +156,12 @@ impl ProcDir {
     }
 
     /// Reads the file `name` whole (see [`read_proc_file`]).
-    pub(crate) fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+    pub fn read(&self, name: &str) -> io::Result<Vec<u8>> {
         read_whole(self.open_file(name)?)
     }
 
     /// The target of the link `name` (`exe`, `cwd`).
-    pub(crate) fn read_link(&self, name: &str) -> io::Result<std::path::PathBuf> {
+    pub fn read_link(&self, name: &str) -> io::Result<std::path::PathBuf> {
         use std::os::unix::ffi::OsStringExt;
         let target = rustix::fs::readlinkat(&self.fd, name, Vec::new())?;
         Ok(std::ffi::OsString::from_vec(target.into_bytes()).into())
@@ -268,8 +281,16 @@ mod tests {
         );
         child.kill().unwrap();
         child.wait().unwrap();
+        assert!(dir.pins_process());
         assert!(dir.read("stat").is_err());
         assert!(dir.read_link("exe").is_err());
+        let tree = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tree.path().join("7")).unwrap();
+        let roots = HostRoots::resolve(&crate::HostRootsConfig {
+            proc_root: Some(tree.path().to_owned()),
+            ..Default::default()
+        });
+        assert!(!ProcDir::open(&roots, 7).unwrap().pins_process());
     }
 
     #[test]

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use collectors::cgroup::{ContainerIdentity, ContainerMatch, parse_cgroup_file};
 use collectors::{
-    CollectorReport, CollectorStatus, FrozenLabels, HostRoots, LabelSet, ProcessError, ProcessRef,
-    Registry, Scope, Subject, merge_labels,
+    CollectorReport, CollectorStatus, FrozenLabels, HostRoots, LabelSet, ProcDir, ProcessError,
+    ProcessRef, Registry, Scope, Subject, merge_labels,
 };
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
@@ -29,8 +29,17 @@ use crate::metrics::Metrics;
 pub const DEFAULT_PROCESS_ENTRIES: usize = 16_384;
 /// Default number of container entries kept.
 pub const DEFAULT_CONTAINER_ENTRIES: usize = 1_024;
-/// Serialized answers kept (each about 3 KiB), for the processes looked up most.
+/// Serialized answers kept at most (each about 3 KiB and an open proc directory), for the
+/// processes looked up most.
 const ANSWER_ENTRIES: usize = 1_024;
+
+/// How many answers to keep: [`ANSWER_ENTRIES`], or a quarter of the open-file limit when that
+/// is lower, since each holds a file descriptor.
+fn answer_capacity() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let open_files = limit.current.unwrap_or(u64::MAX);
+    (open_files / 4).clamp(1, ANSWER_ENTRIES as u64) as usize
+}
 
 /// Why a PID could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -121,9 +130,11 @@ struct Found {
     cached: bool,
 }
 
-/// A serialized answer and the entries it was made from.
+/// A serialized answer, the entries it was made from and, on a real procfs, its process's
+/// open proc directory.
 struct Answer {
     found: Found,
+    dir: Option<ProcDir>,
     json: bytes::Bytes,
 }
 
@@ -135,7 +146,8 @@ impl Answer {
             (None, None) => true,
             _ => false,
         };
-        Arc::ptr_eq(&self.found.entry, &found.entry)
+        found.cached
+            && Arc::ptr_eq(&self.found.entry, &found.entry)
             && same(&self.found.container, &found.container)
             && Arc::ptr_eq(&self.found.node, &found.node)
     }
@@ -258,7 +270,7 @@ pub struct Resolver {
     processes: ScopedCache<ProcessKey, Arc<ProcessEntry>>,
     containers: ScopedCache<String, Arc<ScopeEntry>>,
     /// Serialized answers of recently looked-up cached processes.
-    answers: Cache<ProcessKey, Arc<Answer>>,
+    answers: Cache<u32, Arc<Answer>>,
     node: RwLock<Arc<ScopeEntry>>,
     node_ready: std::sync::atomic::AtomicBool,
     states: Mutex<Vec<CollectorState>>,
@@ -286,7 +298,7 @@ impl Resolver {
         Self {
             processes: scoped_cache(limits.process_entries, Scope::Process, &metrics),
             containers: scoped_cache(limits.container_entries, Scope::Container, &metrics),
-            answers: Cache::new(ANSWER_ENTRIES),
+            answers: Cache::new(answer_capacity()),
             node: RwLock::new(Arc::new(ScopeEntry::empty())),
             node_ready: std::sync::atomic::AtomicBool::new(false),
             states: Mutex::new(states),
@@ -306,30 +318,80 @@ impl Resolver {
         Ok(self.assemble(&self.find(pid).await?))
     }
 
-    /// [`Resolver::resolve`] serialized as JSON (the answer of `GET /metadata/<pid>`). The
-    /// answer for a cached process is kept, and given again while its process, container and
-    /// node entries are the ones it was made from: a repeated lookup merges and serializes
-    /// nothing.
+    /// [`Resolver::resolve`] serialized as JSON (the answer of `GET /metadata/<pid>`).
+    ///
+    /// The answer for a cached process is kept and given again, without merging or serializing
+    /// anything, while its process, container and node entries are the ones it was made from.
+    /// Kept with its process's open proc directory, it is given before any other read: while
+    /// the process is alive and runs the same executable (one `readlink` through that directory,
+    /// which no reused PID can pass).
     pub async fn resolve_json(&self, pid: u32) -> Result<bytes::Bytes, ResolveError> {
-        let found = self.find(pid).await?;
-        if !found.cached {
-            return Ok(serde_json::to_vec(&self.assemble(&found))?.into());
+        let kept = self.answers.get(&pid);
+        if let Some(answer) = &kept
+            && self.still_current(answer)
+        {
+            self.metrics
+                .cache_hits
+                .get_or_create(&Metrics::cache(Scope::Process))
+                .inc();
+            if answer.found.container.is_some() {
+                self.metrics
+                    .cache_hits
+                    .get_or_create(&Metrics::cache(Scope::Container))
+                    .inc();
+            }
+            return Ok(answer.json.clone());
         }
-        let key = (found.process.pid, found.process.start_ticks);
-        if let Some(answer) = self.answers.get(&key)
+        let found = self.find(pid).await?;
+        if let Some(answer) = &kept
             && answer.made_from(&found)
         {
             return Ok(answer.json.clone());
         }
         let json = bytes::Bytes::from(serde_json::to_vec(&self.assemble(&found))?);
-        self.answers.insert(
-            key,
-            Arc::new(Answer {
+        if found.cached && found.process.pid == pid {
+            // Opened after the lookup, so checked to be the same process before it is kept.
+            let dir = ProcDir::open(&self.roots, pid).ok().filter(|dir| {
+                found.entry.exe.is_some()
+                    && dir.pins_process()
+                    && dir.start_ticks() == found.process.start_ticks
+            });
+            let answer = Answer {
                 json: json.clone(),
+                dir,
                 found,
-            }),
-        );
+            };
+            self.answers.insert(pid, Arc::new(answer));
+        }
         Ok(json)
+    }
+
+    /// Whether a kept answer is still the one [`Resolver::find`] would lead to.
+    fn still_current(&self, answer: &Answer) -> bool {
+        let Some(dir) = &answer.dir else {
+            return false;
+        };
+        let found = &answer.found;
+        let key = (found.process.pid, found.process.start_ticks);
+        let same_image = match (&found.entry.exe, dir.read_link("exe")) {
+            (Some(exe), Ok(now)) => *exe == now,
+            _ => false,
+        };
+        let same_container = match (&found.entry.container, &found.container) {
+            (Some(identity), Some(kept)) => self
+                .containers
+                .get(&identity.id)
+                .is_some_and(|now| Arc::ptr_eq(&now, kept)),
+            // No container collector runs (the registry does not change), or no container.
+            (Some(_), None) | (None, _) => true,
+        };
+        same_image
+            && same_container
+            && self
+                .processes
+                .get(&key)
+                .is_some_and(|now| Arc::ptr_eq(&now, &found.entry))
+            && Arc::ptr_eq(&self.node(), &found.node)
     }
 
     /// The process, container and node labels and statuses of `found`, merged.
@@ -1163,6 +1225,66 @@ mod tests {
             reused["labels"]["process:cmdline"],
             serde_json::json!(["third"])
         );
+    }
+
+    #[tokio::test]
+    async fn a_kept_answer_follows_a_real_process_through_exec_and_exit() {
+        use std::io::Write as _;
+        let roots = HostRoots::default();
+        let config = crate::config::Config::default();
+        let registry = crate::registry::build_registry(&config, &roots).unwrap();
+        let resolver = Resolver::new(
+            roots,
+            registry,
+            ResolverLimits::default(),
+            Arc::new(Metrics::new()),
+        );
+        // A shell that replaces itself with `sleep` when told to.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read line; exec sleep 30"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let json =
+            |bytes: &bytes::Bytes| -> serde_json::Value { serde_json::from_slice(bytes).unwrap() };
+        let path = |answer: &serde_json::Value| answer["labels"]["process:binary:path"].clone();
+        let first = resolver.resolve_json(pid).await.unwrap();
+        let second = resolver.resolve_json(pid).await.unwrap();
+        let third = resolver.resolve_json(pid).await.unwrap();
+        assert_eq!(second.as_ptr(), third.as_ptr(), "the kept answer is given");
+        assert_eq!(json(&third)["cached"], true);
+        assert_eq!(path(&json(&third)), path(&json(&first)));
+        assert!(resolver.answers.get(&pid).unwrap().dir.is_some());
+
+        // exec: the kept answer is not given; the process is collected again.
+        let shell = path(&json(&third));
+        writeln!(child.stdin.take().unwrap(), "go").unwrap();
+        let mut after_exec = None;
+        for _ in 0..200 {
+            let answer = json(&resolver.resolve_json(pid).await.unwrap());
+            if path(&answer) != shell {
+                after_exec = Some(answer);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let after_exec = after_exec.expect("the exec is seen");
+        assert!(
+            path(&after_exec)[0].as_str().unwrap().ends_with("/sleep"),
+            "{after_exec}"
+        );
+        resolver.resolve_json(pid).await.unwrap();
+        let kept = resolver.resolve_json(pid).await.unwrap();
+        assert_eq!(path(&json(&kept)), path(&after_exec));
+
+        // exit: never the kept answer.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(matches!(
+            resolver.resolve_json(pid).await,
+            Err(ResolveError::Process(ProcessError::NoSuchProcess(_)))
+        ));
     }
 
     #[tokio::test]

@@ -394,6 +394,7 @@ fn init_logging() {
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging();
+    raise_open_file_limit();
     let signals = StopSignals::watch()?;
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
@@ -518,6 +519,24 @@ fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot restrict {} to mode 0600", path.display()))?;
     Ok(listener)
+}
+
+/// Raises the soft limit on open files to the hard limit, as servers do: besides its
+/// connections, the agent keeps a proc directory open for each answer it keeps (up to a quarter
+/// of the limit).
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    if let Err(error) = setrlimit(Resource::Nofile, raised) {
+        tracing::warn!(%error, soft = ?limit.current, "cannot raise the open-file limit");
+    }
 }
 
 #[cfg(test)]
