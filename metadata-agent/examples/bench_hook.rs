@@ -6,10 +6,12 @@
 //! `bench_hook flood PORT [N] [THREADS]` — N connects (default 100 000) to 127.0.0.1:PORT from
 //! THREADS threads (default 2) as fast as they go; prints the rate. `bench/run` runs it against
 //! a running agent and reads the agent's event counters.
+//! `bench_hook flood-udp [RATE] [SECONDS] [THREADS]` — UDP connects at RATE per second
+//! (default 100 000) for SECONDS (default 3) from THREADS threads (default 2).
 //!
 //! Prints one `RESULT key=value ...` line.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -122,14 +124,52 @@ fn flood(port: u16, count: u64, threads: u64) {
     );
 }
 
+/// UDP connects at RATE per second for SECONDS, from THREADS threads each connecting one
+/// socket again and again: every call is a connect the hook reports, without a TCP handshake
+/// and teardown (which on this machine cost more than the hook and the agent together).
+fn flood_udp(rate: u64, seconds: u64, threads: u64) {
+    const TICK: Duration = Duration::from_millis(1);
+    let per_tick = (rate / threads / 1000).max(1);
+    let ticks = seconds * 1000;
+    let started = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+                for tick in 0..ticks {
+                    for _ in 0..per_tick {
+                        socket.connect("127.0.0.1:9").unwrap();
+                    }
+                    // On schedule: a late tick is caught up by the next ones.
+                    let next = started + TICK * (tick + 1) as u32;
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    let elapsed = started.elapsed();
+    let made = per_tick * ticks * threads;
+    println!(
+        "RESULT connects={made} elapsed_us={} per_second={:.0}",
+        elapsed.as_micros(),
+        made as f64 / elapsed.as_secs_f64()
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |i: usize, default: u64| args.get(i).map_or(default, |a| a.parse().unwrap());
     match args.first().map(String::as_str) {
         Some("overhead") => overhead(number(1, 100_000)),
         Some("flood") => flood(number(1, 0) as u16, number(2, 100_000), number(3, 2)),
+        Some("flood-udp") => flood_udp(number(1, 100_000), number(2, 3), number(3, 2)),
         _ => {
-            eprintln!("usage: bench_hook overhead [N] | flood PORT [N] [THREADS]");
+            eprintln!(
+                "usage: bench_hook overhead [N] | flood PORT [N] [THREADS] | flood-udp [RATE] [SECONDS] [THREADS]"
+            );
             std::process::exit(2);
         }
     }

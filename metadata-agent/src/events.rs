@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::enforcement::SharedEnforcer;
 use crate::metrics::{DropLabels, Metrics};
-use crate::resolver::Resolver;
+use crate::resolver::{Resolution, Resolver};
 
 /// Default queue length of one subscriber.
 pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 4096;
@@ -33,9 +33,10 @@ const RESOLUTION_CONCURRENCY: usize = 64;
 pub struct ConnectReport {
     /// The kernel's event.
     pub event: ConnectEvent,
-    /// The process's labels (empty when it could not be resolved).
-    #[serde(serialize_with = "collectors::labels::serialize_map")]
-    pub labels: LabelSet,
+    /// The process's labels (empty when it could not be resolved): those of its resolution,
+    /// shared with the resolver's kept answer.
+    #[serde(rename = "labels", serialize_with = "serialize_labels")]
+    pub resolution: Option<Arc<Resolution>>,
     /// Why the process could not be resolved (it may have exited already).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolution_error: Option<String>,
@@ -45,6 +46,16 @@ pub struct ConnectReport {
     pub verdict: Action,
     /// Whether no policy matched and the default decided.
     pub default_applied: bool,
+}
+
+fn serialize_labels<S: serde::Serializer>(
+    resolution: &Option<Arc<Resolution>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match resolution {
+        Some(resolution) => collectors::labels::serialize_map(&resolution.labels, serializer),
+        None => collectors::labels::serialize_map(&LabelSet::new(), serializer),
+    }
 }
 
 /// Fans serialized events out to subscribers without ever waiting for one.
@@ -222,14 +233,16 @@ pub async fn report_connect(
     resolver: &Resolver,
     policies: &PolicyStore,
 ) -> ConnectReport {
-    let (labels, resolution_error) = match resolver.resolve(event.tgid).await {
-        Ok(resolution) => (resolution.labels, None),
-        Err(error) => (LabelSet::new(), Some(error.to_string())),
+    let (resolution, resolution_error) = match resolver.resolve(event.tgid).await {
+        Ok(resolution) => (Some(resolution), None),
+        Err(error) => (None, Some(error.to_string())),
     };
-    let evaluation = policies.current().evaluate(&labels);
+    let no_labels = LabelSet::new();
+    let labels = resolution.as_ref().map_or(&no_labels, |r| &r.labels);
+    let evaluation = policies.current().evaluate(labels);
     ConnectReport {
         event,
-        labels,
+        resolution,
         resolution_error,
         policies: evaluation.matches,
         verdict: evaluation.verdict,

@@ -11,7 +11,7 @@
 //! or timed-out collector are not cached, so the next lookup tries again.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use collectors::cgroup::{ContainerIdentity, ContainerMatch, parse_cgroup_file};
@@ -130,12 +130,14 @@ struct Found {
     cached: bool,
 }
 
-/// A serialized answer, the entries it was made from and, on a real procfs, its process's
-/// open proc directory.
+/// An answer, the entries it was made from and, on a real procfs, its process's open proc
+/// directory.
 struct Answer {
     found: Found,
     dir: Option<ProcDir>,
-    json: bytes::Bytes,
+    resolution: Arc<Resolution>,
+    /// `resolution` as JSON, made at the first lookup that asks for it.
+    json: OnceLock<bytes::Bytes>,
 }
 
 impl Answer {
@@ -314,18 +316,30 @@ impl Resolver {
     }
 
     /// Resolves `pid` (a thread id resolves to its process).
-    pub async fn resolve(&self, pid: u32) -> Result<Resolution, ResolveError> {
-        Ok(self.assemble(&self.find(pid).await?))
+    ///
+    /// The answer for a cached process is kept and given again, without merging anything,
+    /// while its process, container and node entries are the ones it was made from. Kept with
+    /// its process's open proc directory, it is given before any other read: while the process
+    /// is alive and runs the same executable (one `readlink` through that directory, which no
+    /// reused PID can pass).
+    pub async fn resolve(&self, pid: u32) -> Result<Arc<Resolution>, ResolveError> {
+        Ok(Arc::clone(&self.answer(pid).await?.resolution))
     }
 
-    /// [`Resolver::resolve`] serialized as JSON (the answer of `GET /metadata/<pid>`).
-    ///
-    /// The answer for a cached process is kept and given again, without merging or serializing
-    /// anything, while its process, container and node entries are the ones it was made from.
-    /// Kept with its process's open proc directory, it is given before any other read: while
-    /// the process is alive and runs the same executable (one `readlink` through that directory,
-    /// which no reused PID can pass).
+    /// [`Resolver::resolve`] serialized as JSON (the answer of `GET /metadata/<pid>`), once per
+    /// kept answer.
     pub async fn resolve_json(&self, pid: u32) -> Result<bytes::Bytes, ResolveError> {
+        let answer = self.answer(pid).await?;
+        if let Some(json) = answer.json.get() {
+            return Ok(json.clone());
+        }
+        let json = bytes::Bytes::from(serde_json::to_vec(&*answer.resolution)?);
+        Ok(answer.json.get_or_init(|| json).clone())
+    }
+
+    /// The kept answer for `pid` if it is still current, else a new one (kept when its
+    /// process entry came from the cache).
+    async fn answer(&self, pid: u32) -> Result<Arc<Answer>, ResolveError> {
         let kept = self.answers.get(&pid);
         if let Some(answer) = &kept
             && self.still_current(answer)
@@ -340,30 +354,37 @@ impl Resolver {
                     .get_or_create(&Metrics::cache(Scope::Container))
                     .inc();
             }
-            return Ok(answer.json.clone());
+            return Ok(Arc::clone(answer));
         }
         let found = self.find(pid).await?;
-        if let Some(answer) = &kept
+        if let Some(answer) = kept
             && answer.made_from(&found)
         {
-            return Ok(answer.json.clone());
+            return Ok(answer);
         }
-        let json = bytes::Bytes::from(serde_json::to_vec(&self.assemble(&found))?);
-        if found.cached && found.process.pid == pid {
-            // Opened after the lookup, so checked to be the same process before it is kept.
-            let dir = ProcDir::open(&self.roots, pid).ok().filter(|dir| {
-                found.entry.exe.is_some()
-                    && dir.pins_process()
-                    && dir.start_ticks() == found.process.start_ticks
-            });
-            let answer = Answer {
-                json: json.clone(),
-                dir,
+        let resolution = Arc::new(self.assemble(&found));
+        if !(found.cached && found.process.pid == pid) {
+            return Ok(Arc::new(Answer {
+                resolution,
+                json: OnceLock::new(),
+                dir: None,
                 found,
-            };
-            self.answers.insert(pid, Arc::new(answer));
+            }));
         }
-        Ok(json)
+        // Opened after the lookup, so checked to be the same process before it is kept.
+        let dir = ProcDir::open(&self.roots, pid).ok().filter(|dir| {
+            found.entry.exe.is_some()
+                && dir.pins_process()
+                && dir.start_ticks() == found.process.start_ticks
+        });
+        let answer = Arc::new(Answer {
+            resolution,
+            json: OnceLock::new(),
+            dir,
+            found,
+        });
+        self.answers.insert(pid, Arc::clone(&answer));
+        Ok(answer)
     }
 
     /// Whether a kept answer is still the one [`Resolver::find`] would lead to.
@@ -851,7 +872,7 @@ pub async fn resolve_once(
     };
     let resolver = Resolver::new(roots, registry, limits, Arc::new(Metrics::new()));
     resolver.refresh_node().await;
-    resolver.resolve(pid).await
+    resolver.resolve(pid).await.map(Arc::unwrap_or_clone)
 }
 
 #[cfg(test)]
