@@ -3,11 +3,9 @@
 //! `bench_hook overhead [N]` — N loopback TCP connects (default 100 000) with the hook detached
 //! and attached, in alternating rounds so drift hits both alike; prints the time per connect of
 //! each and their ratio. The attached rounds drain the ring buffer as the agent does.
-//! `bench_hook flood PORT [N] [THREADS]` — N connects (default 100 000) to 127.0.0.1:PORT from
-//! THREADS threads (default 2) as fast as they go; prints the rate. `bench/run` runs it against
-//! a running agent and reads the agent's event counters.
 //! `bench_hook flood-udp [RATE] [SECONDS] [THREADS]` — UDP connects at RATE per second
-//! (default 100 000) for SECONDS (default 3) from THREADS threads (default 2).
+//! (default 100 000) for SECONDS (default 3) from THREADS threads (default 2); prints how many
+//! were made. `bench/run` runs it against a running agent and reads the agent's event counters.
 //!
 //! Prints one `RESULT key=value ...` line.
 
@@ -106,24 +104,6 @@ fn overhead(total: u64) {
     );
 }
 
-fn flood(port: u16, count: u64, threads: u64) {
-    let address = SocketAddr::from(([127, 0, 0, 1], port));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..threads)
-        .map(|_| std::thread::spawn(move || timed(address, count / threads)))
-        .collect();
-    for worker in workers {
-        worker.join().unwrap();
-    }
-    let elapsed = started.elapsed();
-    let made = count / threads * threads;
-    println!(
-        "RESULT connects={made} elapsed_us={} per_second={:.0}",
-        elapsed.as_micros(),
-        made as f64 / elapsed.as_secs_f64()
-    );
-}
-
 /// UDP connects at RATE per second for SECONDS, from THREADS threads each connecting one
 /// socket again and again: every call is a connect the hook reports, without a TCP handshake
 /// and teardown (which on this machine cost more than the hook and the agent together).
@@ -164,12 +144,9 @@ fn main() {
     let number = |i: usize, default: u64| args.get(i).map_or(default, |a| a.parse().unwrap());
     match args.first().map(String::as_str) {
         Some("overhead") => overhead(number(1, 100_000)),
-        Some("flood") => flood(number(1, 0) as u16, number(2, 100_000), number(3, 2)),
         Some("flood-udp") => flood_udp(number(1, 100_000), number(2, 3), number(3, 2)),
         _ => {
-            eprintln!(
-                "usage: bench_hook overhead [N] | flood PORT [N] [THREADS] | flood-udp [RATE] [SECONDS] [THREADS]"
-            );
+            eprintln!("usage: bench_hook overhead [N] | flood-udp [RATE] [SECONDS] [THREADS]");
             std::process::exit(2);
         }
     }
