@@ -708,6 +708,8 @@ impl Resolver {
     pub fn forget(&self, pid: u32) {
         let before = self.processes.len();
         self.processes.retain(|(cached, _), _| *cached != pid);
+        // Its kept answer would no longer be given; dropping it closes its proc directory.
+        self.answers.remove(&pid);
         self.count_removals(before);
     }
 
@@ -774,6 +776,12 @@ impl Resolver {
         self.processes.retain(|&(pid, start), _| {
             ProcessRef::resolve(&self.roots, pid)
                 .is_ok_and(|now| now.pid == pid && now.start_ticks == start)
+        });
+        self.answers.retain(|_, answer| {
+            let process = &answer.found.process;
+            self.processes
+                .peek(&(process.pid, process.start_ticks))
+                .is_some()
         });
         self.count_removals(before);
     }
@@ -1306,6 +1314,10 @@ mod tests {
             resolver.resolve_json(pid).await,
             Err(ResolveError::Process(ProcessError::NoSuchProcess(_)))
         ));
+        // The sweep drops its entries and its kept answer (closing its directory).
+        assert!(resolver.answers.get(&pid).is_some());
+        resolver.sweep();
+        assert!(resolver.answers.get(&pid).is_none());
     }
 
     #[tokio::test]
