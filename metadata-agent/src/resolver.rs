@@ -1218,10 +1218,9 @@ mod tests {
         // The very same bytes: nothing was merged or serialized again.
         assert_eq!(second.as_ptr(), third.as_ptr());
         assert_eq!(json(&third)["cached"], true);
-        assert_eq!(
-            json(&third),
-            serde_json::to_value(resolver.resolve(60).await.unwrap()).unwrap()
-        );
+        // Both through JSON text: a float does not always survive the parse bit for bit.
+        let resolved = serde_json::to_vec(&*resolver.resolve(60).await.unwrap()).unwrap();
+        assert_eq!(json(&third), json(&resolved.into()));
 
         // New node labels (none were collected yet): a new answer, with them.
         assert!(json(&third)["labels"]["linuxos:kernel:release"].is_null());
