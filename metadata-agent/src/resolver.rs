@@ -344,15 +344,9 @@ impl Resolver {
         if let Some(answer) = &kept
             && self.still_current(answer)
         {
-            self.metrics
-                .cache_hits
-                .get_or_create(&Metrics::cache(Scope::Process))
-                .inc();
+            self.count_hit(Scope::Process);
             if answer.found.container.is_some() {
-                self.metrics
-                    .cache_hits
-                    .get_or_create(&Metrics::cache(Scope::Container))
-                    .inc();
+                self.count_hit(Scope::Container);
             }
             return Ok(Arc::clone(answer));
         }
@@ -415,6 +409,13 @@ impl Resolver {
             && Arc::ptr_eq(&self.node(), &found.node)
     }
 
+    fn count_hit(&self, scope: Scope) {
+        self.metrics
+            .cache_hits
+            .get_or_create(&Metrics::cache(scope))
+            .inc();
+    }
+
     /// The process, container and node labels and statuses of `found`, merged.
     fn assemble(&self, found: &Found) -> Resolution {
         let (entry, node) = (&found.entry, &found.node);
@@ -466,10 +467,7 @@ impl Resolver {
         };
         let (entry, cached) = match cached_entry {
             Some(entry) => {
-                self.metrics
-                    .cache_hits
-                    .get_or_create(&Metrics::cache(Scope::Process))
-                    .inc();
+                self.count_hit(Scope::Process);
                 (entry, true)
             }
             None => (self.collect_process(process, key).await?, false),
@@ -504,10 +502,7 @@ impl Resolver {
         let guard = match self.processes.get_value_or_guard_async(&key).await {
             // Another lookup collected it while this one waited.
             Ok(entry) => {
-                self.metrics
-                    .cache_hits
-                    .get_or_create(&Metrics::cache(Scope::Process))
-                    .inc();
+                self.count_hit(Scope::Process);
                 return Ok(entry);
             }
             Err(guard) => guard,
@@ -570,15 +565,17 @@ impl Resolver {
         {
             return None;
         }
-        let labels = Metrics::cache(Scope::Container);
         let guard = match self.containers.get_value_or_guard_async(&identity.id).await {
             Ok(entry) => {
-                self.metrics.cache_hits.get_or_create(&labels).inc();
+                self.count_hit(Scope::Container);
                 return Some(entry);
             }
             Err(guard) => guard,
         };
-        self.metrics.cache_misses.get_or_create(&labels).inc();
+        self.metrics
+            .cache_misses
+            .get_or_create(&Metrics::cache(Scope::Container))
+            .inc();
         let subject = Subject {
             process: Some(process),
             container: Some(identity.clone()),
