@@ -5,9 +5,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::LabelSet;
 use crate::cgroup::ContainerIdentity;
 use crate::process::ProcessRef;
+use labels::LabelSet;
 
 /// What a collector's labels describe, and so how long they may be cached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

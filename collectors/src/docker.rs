@@ -22,8 +22,8 @@ use tokio::sync::{OnceCell, broadcast};
 use crate::cgroup::Runtime;
 use crate::collector::{CollectError, Collected, Collector, Invalidation, Scope, Subject};
 use crate::config::{DockerConfig, Enabled};
-use crate::labels::{LabelSet, escape_bytes, escape_key};
 use crate::procfs::{DEFAULT_REDACT_PATTERNS, REDACTED, Redactor};
+use labels::{LabelSet, escape_bytes, escape_key};
 
 /// Where the Docker socket is unless configured.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";

@@ -1,6 +1,5 @@
 //! Process metadata collectors.
 //!
-//! - [`LabelSet`]: the multi-valued, sorted label model and its text and JSON renderings.
 //! - [`Collector`]: the one trait every source of labels implements, with its [`Scope`].
 //! - [`Registry`]: runs collectors concurrently, each under its own deadline.
 //! - The collectors: [`procfs`], [`docker`], [`kubernetes`], [`linuxos`], [`sysfsdmi`], and the
@@ -14,7 +13,6 @@ pub mod config;
 pub mod docker;
 pub mod host;
 pub mod kubernetes;
-pub mod labels;
 pub mod linuxos;
 pub mod process;
 pub mod procfs;
@@ -23,7 +21,6 @@ pub mod sysfsdmi;
 
 pub use collector::{CollectError, Collected, Collector, Invalidation, Scope, Subject};
 pub use host::{HostRoots, HostRootsConfig};
-pub use labels::{FrozenLabels, LabelSet};
 pub use process::{ProcDir, ProcessError, ProcessRef};
 pub use registry::{CollectorReport, CollectorStatus, Registry, merge_labels};
 

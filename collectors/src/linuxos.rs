@@ -12,7 +12,7 @@ use async_trait::async_trait;
 
 use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
 use crate::host::HostRoots;
-use crate::labels::LabelSet;
+use labels::LabelSet;
 
 /// Every key this collector emits.
 pub const LABEL_KEYS: &[&str] = &[

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use crate::LabelSet;
 use crate::collector::{CollectError, Collector, Scope, Subject};
+use labels::LabelSet;
 
 /// How one collector's run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

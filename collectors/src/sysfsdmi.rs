@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
 use crate::host::HostRoots;
-use crate::labels::{LabelSet, escape_bytes};
+use labels::{LabelSet, escape_bytes};
 
 /// Each DMI file and the key it becomes.
 pub const DMI_FILES: &[(&str, &str)] = &[

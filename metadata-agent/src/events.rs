@@ -9,8 +9,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use collectors::LabelSet;
 use kernel_hook::{ConnectEvent, HookEvent};
+use labels::LabelSet;
 use selectors::{Action, PolicyMatch, PolicyStore};
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
@@ -53,8 +53,8 @@ fn serialize_labels<S: serde::Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     match resolution {
-        Some(resolution) => collectors::labels::serialize_map(&resolution.labels, serializer),
-        None => collectors::labels::serialize_map(&LabelSet::new(), serializer),
+        Some(resolution) => labels::serialize_map(&resolution.labels, serializer),
+        None => labels::serialize_map(&LabelSet::new(), serializer),
     }
 }
 

@@ -5,7 +5,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use collectors::{HostRoots, LabelSet};
+use collectors::HostRoots;
+use labels::LabelSet;
 use selectors::matcher::{Explanation, SelectorExplanation};
 use selectors::{Action, PolicySet, load_policies};
 

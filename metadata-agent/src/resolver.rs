@@ -16,9 +16,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use collectors::cgroup::{ContainerIdentity, ContainerMatch, parse_cgroup_file};
 use collectors::{
-    CollectorReport, CollectorStatus, FrozenLabels, HostRoots, LabelSet, ProcDir, ProcessError,
-    ProcessRef, Registry, Scope, Subject, merge_labels,
+    CollectorReport, CollectorStatus, HostRoots, ProcDir, ProcessError, ProcessRef, Registry,
+    Scope, Subject, merge_labels,
 };
+use labels::{FrozenLabels, LabelSet};
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
 use serde::Serialize;
@@ -165,7 +166,7 @@ pub struct Resolution {
     /// The container it runs in, if any.
     pub container: Option<ContainerIdentity>,
     /// Labels of every scope, merged.
-    #[serde(serialize_with = "collectors::labels::serialize_map")]
+    #[serde(serialize_with = "labels::serialize_map")]
     pub labels: LabelSet,
     /// Each collector's outcome: process scope, then container, then node.
     pub collectors: Vec<CollectorReport>,

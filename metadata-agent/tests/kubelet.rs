@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use collectors::cgroup::{ContainerIdentity, Runtime};
 use collectors::config::{Enabled, KubernetesConfig};
 use collectors::kubernetes::KubernetesCollector;
-use collectors::{CollectError, Collector, LabelSet, Subject};
+use collectors::{CollectError, Collector, Subject};
 use common::kubelet::{Behaviour, Kubelet, Pki};
 use k8s_openapi::api::core::v1::Pod;
+use labels::LabelSet;
 use sha2::{Digest, Sha256};
 
 const TOKEN: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6YWdlbnQ6YWdlbnQifQ.c2lnbmF0dXJlLXdpdGgtXy1hbmQtLQ";

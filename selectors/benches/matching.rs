@@ -9,8 +9,8 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use collectors::LabelSet;
 use criterion::Criterion;
+use labels::LabelSet;
 use selectors::{Action, PolicySet, compile_texts};
 
 /// A small deterministic generator (xorshift64*), so every run matches the same inputs.

@@ -5,7 +5,7 @@
 //! label keys. See `docs/policies.md` for the file format and the precedence rules.
 //!
 //! ```
-//! use collectors::LabelSet;
+//! use labels::LabelSet;
 //! use selectors::{Action, PolicySet, compile_texts};
 //! let yaml = "policies:\n  - name: web\n    action: allow\n    selectors:\n      - k8s:label:app: web\n";
 //! let policies = compile_texts(&[(std::path::Path::new("inline.yaml"), yaml)]).unwrap();

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use collectors::LabelSet;
+use labels::LabelSet;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 

@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use collectors::LabelSet;
+use labels::LabelSet;
 use serde::Serialize;
 
 use crate::error::PolicyError;

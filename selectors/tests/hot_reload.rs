@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use collectors::LabelSet;
+use labels::LabelSet;
 use selectors::{Action, PolicyStore};
 
 fn labels(app: &str) -> LabelSet {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use collectors::LabelSet;
+use labels::LabelSet;
 use selectors::{Action, PolicySet, compile_texts};
 
 fn labels(pairs: &[(&str, &str)]) -> LabelSet {

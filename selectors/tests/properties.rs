@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use collectors::LabelSet;
+use labels::LabelSet;
 use proptest::prelude::*;
 use selectors::{Action, PolicySet, compile_texts};
 

@@ -17,7 +17,7 @@ use super::{
 use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
 use crate::config::AzureConfig;
 use crate::host::HostRoots;
-use crate::labels::{LabelSet, escape_key};
+use labels::{LabelSet, escape_key};
 
 /// The environment variable that overrides the endpoint (the Azure SDKs have no common one).
 pub const ENDPOINT_VAR: &str = "AZURE_IMDS_ENDPOINT";

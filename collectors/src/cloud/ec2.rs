@@ -20,7 +20,7 @@ use super::{
 use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
 use crate::config::Ec2Config;
 use crate::host::HostRoots;
-use crate::labels::{LabelSet, escape_key};
+use labels::{LabelSet, escape_key};
 
 /// The environment variable the AWS SDKs read for the IMDS endpoint.
 pub const ENDPOINT_VAR: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT";

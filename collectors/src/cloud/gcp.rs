@@ -17,7 +17,7 @@ use super::{Cloud, CloudSettings, EndpointSource, MetadataHttp, insert_value, sc
 use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
 use crate::config::GcpConfig;
 use crate::host::HostRoots;
-use crate::labels::{LabelSet, escape_key};
+use labels::{LabelSet, escape_key};
 
 /// The environment variable Google's client libraries read for the metadata server
 /// (`host[:port]`).

@@ -21,8 +21,8 @@ use reqwest::{Method, StatusCode};
 use crate::collector::CollectError;
 use crate::config::Enabled;
 use crate::host::HostRoots;
-use crate::labels::{LabelSet, escape_bytes};
 use crate::sysfsdmi::read_dmi_file;
+use labels::{LabelSet, escape_bytes};
 
 /// How long the first request may take when DMI did not name the cloud: the time a machine
 /// that is not on that cloud spends finding out.

@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
-use crate::labels::{LabelSet, escape_bytes, escape_key};
+use labels::{LabelSet, escape_bytes, escape_key};
 
 /// Every key the collector can emit.
 pub const LABEL_KEYS: &[&str] = &[

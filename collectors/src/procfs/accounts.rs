@@ -82,7 +82,7 @@ fn parse_id_file(path: &Path) -> HashMap<u32, String> {
         // The first entry for an id wins, as getpwuid does.
         names
             .entry(id)
-            .or_insert_with(|| crate::labels::escape_bytes(name));
+            .or_insert_with(|| labels::escape_bytes(name));
     }
     names
 }

@@ -25,11 +25,11 @@ use crate::cgroup::parse_cgroup_file;
 use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
 use crate::config::deserialize_duration;
 use crate::host::HostRoots;
-use crate::labels::{LabelSet, escape_bytes, escape_bytes_limited};
 use crate::process::{
     ProcDir, ProcessRef, is_gone, parse_start_ticks, read_proc_file, stat_field, status_field,
 };
 use accounts::IdNames;
+use labels::{LabelSet, escape_bytes, escape_bytes_limited};
 
 /// Default cut-off for `process:cmdline` and each `process:env:*` value, in bytes.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 4096;

@@ -10,8 +10,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use collectors::LabelSet;
 use futures_util::{Stream, StreamExt};
+use labels::LabelSet;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

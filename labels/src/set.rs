@@ -1,8 +1,4 @@
-//! The label model: a sorted, multi-valued set of `key: value` pairs and its two renderings.
-//!
-//! A key may hold several values (`process:gid:additional`, `gcp:tag`, ...). Keys are sorted;
-//! values keep the order in which a collector produced them, without duplicates. An empty value
-//! is never stored, so no collector can emit `key: ""`.
+//! [`LabelSet`]: the sorted, multi-valued label set, its text rendering and its parser.
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
@@ -12,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// A sorted set of labels in which a key may carry several values.
 ///
 /// ```
-/// use collectors::LabelSet;
+/// use labels::LabelSet;
 /// let mut labels = LabelSet::new();
 /// labels.insert("process:gid:additional", "27");
 /// labels.insert("process:gid:additional", "999");
@@ -22,7 +18,7 @@ use serde::{Deserialize, Serialize};
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabelSet {
-    labels: BTreeMap<String, Vec<String>>,
+    pub(crate) labels: BTreeMap<String, Vec<String>>,
 }
 
 impl LabelSet {
@@ -159,82 +155,8 @@ impl LabelSet {
     }
 }
 
-/// A [`LabelSet`] frozen into two allocations, for caches that hold many: the same labels in a
-/// fraction of the memory (no allocation per key and per value, no tree nodes).
-/// [`FrozenLabels::thaw`] gives the label set back.
-///
-/// ```
-/// use collectors::LabelSet;
-/// let mut labels = LabelSet::new();
-/// labels.insert("process:gid:additional", "27");
-/// labels.insert("process:gid:additional", "999");
-/// labels.insert("process:pid", "42");
-/// assert_eq!(labels.freeze().thaw(), labels);
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FrozenLabels {
-    /// Each key followed by its values, end to end.
-    text: Box<str>,
-    /// Where each key and each value ends in `text`, in order; keys carry [`KEY_MARK`].
-    ends: Box<[usize]>,
-}
-
-/// Marks a key's end in [`FrozenLabels::ends`]. No text reaches this length (an allocation
-/// never exceeds `isize::MAX` bytes), so the bit is free.
-const KEY_MARK: usize = 1 << (usize::BITS - 1);
-
-impl LabelSet {
-    /// The same labels, frozen (see [`FrozenLabels`]).
-    pub fn freeze(&self) -> FrozenLabels {
-        let mut text = String::new();
-        let mut ends = Vec::new();
-        for (key, values) in &self.labels {
-            text.push_str(key);
-            ends.push(text.len() | KEY_MARK);
-            for value in values {
-                text.push_str(value);
-                ends.push(text.len());
-            }
-        }
-        FrozenLabels {
-            text: text.into_boxed_str(),
-            ends: ends.into_boxed_slice(),
-        }
-    }
-}
-
-impl FrozenLabels {
-    /// The label set again.
-    pub fn thaw(&self) -> LabelSet {
-        let mut labels = BTreeMap::new();
-        let mut current: Option<(&str, Vec<String>)> = None;
-        let mut start = 0;
-        for &end in &*self.ends {
-            let stop = end & !KEY_MARK;
-            let piece = &self.text[start..stop];
-            start = stop;
-            if end & KEY_MARK != 0 {
-                if let Some((key, values)) = current.replace((piece, Vec::new())) {
-                    labels.insert(key.to_owned(), values);
-                }
-            } else if let Some((_, values)) = &mut current {
-                values.push(piece.to_owned());
-            }
-        }
-        if let Some((key, values)) = current {
-            labels.insert(key.to_owned(), values);
-        }
-        LabelSet { labels }
-    }
-
-    /// Whether it holds no label.
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-}
-
 /// Serializes a label set as its bare map (`{"key": ["value"]}`), for a field named `labels`
-/// inside a larger document: `#[serde(serialize_with = "collectors::labels::serialize_map")]`.
+/// inside a larger document: `#[serde(serialize_with = "labels::serialize_map")]`.
 pub fn serialize_map<S: serde::Serializer>(labels: &LabelSet, s: S) -> Result<S::Ok, S::Error> {
     labels.labels.serialize(s)
 }
@@ -255,77 +177,9 @@ pub struct LabelParseError {
     pub message: String,
 }
 
-/// A label key segment from free text (a Docker or Kubernetes label key): escaped like values,
-/// and spaces too, since keys have none.
-pub fn escape_key(key: &str) -> String {
-    escape_bytes(key.as_bytes()).replace(' ', "\\x20")
-}
-
-/// Turns raw bytes (a path, an argument, an environment value) into a label value, losslessly.
-///
-/// Valid UTF-8 is kept as is, except that a backslash is written `\\`, and control characters
-/// and bytes that are not valid UTF-8 are written `\xNN`. Decoding `\\` and `\xNN` gives back
-/// the exact bytes, and a value can never break the one-pair-a-line text rendering.
-pub fn escape_bytes(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                c if c.is_control() && (c as u32) < 0x100 => {
-                    let _ = write!(out, "\\x{:02x}", c as u32);
-                }
-                c => out.push(c),
-            }
-        }
-        for byte in chunk.invalid() {
-            let _ = write!(out, "\\x{byte:02x}");
-        }
-    }
-    out
-}
-
-/// Escapes `bytes` like [`escape_bytes`], cutting the raw input at `limit` bytes.
-///
-/// A cut value ends with the visible marker `...[truncated: N bytes total]`, so nobody mistakes
-/// it for the whole value.
-pub fn escape_bytes_limited(bytes: &[u8], limit: usize) -> String {
-    if bytes.len() <= limit {
-        return escape_bytes(bytes);
-    }
-    // Cut on a character boundary when the cut would split a UTF-8 sequence.
-    let mut cut = limit;
-    while cut > 0 && cut < bytes.len() && (bytes[cut] & 0xC0) == 0x80 && limit - cut < 4 {
-        cut -= 1;
-    }
-    let mut out = escape_bytes(&bytes[..cut]);
-    let _ = write!(out, "{TRUNCATION_MARKER}{} bytes total]", bytes.len());
-    out
-}
-
-/// The start of the marker appended to values cut at their size limit.
-pub const TRUNCATION_MARKER: &str = "...[truncated: ";
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frozen_labels_thaw_to_the_same_set() {
-        let mut labels = LabelSet::new();
-        assert!(labels.freeze().is_empty());
-        assert_eq!(labels.freeze().thaw(), labels);
-        labels.insert("process:name", "nginx: worker");
-        labels.insert("process:gid:additional", "27");
-        labels.insert("process:gid:additional", "4");
-        labels.insert("k8s:pod:label:app", "ünïcode ✓");
-        labels.insert("a", "x");
-        let frozen = labels.freeze();
-        assert!(!frozen.is_empty());
-        assert_eq!(frozen.thaw(), labels);
-        assert_eq!(frozen.thaw().get("process:gid:additional"), ["27", "4"]);
-        assert_eq!(frozen.thaw().to_text(), labels.to_text());
-    }
 
     #[test]
     fn empty_values_are_not_stored_and_duplicates_collapse() {
@@ -369,24 +223,5 @@ mod tests {
         assert_eq!(LabelSet::from_text(&labels.to_text()).unwrap(), labels);
         let err = LabelSet::from_text("ok: 1\nnot a label\n").unwrap_err();
         assert_eq!(err.line, 2);
-    }
-
-    #[test]
-    fn escaping_is_lossless_for_invalid_utf8_backslash_and_controls() {
-        assert_eq!(escape_bytes(b"plain /usr/bin/x"), "plain /usr/bin/x");
-        assert_eq!(escape_bytes("h\u{e9}llo".as_bytes()), "h\u{e9}llo");
-        assert_eq!(escape_bytes(b"a\xffb"), "a\\xffb");
-        assert_eq!(escape_bytes(b"a\\xffb"), "a\\\\xffb");
-        assert_eq!(escape_bytes(b"line1\nline2\t"), "line1\\x0aline2\\x09");
-    }
-
-    #[test]
-    fn truncation_is_visible_and_keeps_characters_whole() {
-        let value = escape_bytes_limited(&[b'a'; 10], 4);
-        assert_eq!(value, "aaaa...[truncated: 10 bytes total]");
-        // "é" is two bytes: a cut in its middle keeps it out entirely.
-        let value = escape_bytes_limited("aé-------".as_bytes(), 2);
-        assert!(value.starts_with("a...[truncated: "), "{value}");
-        assert_eq!(escape_bytes_limited(b"abc", 3), "abc");
     }
 }
