@@ -1,11 +1,10 @@
 //! The one extension point for data: the [`Collector`] trait and what a collection returns.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::cgroup::ContainerIdentity;
+use crate::error::BoxError;
 use crate::process::ProcessRef;
 use labels::LabelSet;
 
@@ -71,11 +70,17 @@ impl Collected {
 }
 
 /// Why a collector produced no labels.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum CollectError {
     /// The data source is not there on this machine (no DMI, no Docker socket, not on EC2).
-    #[error("unavailable: {0}")]
-    Unavailable(String),
+    #[error("unavailable: {reason}")]
+    Unavailable {
+        /// Why, in a few words.
+        reason: String,
+        /// The error that showed it, if one did.
+        #[source]
+        cause: Option<BoxError>,
+    },
     /// The source is there but does not concern this subject (a process outside any container).
     #[error("not applicable: {0}")]
     NotApplicable(String),
@@ -83,15 +88,51 @@ pub enum CollectError {
     #[error("no such process: {0}")]
     NoSuchProcess(u32),
     /// The source is there and failed.
-    #[error("{0}")]
-    Failed(String),
+    #[error("{context}")]
+    Failed {
+        /// What was being done, and where.
+        context: String,
+        /// What went wrong, with its own causes.
+        #[source]
+        cause: Option<BoxError>,
+    },
+}
+
+impl CollectError {
+    /// The source is not on this machine, for `reason`.
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self::Unavailable {
+            reason: reason.into(),
+            cause: None,
+        }
+    }
+
+    /// The source failed while doing `context` (with a [`CollectError::because`] when an error
+    /// says why).
+    pub fn failed(context: impl Into<String>) -> Self {
+        Self::Failed {
+            context: context.into(),
+            cause: None,
+        }
+    }
+
+    /// The same error, caused by `cause` (kept as its [`std::error::Error::source`]).
+    /// Only [`CollectError::Unavailable`] and [`CollectError::Failed`] carry a cause.
+    pub fn because(mut self, cause: impl Into<BoxError>) -> Self {
+        if let Self::Unavailable { cause: slot, .. } | Self::Failed { cause: slot, .. } = &mut self
+        {
+            *slot = Some(cause.into());
+        }
+        self
+    }
 }
 
 /// A source of labels.
 ///
-/// Adding a collector means one new module implementing this trait plus one registration line.
+/// Adding a collector means one new module implementing this trait (and
+/// [`Builtin`](crate::builtin::Builtin)) plus one line in the [`builtin`](crate::builtin) table.
 /// Collectors never call each other; the [`Registry`](crate::Registry) runs them concurrently,
-/// each under its own deadline.
+/// each under the deadline of its section.
 #[async_trait]
 pub trait Collector: Send + Sync {
     /// Short, stable name (`procfs`, `docker`, ...), also the configuration section name.
@@ -102,11 +143,6 @@ pub trait Collector: Send + Sync {
 
     /// Every label key this collector can emit, as documented (`<KEY>` stands for a variable part).
     fn label_keys(&self) -> &'static [&'static str];
-
-    /// The deadline the registry applies unless configuration overrides it.
-    fn default_timeout(&self) -> Duration {
-        Duration::from_millis(500)
-    }
 
     /// Collects the labels for `subject`.
     async fn collect(&self, subject: &Subject) -> Result<Collected, CollectError>;

@@ -1,19 +1,29 @@
-//! Configuration pieces shared by the collectors' sections.
+//! Configuration pieces shared by the collectors' sections: [`Enabled`], durations written with
+//! a unit, and the [`Section`] every section implements. Each collector's own section type lives
+//! in its module, with its defaults in `impl Default` beside the fields.
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// `enabled:` of a collector whose source may or may not be on this machine.
+/// `enabled:` of a collector (and of the kernel hook): `auto`, `true` or `false`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Enabled {
-    /// Run when the source is detected (the default).
+    /// Run when the source is detected (the default of collectors whose source may be absent).
     #[default]
     Auto,
-    /// Always run; a missing source is reported as an error.
+    /// Always run; a missing source is reported as an error where the collector can tell.
     Always,
     /// Never run.
     Never,
+}
+
+impl Enabled {
+    /// Whether the collector runs at all.
+    pub fn runs(self) -> bool {
+        self != Self::Never
+    }
 }
 
 impl<'de> Deserialize<'de> for Enabled {
@@ -38,130 +48,86 @@ impl<'de> Deserialize<'de> for Enabled {
     }
 }
 
-/// Deserializes a duration written like `500ms`, `2s` or `1m 30s`.
-pub fn deserialize_duration<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Duration>, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(&text).map(Some).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid duration {text:?} ({e}): expected a number with a unit, e.g. `500ms` or `2s`"
-        ))
-    })
+impl Serialize for Enabled {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Auto => serializer.serialize_str("auto"),
+            Self::Always => serializer.serialize_bool(true),
+            Self::Never => serializer.serialize_bool(false),
+        }
+    }
 }
 
-/// The configuration section of a collector with no settings beyond `enabled` and `timeout`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// A duration written with a unit (`500ms`, `2s`, `1m 30s`), for
+/// `#[serde(with = "collectors::config::duration")]`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Parses `500ms`, `2s`, `1m 30s`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({e}): expected a number with a unit, e.g. `500ms` or `2s`"
+            ))
+        })
+    }
+
+    /// Writes the duration as `deserialize` reads it back.
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_duration(*duration))
+    }
+}
+
+/// What every collector's section (`collectors.<name>`) has, whatever else it holds.
+pub trait Section:
+    std::fmt::Debug + Clone + Default + PartialEq + Serialize + DeserializeOwned + Send + Sync
+{
+    /// `enabled:`.
+    fn enabled(&self) -> Enabled;
+    /// `timeout:`, the deadline of one collection.
+    fn timeout(&self) -> Duration;
+}
+
+/// Implements [`Section`] for a section type with `enabled` and `timeout` fields.
+macro_rules! section {
+    ($type:ty) => {
+        impl $crate::config::Section for $type {
+            fn enabled(&self) -> $crate::config::Enabled {
+                self.enabled
+            }
+            fn timeout(&self) -> std::time::Duration {
+                self.timeout
+            }
+        }
+    };
+}
+pub(crate) use section;
+
+/// The deadline of most collectors unless configured.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The section of a collector with no settings beyond `enabled` and `timeout` (`linuxos`,
+/// `sysfsdmi`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct BasicConfig {
-    /// Run the collector (default true).
-    pub enabled: Option<bool>,
-    /// Deadline (default 500ms).
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub timeout: Option<Duration>,
-}
-
-/// `collectors.docker`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct DockerConfig {
-    /// `auto` (default), `true` or `false`.
-    #[serde(default)]
+    /// Run the collector.
     pub enabled: Enabled,
     /// Deadline.
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub timeout: Option<Duration>,
-    /// Docker socket: a path or a `unix://` URL (default `/var/run/docker.sock`).
-    pub socket_path: Option<String>,
-    /// Keys of `docker:env:*` whose values are replaced by `<redacted>` (default: the procfs
-    /// collector's patterns).
-    pub redact_env_patterns: Option<Vec<String>>,
-    /// Keys shown even though they match a pattern.
-    #[serde(default)]
-    pub allow_envs: Vec<String>,
+    #[serde(with = "duration")]
+    pub timeout: Duration,
 }
 
-/// `collectors.kubernetes`, with the reference's field names.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct KubernetesConfig {
-    /// `auto` (default), `true` or `false`.
-    #[serde(default)]
-    pub enabled: Enabled,
-    /// Deadline.
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub timeout: Option<Duration>,
-    /// Host or IP of the kubelet (default: the node's hostname, else 127.0.0.1).
-    pub kubelet_host: Option<String>,
-    /// Port of the kubelet (default 10250).
-    pub kubelet_port: Option<u16>,
-    /// PEM content or path of the kubelet's trust anchor (empty: the system roots).
-    #[serde(rename = "kubeletCA")]
-    pub kubelet_ca: Option<String>,
-    /// Skip verification of the kubelet's certificate (default false).
-    #[serde(default)]
-    pub skip_kubelet_verification: bool,
-    /// A bearer token, PEM cert+key content, or comma-separated paths to them.
-    pub credentials: Option<String>,
-    /// How often the pod list is fetched in the background (default 30s).
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub refresh_interval: Option<Duration>,
-    /// How long a pod gone from the kubelet's list stays resolvable (default 5m).
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub deleted_pod_grace: Option<Duration>,
+impl Default for BasicConfig {
+    fn default() -> Self {
+        Self {
+            enabled: Enabled::Always,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
 }
 
-/// `collectors.ec2`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Ec2Config {
-    /// `auto` (default), `true` or `false`.
-    #[serde(default)]
-    pub enabled: Enabled,
-    /// Deadline of one collection (default 2s).
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub timeout: Option<Duration>,
-    /// Base URL of the metadata service (default: `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else
-    /// `http://169.254.169.254`).
-    pub endpoint: Option<String>,
-    /// Fall back to IMDSv1 (no token) when the token request is refused with 403, 404 or 405
-    /// (default true). Never done when the token request timed out.
-    pub imds_v1_fallback: Option<bool>,
-    /// Lifetime asked for each IMDSv2 token, 1s to 6h (default 6h).
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub token_ttl: Option<Duration>,
-}
-
-/// `collectors.azure`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct AzureConfig {
-    /// `auto` (default), `true` or `false`.
-    #[serde(default)]
-    pub enabled: Enabled,
-    /// Deadline of one collection (default 2s).
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub timeout: Option<Duration>,
-    /// Base URL of the metadata service (default: `AZURE_IMDS_ENDPOINT`, else
-    /// `http://169.254.169.254`).
-    pub endpoint: Option<String>,
-}
-
-/// `collectors.gcp`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct GcpConfig {
-    /// `auto` (default), `true` or `false`.
-    #[serde(default)]
-    pub enabled: Enabled,
-    /// Deadline of one collection (default 2s).
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub timeout: Option<Duration>,
-    /// Base URL of the metadata server (default: `http://` + `GCE_METADATA_HOST`, else
-    /// `http://metadata.google.internal`).
-    pub endpoint: Option<String>,
-    /// Instance attributes exported even though they can hold secrets or scripts (`ssh-keys`,
-    /// `startup-script`, `kube-env`, multi-line values), by name.
-    #[serde(default)]
-    pub export_attributes: Vec<String>,
-}
+section!(BasicConfig);

@@ -17,16 +17,52 @@ use bollard::errors::Error as DockerError;
 use bollard::models::ContainerInspectResponse;
 use bollard::query_parameters::EventsOptions;
 use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, broadcast};
 
+use crate::builtin::Builtin;
 use crate::cgroup::Runtime;
 use crate::collector::{CollectError, Collected, Collector, Invalidation, Scope, Subject};
-use crate::config::{DockerConfig, Enabled};
-use crate::procfs::{DEFAULT_REDACT_PATTERNS, REDACTED, Redactor};
+use crate::config::{DEFAULT_TIMEOUT, Enabled, duration, section};
+use crate::error::BoxError;
+use crate::host::HostRoots;
+use crate::redaction::{REDACTED, Redactor, default_redact_patterns};
 use labels::{LabelSet, escape_bytes, escape_key};
 
 /// Where the Docker socket is unless configured.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+
+/// `collectors.docker`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct DockerConfig {
+    /// `auto` (default), `true` or `false`.
+    pub enabled: Enabled,
+    /// Deadline of one container inspection (default 500ms).
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Docker socket: a path or a `unix://` URL (default `/var/run/docker.sock`).
+    pub socket_path: String,
+    /// Keys of `docker:env:*` whose values are replaced by `<redacted>` (default: the same
+    /// patterns as procfs).
+    pub redact_env_patterns: Vec<String>,
+    /// Keys shown even though they match a pattern.
+    pub allow_envs: Vec<String>,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: Enabled::Auto,
+            timeout: DEFAULT_TIMEOUT,
+            socket_path: DEFAULT_SOCKET.to_owned(),
+            redact_env_patterns: default_redact_patterns(),
+            allow_envs: Vec::new(),
+        }
+    }
+}
+
+section!(DockerConfig);
 
 /// Every key this collector can emit.
 pub const LABEL_KEYS: &[&str] = &[
@@ -57,22 +93,16 @@ pub struct DockerCollector {
 }
 
 impl DockerCollector {
-    /// A collector for the socket of `config` (a path or a `unix://` URL).
-    pub fn new(config: &DockerConfig, timeout: Duration) -> Self {
-        let socket = config.socket_path.as_deref().unwrap_or(DEFAULT_SOCKET);
+    /// A collector for the socket of `config` (a path or a `unix://` URL); its timeout bounds
+    /// every request to the engine.
+    pub fn new(config: &DockerConfig) -> Self {
+        let socket = config.socket_path.as_str();
         let socket = socket.strip_prefix("unix://").unwrap_or(socket);
-        let patterns: Vec<String> = match &config.redact_env_patterns {
-            Some(patterns) => patterns.clone(),
-            None => DEFAULT_REDACT_PATTERNS
-                .iter()
-                .map(|p| (*p).to_owned())
-                .collect(),
-        };
         Self {
             socket: PathBuf::from(socket),
             enabled: config.enabled,
-            timeout,
-            redactor: Redactor::new(&patterns, &config.allow_envs),
+            timeout: config.timeout,
+            redactor: Redactor::new(&config.redact_env_patterns, &config.allow_envs),
             client: OnceCell::new(),
             invalidations: broadcast::channel(1024).0,
         }
@@ -92,8 +122,8 @@ impl DockerCollector {
     fn missing_socket(&self) -> CollectError {
         let message = format!("no Docker socket at {}", self.socket.display());
         match self.enabled {
-            Enabled::Always => CollectError::Failed(message),
-            _ => CollectError::Unavailable(message),
+            Enabled::Always => CollectError::failed(message),
+            _ => CollectError::unavailable(message),
         }
     }
 
@@ -105,26 +135,35 @@ impl DockerCollector {
             Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(None),
-            Err(error) => Err(CollectError::Failed(format!(
-                "Docker at {}: inspecting container {id}: {error}",
+            Err(error) => Err(CollectError::failed(format!(
+                "Docker at {}: inspecting container {id}",
                 self.socket.display()
-            ))),
+            ))
+            .because(error)),
         }
     }
 }
 
 async fn connect(socket: &Path, timeout: Duration) -> Result<Docker, CollectError> {
     let failed = |error: DockerError| {
-        CollectError::Failed(format!("Docker at {}: {error}", socket.display()))
+        CollectError::failed(format!("Docker at {}", socket.display())).because(error)
     };
     let path = socket.to_str().ok_or_else(|| {
-        CollectError::Failed(format!("socket path {} is not UTF-8", socket.display()))
+        CollectError::failed(format!("socket path {} is not UTF-8", socket.display()))
     })?;
     let seconds = timeout.as_secs().max(1);
     let client =
         Docker::connect_with_unix(path, seconds, bollard::API_DEFAULT_VERSION).map_err(failed)?;
     // Older engines reject a client newer than they are: agree on the highest common version.
     client.negotiate_version().await.map_err(failed)
+}
+
+impl Builtin for DockerCollector {
+    type Config = DockerConfig;
+
+    fn build(config: &DockerConfig, _roots: &HostRoots) -> Result<Self, BoxError> {
+        Ok(Self::new(config))
+    }
 }
 
 #[async_trait]
@@ -330,10 +369,11 @@ mod tests {
     #[tokio::test]
     async fn outside_docker_the_collector_says_why_without_touching_the_socket() {
         let config = DockerConfig {
-            socket_path: Some("unix:///nonexistent/docker.sock".to_owned()),
+            socket_path: "unix:///nonexistent/docker.sock".to_owned(),
+            timeout: Duration::from_millis(200),
             ..Default::default()
         };
-        let collector = DockerCollector::new(&config, Duration::from_millis(200));
+        let collector = DockerCollector::new(&config);
         assert_eq!(collector.socket(), Path::new("/nonexistent/docker.sock"));
         let none = collector.collect(&Subject::default()).await.unwrap_err();
         assert!(matches!(none, CollectError::NotApplicable(_)), "{none:?}");
@@ -351,20 +391,18 @@ mod tests {
 
         subject.container.as_mut().unwrap().runtime = Runtime::Docker;
         let missing = collector.collect(&subject).await.unwrap_err();
-        assert_eq!(
-            missing,
-            CollectError::Unavailable("no Docker socket at /nonexistent/docker.sock".to_owned())
+        assert!(
+            matches!(&missing, CollectError::Unavailable { reason, cause: None }
+                if reason == "no Docker socket at /nonexistent/docker.sock"),
+            "{missing:?}"
         );
-        let always = DockerCollector::new(
-            &DockerConfig {
-                enabled: Enabled::Always,
-                ..config
-            },
-            Duration::from_millis(200),
-        );
+        let always = DockerCollector::new(&DockerConfig {
+            enabled: Enabled::Always,
+            ..config
+        });
         assert!(matches!(
             always.collect(&subject).await.unwrap_err(),
-            CollectError::Failed(_)
+            CollectError::Failed { .. }
         ));
     }
 
@@ -381,12 +419,13 @@ mod tests {
             }
         });
         let config = DockerConfig {
-            socket_path: Some(path.to_str().unwrap().to_owned()),
+            socket_path: path.to_str().unwrap().to_owned(),
+            timeout: Duration::from_millis(300),
             ..Default::default()
         };
-        let collector = Arc::new(DockerCollector::new(&config, Duration::from_millis(300)));
+        let collector = Arc::new(DockerCollector::new(&config));
         let mut registry = crate::Registry::new();
-        registry.register(collector, true, Some(Duration::from_millis(300)));
+        registry.register(collector, true, Duration::from_millis(300));
         let subject = Subject {
             process: None,
             container: Some(crate::cgroup::ContainerIdentity {

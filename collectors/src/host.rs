@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The roots every collector reads the host through.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,21 +26,32 @@ impl Default for HostRoots {
     }
 }
 
-/// The `host` section of the configuration file: each root optional.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// The `host` section of the configuration file; the `HOST_*` environment variables win over it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct HostRootsConfig {
-    /// procfs root.
-    pub proc_root: Option<PathBuf>,
-    /// sysfs root.
-    pub sys_root: Option<PathBuf>,
-    /// `/etc` root.
-    pub etc_root: Option<PathBuf>,
+    /// procfs root (default `/proc`).
+    pub proc_root: PathBuf,
+    /// sysfs root (default `/sys`).
+    pub sys_root: PathBuf,
+    /// `/etc` root (default `/etc`).
+    pub etc_root: PathBuf,
+}
+
+impl Default for HostRootsConfig {
+    fn default() -> Self {
+        let roots = HostRoots::default();
+        Self {
+            proc_root: roots.proc,
+            sys_root: roots.sys,
+            etc_root: roots.etc,
+        }
+    }
 }
 
 impl HostRoots {
-    /// Roots from the configuration, then the `HOST_PROC`, `HOST_SYS` and `HOST_ETC` environment
-    /// variables (which win, as deployment manifests set them), then the defaults.
+    /// Roots from the `HOST_PROC`, `HOST_SYS` and `HOST_ETC` environment variables (which win,
+    /// as deployment manifests set them), else from the configuration.
     pub fn resolve(config: &HostRootsConfig) -> Self {
         Self::resolve_with(config, |name| std::env::var_os(name))
     }
@@ -50,18 +61,15 @@ impl HostRoots {
         config: &HostRootsConfig,
         env: impl Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Self {
-        let defaults = Self::default();
-        let pick = |var: &str, configured: &Option<PathBuf>, default: PathBuf| {
+        let pick = |var: &str, configured: &PathBuf| {
             env(var)
                 .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-                .or_else(|| configured.clone())
-                .unwrap_or(default)
+                .map_or_else(|| configured.clone(), PathBuf::from)
         };
         Self {
-            proc: pick("HOST_PROC", &config.proc_root, defaults.proc),
-            sys: pick("HOST_SYS", &config.sys_root, defaults.sys),
-            etc: pick("HOST_ETC", &config.etc_root, defaults.etc),
+            proc: pick("HOST_PROC", &config.proc_root),
+            sys: pick("HOST_SYS", &config.sys_root),
+            etc: pick("HOST_ETC", &config.etc_root),
         }
     }
 
@@ -88,9 +96,9 @@ mod tests {
     #[test]
     fn environment_wins_over_config_which_wins_over_defaults() {
         let config = HostRootsConfig {
-            proc_root: Some("/cfg/proc".into()),
-            sys_root: Some("/cfg/sys".into()),
-            etc_root: None,
+            proc_root: "/cfg/proc".into(),
+            sys_root: "/cfg/sys".into(),
+            ..HostRootsConfig::default()
         };
         let roots = HostRoots::resolve_with(&config, |name| {
             (name == "HOST_SYS").then(|| "/host/sys".into())

@@ -2,24 +2,31 @@
 //!
 //! - [`Collector`]: the one trait every source of labels implements, with its [`Scope`].
 //! - [`Registry`]: runs collectors concurrently, each under its own deadline.
+//! - [`builtin`]: the table of the built-in collectors, their configuration sections and
+//!   [`build_registry`].
 //! - The collectors: [`procfs`], [`docker`], [`kubernetes`], [`linuxos`], [`sysfsdmi`], and the
 //!   [`cloud`] ones: EC2, Azure, GCP.
 //! - [`cgroup`]: container identity from `/proc/<pid>/cgroup`, shared by container collectors.
 
+pub mod builtin;
 pub mod cgroup;
 pub mod cloud;
 pub mod collector;
 pub mod config;
 pub mod docker;
+pub mod error;
 pub mod host;
 pub mod kubernetes;
 pub mod linuxos;
 pub mod process;
 pub mod procfs;
+pub mod redaction;
 pub mod registry;
 pub mod sysfsdmi;
 
+pub use builtin::{Builtin, CollectorsConfig, SECTIONS, build_registry};
 pub use collector::{CollectError, Collected, Collector, Invalidation, Scope, Subject};
+pub use error::{BoxError, BuildError, error_chain};
 pub use host::{HostRoots, HostRootsConfig};
 pub use process::{ProcDir, ProcessError, ProcessRef};
 pub use registry::{CollectorReport, CollectorStatus, Registry, merge_labels};

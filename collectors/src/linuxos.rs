@@ -10,7 +10,10 @@ use std::path::Path;
 
 use async_trait::async_trait;
 
+use crate::builtin::Builtin;
 use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
+use crate::config::BasicConfig;
+use crate::error::BoxError;
 use crate::host::HostRoots;
 use labels::LabelSet;
 
@@ -33,8 +36,25 @@ impl LinuxOsCollector {
         Self { roots }
     }
 
-    /// The labels, read synchronously.
-    pub fn collect_now(&self) -> LabelSet {
+    /// The labels, read with blocking file I/O.
+    pub fn collect_blocking(&self) -> Result<Collected, CollectError> {
+        let labels = self.read_labels();
+        if labels.is_empty() {
+            return Err(CollectError::unavailable(format!(
+                "no os-release under {} and no kernel information",
+                self.roots.etc.display()
+            )));
+        }
+        let partial = (!labels.contains_key("linuxos:name")).then(|| {
+            format!(
+                "no os-release file: neither {}/os-release nor usr/lib/os-release",
+                self.roots.etc.display()
+            )
+        });
+        Ok(Collected { labels, partial })
+    }
+
+    fn read_labels(&self) -> LabelSet {
         let mut labels = LabelSet::new();
         let os_release = read_os_release(&self.roots.etc);
         if let Some(release) = &os_release {
@@ -68,6 +88,14 @@ impl LinuxOsCollector {
     }
 }
 
+impl Builtin for LinuxOsCollector {
+    type Config = BasicConfig;
+
+    fn build(_config: &BasicConfig, roots: &HostRoots) -> Result<Self, BoxError> {
+        Ok(Self::new(roots.clone()))
+    }
+}
+
 #[async_trait]
 impl Collector for LinuxOsCollector {
     fn name(&self) -> &'static str {
@@ -83,20 +111,7 @@ impl Collector for LinuxOsCollector {
     }
 
     async fn collect(&self, _subject: &Subject) -> Result<Collected, CollectError> {
-        let labels = self.collect_now();
-        if labels.is_empty() {
-            return Err(CollectError::Unavailable(format!(
-                "no os-release under {} and no kernel information",
-                self.roots.etc.display()
-            )));
-        }
-        let partial = (!labels.contains_key("linuxos:name")).then(|| {
-            format!(
-                "no os-release file: neither {}/os-release nor usr/lib/os-release",
-                self.roots.etc.display()
-            )
-        });
-        Ok(Collected { labels, partial })
+        self.collect_blocking()
     }
 }
 
@@ -202,7 +217,7 @@ mod tests {
 
     #[test]
     fn this_machine_has_a_kernel() {
-        let labels = LinuxOsCollector::new(HostRoots::default()).collect_now();
+        let labels = LinuxOsCollector::new(HostRoots::default()).read_labels();
         let release = labels.first("linuxos:kernel:release").unwrap();
         let uname_r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
         assert_eq!(release, format!("linux-{}", uname_r.trim()));

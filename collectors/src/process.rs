@@ -287,7 +287,7 @@ mod tests {
         let tree = tempfile::tempdir().unwrap();
         std::fs::create_dir(tree.path().join("7")).unwrap();
         let roots = HostRoots::resolve(&crate::HostRootsConfig {
-            proc_root: Some(tree.path().to_owned()),
+            proc_root: tree.path().to_owned(),
             ..Default::default()
         });
         assert!(!ProcDir::open(&roots, 7).unwrap().pins_process());

@@ -8,6 +8,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::collector::{CollectError, Collector, Scope, Subject};
+use crate::error::error_chain;
 use labels::LabelSet;
 
 /// How one collector's run ended.
@@ -131,14 +132,13 @@ impl Registry {
         Self::default()
     }
 
-    /// Adds a collector; `timeout` of `None` means the collector's default deadline.
+    /// Adds a collector, run under `timeout` unless `enabled` is false.
     pub fn register(
         &mut self,
         collector: Arc<dyn Collector>,
         enabled: bool,
-        timeout: Option<Duration>,
+        timeout: Duration,
     ) -> &mut Self {
-        let timeout = timeout.unwrap_or_else(|| collector.default_timeout());
         self.collectors.push(Registered {
             collector,
             enabled,
@@ -228,12 +228,20 @@ impl Registry {
     }
 }
 
+/// The status of a collection that ended in `error`; reasons and errors keep their causes.
 fn status_of(error: CollectError) -> CollectorStatus {
     match error {
-        CollectError::Unavailable(reason) => CollectorStatus::Unavailable { reason },
+        CollectError::Unavailable { reason, cause } => CollectorStatus::Unavailable {
+            reason: match cause {
+                Some(cause) => format!("{reason}: {}", error_chain(&*cause)),
+                None => reason,
+            },
+        },
         CollectError::NotApplicable(reason) => CollectorStatus::NotApplicable { reason },
         CollectError::NoSuchProcess(_) => CollectorStatus::NoSuchProcess,
-        CollectError::Failed(error) => CollectorStatus::Failed { error },
+        error @ CollectError::Failed { .. } => CollectorStatus::Failed {
+            error: error_chain(&error),
+        },
     }
 }
 
@@ -250,6 +258,7 @@ pub fn merge_labels(reports: &[CollectorReport]) -> LabelSet {
 mod tests {
     use super::*;
     use crate::collector::Collected;
+    use crate::config::DEFAULT_TIMEOUT;
     use async_trait::async_trait;
 
     struct Fake {
@@ -296,8 +305,8 @@ mod tests {
                 Behaviour::Barrier(barrier) => {
                     barrier.wait().await;
                 }
-                Behaviour::Fail => return Err(CollectError::Failed("boom".into())),
-                Behaviour::Unavailable => return Err(CollectError::Unavailable("absent".into())),
+                Behaviour::Fail => return Err(CollectError::failed("boom")),
+                Behaviour::Unavailable => return Err(CollectError::unavailable("absent")),
                 Behaviour::Panic => panic!("collector bug"),
             }
             Ok(Collected::complete(labels))
@@ -312,17 +321,29 @@ mod tests {
     async fn every_outcome_is_reported_and_partial_results_are_kept() {
         let mut registry = Registry::new();
         registry
-            .register(fake("ok", Behaviour::Labels("a:b", "c")), true, None)
-            .register(fake("partial", Behaviour::Partial), true, None)
-            .register(fake("off", Behaviour::Labels("x:y", "z")), false, None)
+            .register(
+                fake("ok", Behaviour::Labels("a:b", "c")),
+                true,
+                DEFAULT_TIMEOUT,
+            )
+            .register(fake("partial", Behaviour::Partial), true, DEFAULT_TIMEOUT)
+            .register(
+                fake("off", Behaviour::Labels("x:y", "z")),
+                false,
+                DEFAULT_TIMEOUT,
+            )
             .register(
                 fake("slow", Behaviour::Sleep(Duration::from_secs(30))),
                 true,
-                Some(Duration::from_millis(50)),
+                Duration::from_millis(50),
             )
-            .register(fake("fail", Behaviour::Fail), true, None)
-            .register(fake("absent", Behaviour::Unavailable), true, None)
-            .register(fake("panics", Behaviour::Panic), true, None);
+            .register(fake("fail", Behaviour::Fail), true, DEFAULT_TIMEOUT)
+            .register(
+                fake("absent", Behaviour::Unavailable),
+                true,
+                DEFAULT_TIMEOUT,
+            )
+            .register(fake("panics", Behaviour::Panic), true, DEFAULT_TIMEOUT);
         let started = Instant::now();
         let reports = registry.collect(None, &Subject::node()).await;
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -354,7 +375,7 @@ mod tests {
             registry.register(
                 fake(name, Behaviour::Barrier(Arc::clone(&barrier))),
                 true,
-                Some(Duration::from_secs(10)),
+                Duration::from_secs(10),
             );
         }
         let reports = registry.collect(Some(Scope::Node), &Subject::node()).await;

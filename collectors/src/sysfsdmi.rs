@@ -4,7 +4,10 @@
 
 use async_trait::async_trait;
 
+use crate::builtin::Builtin;
 use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
+use crate::config::BasicConfig;
+use crate::error::BoxError;
 use crate::host::HostRoots;
 use labels::{LabelSet, escape_bytes};
 
@@ -63,6 +66,14 @@ pub fn read_dmi_file(roots: &HostRoots, file: &str) -> Option<String> {
     (!value.is_empty()).then_some(value)
 }
 
+impl Builtin for SysfsDmiCollector {
+    type Config = BasicConfig;
+
+    fn build(_config: &BasicConfig, roots: &HostRoots) -> Result<Self, BoxError> {
+        Ok(Self::new(roots.clone()))
+    }
+}
+
 #[async_trait]
 impl Collector for SysfsDmiCollector {
     fn name(&self) -> &'static str {
@@ -80,7 +91,7 @@ impl Collector for SysfsDmiCollector {
     async fn collect(&self, _subject: &Subject) -> Result<Collected, CollectError> {
         let dir = self.roots.sys.join("class/dmi/id");
         if !dir.is_dir() {
-            return Err(CollectError::Unavailable(format!(
+            return Err(CollectError::unavailable(format!(
                 "no DMI data: {} does not exist",
                 dir.display()
             )));

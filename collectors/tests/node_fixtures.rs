@@ -10,8 +10,16 @@ use collectors::{HostRoots, Registry, Scope, Subject, merge_labels};
 fn registry(roots: &HostRoots) -> Registry {
     let mut registry = Registry::new();
     registry
-        .register(Arc::new(LinuxOsCollector::new(roots.clone())), true, None)
-        .register(Arc::new(SysfsDmiCollector::new(roots.clone())), true, None);
+        .register(
+            Arc::new(LinuxOsCollector::new(roots.clone())),
+            true,
+            collectors::config::DEFAULT_TIMEOUT,
+        )
+        .register(
+            Arc::new(SysfsDmiCollector::new(roots.clone())),
+            true,
+            collectors::config::DEFAULT_TIMEOUT,
+        );
     registry
 }
 

@@ -19,9 +19,6 @@ use crate::enforcement::SharedEnforcer;
 use crate::metrics::{DropLabels, Metrics};
 use crate::resolver::{Resolution, Resolver};
 
-/// Default queue length of one subscriber.
-pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 4096;
-
 /// Hook events queued for resolution before the hook side starts dropping them.
 pub const PIPELINE_QUEUE: usize = 65_536;
 

@@ -7,7 +7,6 @@ use collectors::HostRoots;
 use collectors::process::parse_pid;
 
 use crate::config::Config;
-use crate::registry::build_registry;
 use crate::resolver::resolve_once;
 
 /// Options of `inspect`.
@@ -45,7 +44,7 @@ async fn print(args: InspectArgs) -> anyhow::Result<()> {
     };
     let roots = HostRoots::resolve(&config.host);
     let pid = parse_pid(&args.pid, &roots)?;
-    let registry = build_registry(&config, &roots)?;
+    let registry = collectors::build_registry(&config.collectors, &roots)?;
     let resolution = resolve_once(registry, roots, pid).await?;
     let mut stdout = std::io::stdout().lock();
     if args.json {

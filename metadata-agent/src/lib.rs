@@ -16,6 +16,5 @@ pub mod imds_mock;
 pub mod inspect;
 pub mod metrics;
 pub mod policy;
-pub mod registry;
 pub mod resolver;
 pub mod run;

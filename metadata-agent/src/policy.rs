@@ -11,7 +11,6 @@ use selectors::matcher::{Explanation, SelectorExplanation};
 use selectors::{Action, PolicySet, load_policies};
 
 use crate::config::Config;
-use crate::registry::build_registry;
 use crate::resolver::resolve_once;
 
 /// `policy` subcommands.
@@ -95,7 +94,7 @@ async fn test(args: TestArgs) -> anyhow::Result<()> {
             };
             let roots = HostRoots::resolve(&config.host);
             let pid = collectors::process::parse_pid(pid, &roots)?;
-            let registry = build_registry(&config, &roots)?;
+            let registry = collectors::build_registry(&config.collectors, &roots)?;
             resolve_once(registry, roots, pid).await?.labels
         }
         (None, None) => bail!("give --labels FILE or --pid N"),

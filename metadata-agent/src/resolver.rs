@@ -24,12 +24,9 @@ use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
 use serde::Serialize;
 
+use crate::config::ResolverConfig;
 use crate::metrics::Metrics;
 
-/// Default number of process entries kept.
-pub const DEFAULT_PROCESS_ENTRIES: usize = 16_384;
-/// Default number of container entries kept.
-pub const DEFAULT_CONTAINER_ENTRIES: usize = 1_024;
 /// Serialized answers kept at most (each about 3 KiB and an open proc directory), for the
 /// processes looked up most.
 const ANSWER_ENTRIES: usize = 1_024;
@@ -254,12 +251,18 @@ pub struct ResolverLimits {
     pub container_entries: usize,
 }
 
+impl From<&ResolverConfig> for ResolverLimits {
+    fn from(config: &ResolverConfig) -> Self {
+        Self {
+            process_entries: config.process_cache_entries,
+            container_entries: config.container_cache_entries,
+        }
+    }
+}
+
 impl Default for ResolverLimits {
     fn default() -> Self {
-        Self {
-            process_entries: DEFAULT_PROCESS_ENTRIES,
-            container_entries: DEFAULT_CONTAINER_ENTRIES,
-        }
+        Self::from(&ResolverConfig::default())
     }
 }
 
@@ -931,7 +934,7 @@ mod tests {
         fn resolver_with(&self, registry: Registry) -> Resolver {
             Resolver::new(
                 HostRoots::resolve(&HostRootsConfig {
-                    proc_root: Some(self.root().to_owned()),
+                    proc_root: self.root().to_owned(),
                     ..Default::default()
                 }),
                 registry,
@@ -942,12 +945,12 @@ mod tests {
 
         fn resolver(&self) -> Resolver {
             let roots = HostRoots::resolve(&HostRootsConfig {
-                proc_root: Some(self.root().to_owned()),
-                sys_root: Some(self.root().join("sys")),
-                etc_root: Some(self.root().join("etc")),
+                proc_root: self.root().to_owned(),
+                sys_root: self.root().join("sys"),
+                etc_root: self.root().join("etc"),
             });
             let config = crate::config::Config::default();
-            let registry = crate::registry::build_registry(&config, &roots).unwrap();
+            let registry = collectors::build_registry(&config.collectors, &roots).unwrap();
             Resolver::new(
                 roots,
                 registry,
@@ -1110,7 +1113,7 @@ mod tests {
             _: &Subject,
         ) -> Result<collectors::Collected, collectors::CollectError> {
             if self.0.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(collectors::CollectError::Failed("endpoint down".into()));
+                return Err(collectors::CollectError::failed("endpoint down"));
             }
             let mut labels = LabelSet::new();
             labels.insert("flaky:id", "i-123");
@@ -1123,7 +1126,7 @@ mod tests {
         let proc = FakeProc::new();
         let flaky = Arc::new(Flaky(Default::default()));
         let mut registry = Registry::new();
-        registry.register(flaky.clone(), true, None);
+        registry.register(flaky.clone(), true, Duration::from_millis(500));
         let resolver = proc.resolver_with(registry);
         assert!(!resolver.node_ready());
         resolver.refresh_node().await;
@@ -1189,7 +1192,7 @@ mod tests {
         .unwrap();
         let late = Arc::new(LateStatus(Default::default()));
         let mut registry = Registry::new();
-        registry.register(late.clone(), true, None);
+        registry.register(late.clone(), true, Duration::from_millis(500));
         let resolver = proc.resolver_with(registry);
         let first = resolver.resolve(77).await.unwrap();
         assert!(!first.labels.contains_key("late:name"));
@@ -1258,7 +1261,7 @@ mod tests {
         use std::io::Write as _;
         let roots = HostRoots::default();
         let config = crate::config::Config::default();
-        let registry = crate::registry::build_registry(&config, &roots).unwrap();
+        let registry = collectors::build_registry(&config.collectors, &roots).unwrap();
         let resolver = Resolver::new(
             roots,
             registry,

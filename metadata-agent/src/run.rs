@@ -11,29 +11,17 @@ use anyhow::{Context, bail};
 use axum::Router;
 use collectors::HostRoots;
 use kernel_hook::HookEvent;
-use selectors::{Action, PolicyStore};
+use selectors::PolicyStore;
 use tokio::sync::{mpsc, watch};
 
 use crate::api::{self, AppState, HookHealth};
-use crate::config::{Config, DEFAULT_LISTEN, HookMode};
+use crate::config::{Config, HookMode};
 use crate::enforcement::{Enforcer, SharedEnforcer};
 use crate::events::{self, EventBus};
 use crate::metrics::Metrics;
-use crate::registry::build_registry;
-use crate::resolver::{
-    DEFAULT_CONTAINER_ENTRIES, DEFAULT_PROCESS_ENTRIES, Resolver, ResolverLimits,
-};
+use crate::resolver::{Resolver, ResolverLimits};
 use collectors::config::Enabled;
 use kernel_hook::EventReader;
-
-/// How often node labels are collected again, unless configured.
-pub const DEFAULT_NODE_REFRESH: Duration = Duration::from_secs(300);
-/// How often entries of ended processes are dropped, unless configured.
-pub const DEFAULT_SWEEP: Duration = Duration::from_secs(30);
-/// How often policy files are checked for changes, unless configured.
-pub const DEFAULT_POLICY_RELOAD: Duration = Duration::from_secs(2);
-/// Processes pre-resolved at once at start, unless configured.
-pub const DEFAULT_PRESTART_CONCURRENCY: usize = 2;
 
 /// How long shutdown waits for open requests before the agent exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -100,19 +88,10 @@ impl Agent {
     pub fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         let roots = HostRoots::resolve(&config.host);
-        let registry = build_registry(&config, &roots)?;
-        let limits = ResolverLimits {
-            process_entries: config
-                .resolver
-                .process_cache_entries
-                .unwrap_or(DEFAULT_PROCESS_ENTRIES),
-            container_entries: config
-                .resolver
-                .container_cache_entries
-                .unwrap_or(DEFAULT_CONTAINER_ENTRIES),
-        };
+        let registry = collectors::build_registry(&config.collectors, &roots)?;
+        let limits = ResolverLimits::from(&config.resolver);
         let resolver = Arc::new(Resolver::new(roots, registry, limits, Arc::clone(&metrics)));
-        let default_action = config.policies.default_action.unwrap_or(Action::Allow);
+        let default_action = config.policies.default_action;
         let policies = match &config.policies.path {
             Some(path) => PolicyStore::load(vec![path.clone()], default_action)
                 .map_err(|errors| anyhow::anyhow!("cannot load the policies:\n{errors}"))?,
@@ -126,10 +105,7 @@ impl Agent {
             None => None,
         };
         let bus = Arc::new(EventBus::new(
-            config
-                .events
-                .subscriber_buffer
-                .unwrap_or(events::DEFAULT_SUBSCRIBER_BUFFER),
+            config.events.subscriber_buffer,
             Arc::clone(&metrics),
         ));
         let (hook_events, hook_receiver) = mpsc::channel(events::PIPELINE_QUEUE);
@@ -152,10 +128,7 @@ impl Agent {
             hook_receiver: Some(hook_receiver),
             hook_reader: None,
             enforcer: None,
-            max_body_bytes: config
-                .server
-                .max_body_bytes
-                .unwrap_or(api::DEFAULT_MAX_BODY_BYTES),
+            max_body_bytes: config.server.max_body_bytes,
             config,
         })
     }
@@ -186,7 +159,7 @@ impl Agent {
             .map_or_else(kernel_hook::detect_cgroup_root, Ok)
             .and_then(|root| kernel_hook::Hook::attach(&root));
         let enforce = config.mode == HookMode::Enforce;
-        let default = config.default_verdict.unwrap_or(Action::Allow);
+        let default = config.default_verdict;
         match attached.and_then(|(hook, reader)| {
             let root = hook.cgroup_root().to_owned();
             Enforcer::new(hook, enforce, default).map(|e| (e, reader, root))
@@ -225,11 +198,7 @@ impl Agent {
     pub fn start_background(&mut self, shutdown: watch::Receiver<bool>) {
         let state = &self.state;
         let resolver = Arc::clone(&state.resolver);
-        let node_interval = self
-            .config
-            .resolver
-            .node_refresh_interval
-            .unwrap_or(DEFAULT_NODE_REFRESH);
+        let node_interval = self.config.resolver.node_refresh_interval;
         every(node_interval, shutdown.clone(), true, move || {
             let resolver = Arc::clone(&resolver);
             async move { resolver.refresh_node().await }
@@ -238,7 +207,7 @@ impl Agent {
         state.resolver.follow_invalidations();
 
         let resolver = Arc::clone(&state.resolver);
-        let sweep_interval = self.config.resolver.sweep_interval.unwrap_or(DEFAULT_SWEEP);
+        let sweep_interval = self.config.resolver.sweep_interval;
         every(sweep_interval, shutdown.clone(), false, move || {
             let resolver = Arc::clone(&resolver);
             async move { resolver.sweep() }
@@ -247,11 +216,7 @@ impl Agent {
         if self.config.policies.path.is_some() {
             let (policies, metrics) = (Arc::clone(&state.policies), Arc::clone(&state.metrics));
             let (resolver, enforcer) = (Arc::clone(&state.resolver), self.enforcer.clone());
-            let reload_interval = self
-                .config
-                .policies
-                .reload_interval
-                .unwrap_or(DEFAULT_POLICY_RELOAD);
+            let reload_interval = self.config.policies.reload_interval;
             every(reload_interval, shutdown.clone(), false, move || {
                 let (policies, metrics) = (Arc::clone(&policies), Arc::clone(&metrics));
                 let (resolver, enforcer) = (Arc::clone(&resolver), enforcer.clone());
@@ -265,14 +230,10 @@ impl Agent {
             });
         }
 
-        if self.config.resolver.prestart.unwrap_or(true) {
+        if self.config.resolver.prestart {
             let resolver = Arc::clone(&state.resolver);
             let (policies, enforcer) = (Arc::clone(&state.policies), self.enforcer.clone());
-            let concurrency = self
-                .config
-                .resolver
-                .prestart_concurrency
-                .unwrap_or(DEFAULT_PRESTART_CONCURRENCY);
+            let concurrency = self.config.resolver.prestart_concurrency;
             let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let work = async {
@@ -403,10 +364,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(path) = args.policies {
         config.policies.path = Some(path);
     }
-    let listen = args
-        .listen
-        .or_else(|| config.server.listen.clone())
-        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen = args.listen.unwrap_or_else(|| config.server.listen.clone());
     let listen = ListenAddress::parse(&listen)?;
     let authenticated = config.server.token_file.is_some();
     let mut agent = Agent::build(config)?;

@@ -8,10 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use collectors::cloud::azure::AzureCollector;
+use collectors::cloud::azure::AzureConfig;
 use collectors::cloud::ec2::Ec2Collector;
+use collectors::cloud::ec2::Ec2Config;
 use collectors::cloud::gcp::GcpCollector;
-use collectors::config::{AzureConfig, Ec2Config, Enabled, GcpConfig};
-use collectors::{CollectError, Collected, Collector, HostRoots, Subject};
+use collectors::cloud::gcp::GcpConfig;
+use collectors::config::Enabled;
+use collectors::{CollectError, Collected, Collector, HostRoots, Subject, error_chain};
 use metadata_agent::imds_mock::{self, CloudChoice, Fixtures, MockHandle, MockOptions, TokenMode};
 
 /// Host roots whose sysfs has no DMI, as on this VM and in CI: `auto` must probe.
@@ -35,7 +38,7 @@ fn expected(cloud: &str) -> String {
 fn ec2(url: &str, enabled: Enabled, tweak: impl FnOnce(&mut Ec2Config)) -> Ec2Collector {
     let mut config = Ec2Config {
         enabled,
-        endpoint: Some(url.to_owned()),
+        endpoint: url.to_owned(),
         ..Ec2Config::default()
     };
     tweak(&mut config);
@@ -45,7 +48,7 @@ fn ec2(url: &str, enabled: Enabled, tweak: impl FnOnce(&mut Ec2Config)) -> Ec2Co
 fn azure(url: &str, enabled: Enabled) -> AzureCollector {
     let config = AzureConfig {
         enabled,
-        endpoint: Some(url.to_owned()),
+        endpoint: url.to_owned(),
         ..AzureConfig::default()
     };
     AzureCollector::with_env(&config, &no_dmi().1, |_| None).unwrap()
@@ -54,7 +57,7 @@ fn azure(url: &str, enabled: Enabled) -> AzureCollector {
 fn gcp(url: &str, enabled: Enabled, tweak: impl FnOnce(&mut GcpConfig)) -> GcpCollector {
     let mut config = GcpConfig {
         enabled,
-        endpoint: Some(url.to_owned()),
+        endpoint: url.to_owned(),
         ..GcpConfig::default()
     };
     tweak(&mut config);
@@ -134,7 +137,7 @@ async fn an_ec2_token_is_reused_until_it_expires() {
     assert_eq!(count(&mock.requests(), "PUT /latest/api/token"), 1);
 
     let short = ec2(&mock.url(), Enabled::Always, |c| {
-        c.token_ttl = Some(Duration::from_secs(1))
+        c.token_ttl = Duration::from_secs(1)
     });
     collect(&short).await.unwrap();
     collect(&short).await.unwrap();
@@ -182,10 +185,8 @@ async fn imdsv1_is_used_only_when_the_token_request_is_refused_and_fallback_allo
             .unwrap_or_else(|e| panic!("{mode:?} {fault:?}: {e}"));
         assert_eq!(collected.labels.to_text(), expected("ec2"), "{mode:?}");
 
-        let strict = ec2(&mock.url(), Enabled::Always, |c| {
-            c.imds_v1_fallback = Some(false)
-        });
-        let error = collect(&strict).await.unwrap_err().to_string();
+        let strict = ec2(&mock.url(), Enabled::Always, |c| c.imds_v1_fallback = false);
+        let error = error_chain(&collect(&strict).await.unwrap_err());
         assert!(
             error.contains("imdsV1Fallback is false") && error.contains("refused"),
             "{mode:?}: {error}"
@@ -197,10 +198,11 @@ async fn imdsv1_is_used_only_when_the_token_request_is_refused_and_fallback_allo
         ..MockOptions::default()
     })
     .await;
-    let error = collect(&ec2(&mock.url(), Enabled::Always, |_| {}))
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = error_chain(
+        &collect(&ec2(&mock.url(), Enabled::Always, |_| {}))
+            .await
+            .unwrap_err(),
+    );
     assert!(error.contains("400"), "{error}");
     assert!(!mock.requests().iter().any(|r| r.contains("instance-id")));
 }
@@ -213,12 +215,13 @@ async fn a_token_request_without_answer_is_reported_as_a_hop_limit_and_v1_is_not
     })
     .await;
     let collector = ec2(&mock.url(), Enabled::Always, |c| {
-        c.timeout = Some(Duration::from_millis(400))
+        c.timeout = Duration::from_millis(400)
     });
     let error = collect(&collector).await.unwrap_err();
-    let CollectError::Failed(message) = &error else {
+    let CollectError::Failed { .. } = &error else {
         panic!("{error:?}")
     };
+    let message = error_chain(&error);
     assert!(
         message.contains("hop limit") && message.contains("IMDSv1 was not tried"),
         "{message}"
@@ -264,7 +267,7 @@ async fn missing_paths_failing_paths_and_slow_services() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, CollectError::Failed(m) if m.contains("instance-id")),
+        matches!(&error, CollectError::Failed { .. } if error_chain(&error).contains("instance-id")),
         "{error:?}"
     );
     mock.heal();
@@ -283,14 +286,14 @@ async fn missing_paths_failing_paths_and_slow_services() {
     let error = collect(&azure(&mock.url(), Enabled::Always))
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("500"), "{error}");
+    assert!(error_chain(&error).contains("500"), "{error}");
     mock.heal();
     mock.fail("/computeMetadata/v1/instance", 503);
     let error = collect(&gcp(&mock.url(), Enabled::Always, |_| {}))
         .await
         .unwrap_err();
     assert!(
-        error.to_string().contains("Metadata-Flavor"),
+        error_chain(&error).contains("Metadata-Flavor"),
         "an answer without the flavor header is refused: {error}"
     );
 
@@ -301,22 +304,22 @@ async fn missing_paths_failing_paths_and_slow_services() {
     })
     .await
     .unwrap();
-    let fast = Some(Duration::from_millis(200));
+    let fast = Duration::from_millis(200);
     let errors = [
         collect(&ec2(&slow.url(), Enabled::Always, |c| c.timeout = fast)).await,
         collect(&azure_with_timeout(&slow.url(), fast)).await,
         collect(&gcp(&slow.url(), Enabled::Always, |c| c.timeout = fast)).await,
     ];
     for error in errors {
-        let error = error.unwrap_err().to_string();
+        let error = error_chain(&error.unwrap_err());
         assert!(error.contains("within 200 ms"), "{error}");
     }
 }
 
-fn azure_with_timeout(url: &str, timeout: Option<Duration>) -> AzureCollector {
+fn azure_with_timeout(url: &str, timeout: Duration) -> AzureCollector {
     let config = AzureConfig {
         enabled: Enabled::Always,
-        endpoint: Some(url.to_owned()),
+        endpoint: url.to_owned(),
         timeout,
     };
     AzureCollector::with_env(&config, &no_dmi().1, |_| None).unwrap()
@@ -378,7 +381,10 @@ async fn a_service_of_another_kind_is_not_taken_for_the_cloud() {
         Box::new(azure(&mock.url(), Enabled::Auto)),
     ] {
         let error = collect(collector.as_ref()).await.unwrap_err();
-        assert!(matches!(error, CollectError::Unavailable(_)), "{error:?}");
+        assert!(
+            matches!(error, CollectError::Unavailable { .. }),
+            "{error:?}"
+        );
         let name = collector.name();
         let strict: Box<dyn Collector> = match name {
             "gcp" => Box::new(gcp(&mock.url(), Enabled::Always, |_| {})),
@@ -386,7 +392,7 @@ async fn a_service_of_another_kind_is_not_taken_for_the_cloud() {
         };
         let error = collect(strict.as_ref()).await.unwrap_err();
         assert!(
-            matches!(error, CollectError::Failed(_)),
+            matches!(error, CollectError::Failed { .. }),
             "{name}: {error:?}"
         );
     }
@@ -405,9 +411,10 @@ async fn nothing_listening_is_unavailable_within_the_probe_time() {
         Box::new(gcp(&url, Enabled::Auto, |_| {})),
     ] {
         let error = collect(collector.as_ref()).await.unwrap_err();
-        let CollectError::Unavailable(reason) = &error else {
+        let CollectError::Unavailable { .. } = &error else {
             panic!("{}: {error:?}", collector.name())
         };
+        let reason = error_chain(&error);
         assert!(
             reason.contains("no DMI data") && reason.contains("cannot connect"),
             "{reason}"
@@ -426,7 +433,7 @@ async fn a_failed_refresh_keeps_the_cloud_labels_as_stale() {
     registry.register(
         Arc::new(gcp(&mock.url(), Enabled::Auto, |_| {})),
         true,
-        None,
+        Duration::from_secs(2),
     );
     let resolver = Resolver::new(
         roots,

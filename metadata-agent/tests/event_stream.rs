@@ -43,8 +43,8 @@ async fn serve(config: Config) -> (Agent, String, tokio::sync::watch::Sender<boo
 
 fn config(subscriber_buffer: usize) -> Config {
     let mut config = Config::default();
-    config.resolver.prestart = Some(false);
-    config.events.subscriber_buffer = Some(subscriber_buffer);
+    config.resolver.prestart = false;
+    config.events.subscriber_buffer = subscriber_buffer;
     config
 }
 

@@ -63,7 +63,7 @@ async fn connects_are_resolved_published_and_enforced() {
 
     // Observe mode: the event stream carries the child's connect with its labels.
     let mut config = Config::default();
-    config.resolver.prestart = Some(false);
+    config.resolver.prestart = false;
     let observer = agent(config).await;
     let mut subscription = observer.state.bus.subscribe().unwrap();
     let child = std::thread::spawn(move || connect_as(0, port));
@@ -105,7 +105,7 @@ async fn connects_are_resolved_published_and_enforced() {
     let policies = dir.path().join("policies.yaml");
     std::fs::write(&policies, POLICIES).unwrap();
     let mut config = Config::default();
-    config.resolver.prestart = Some(false);
+    config.resolver.prestart = false;
     config.policies.path = Some(policies);
     config.hook.mode = HookMode::Enforce;
     let enforcer = agent(config).await;
@@ -168,10 +168,10 @@ async fn a_container_is_denied_by_its_docker_label() {
     let policies = dir.path().join("policies.yaml");
     std::fs::write(&policies, DOCKER_POLICIES).unwrap();
     let mut config = Config::default();
-    config.resolver.prestart = Some(false);
+    config.resolver.prestart = false;
     config.policies.path = Some(policies);
     config.hook.mode = HookMode::Enforce;
-    config.collectors.docker.socket_path = Some(docker.socket.to_str().unwrap().to_owned());
+    config.collectors.docker.socket_path = docker.socket.to_str().unwrap().to_owned();
     let enforcer = agent(config).await;
 
     let docker = std::sync::Arc::new(docker);

@@ -9,8 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use collectors::cgroup::{ContainerIdentity, Runtime};
-use collectors::config::{Enabled, KubernetesConfig};
+use collectors::config::Enabled;
 use collectors::kubernetes::KubernetesCollector;
+use collectors::kubernetes::KubernetesConfig;
 use collectors::{CollectError, Collector, Subject};
 use common::kubelet::{Behaviour, Kubelet, Pki};
 use k8s_openapi::api::core::v1::Pod;
@@ -73,16 +74,16 @@ fn subject(pod_uid: &str, container: &str) -> Subject {
 fn config_for(kubelet: &Kubelet, credentials: &str) -> KubernetesConfig {
     KubernetesConfig {
         enabled: Enabled::Always,
-        kubelet_host: Some("127.0.0.1".to_owned()),
-        kubelet_port: Some(kubelet.address.port()),
-        kubelet_ca: Some(kubelet.pki.ca.clone()),
-        credentials: Some(credentials.to_owned()),
+        kubelet_host: "127.0.0.1".to_owned(),
+        kubelet_port: kubelet.address.port(),
+        kubelet_ca: kubelet.pki.ca.clone(),
+        credentials: credentials.to_owned(),
         ..Default::default()
     }
 }
 
 fn collector(config: &KubernetesConfig) -> KubernetesCollector {
-    KubernetesCollector::new(config, Duration::from_secs(2)).unwrap()
+    KubernetesCollector::new(config).unwrap()
 }
 
 async fn labels_of(collector: &KubernetesCollector, subject: &Subject) -> LabelSet {
@@ -97,7 +98,7 @@ async fn labels_of(collector: &KubernetesCollector, subject: &Subject) -> LabelS
 
 fn failure(result: Result<collectors::Collected, CollectError>) -> String {
     match result {
-        Err(CollectError::Failed(message)) => message,
+        Err(error @ CollectError::Failed { .. }) => collectors::error_chain(&error),
         other => panic!("expected a failure, got {other:?}"),
     }
 }
@@ -179,7 +180,7 @@ async fn a_kubelet_certificate_from_another_ca_is_a_clear_tls_error() {
     let ca = dir.path().join("other-ca.pem");
     std::fs::write(&ca, &other.ca).unwrap();
     let config = KubernetesConfig {
-        kubelet_ca: Some(ca.to_str().unwrap().to_owned()),
+        kubelet_ca: ca.to_str().unwrap().to_owned(),
         ..config_for(&kubelet, TOKEN)
     };
     let error = failure(
@@ -197,7 +198,7 @@ async fn a_kubelet_certificate_from_another_ca_is_a_clear_tls_error() {
 
     // With no kubeletCA the system's roots are used, which do not know the fixture's CA either.
     let system = KubernetesConfig {
-        kubelet_ca: None,
+        kubelet_ca: String::new(),
         ..config_for(&kubelet, TOKEN)
     };
     let error = failure(
@@ -215,7 +216,7 @@ async fn a_kubelet_certificate_from_another_ca_is_a_clear_tls_error() {
 async fn skipping_verification_accepts_any_kubelet_certificate() {
     let kubelet = Kubelet::start(behaviour()).await;
     let config = KubernetesConfig {
-        kubelet_ca: None,
+        kubelet_ca: String::new(),
         skip_kubelet_verification: true,
         ..config_for(&kubelet, TOKEN)
     };
@@ -296,8 +297,11 @@ async fn a_slow_kubelet_costs_one_deadline() {
         ..behaviour()
     })
     .await;
-    let collector =
-        KubernetesCollector::new(&config_for(&kubelet, TOKEN), Duration::from_millis(300)).unwrap();
+    let collector = KubernetesCollector::new(&KubernetesConfig {
+        timeout: Duration::from_millis(300),
+        ..config_for(&kubelet, TOKEN)
+    })
+    .unwrap();
     let started = Instant::now();
     let error = failure(
         collector
@@ -325,7 +329,9 @@ async fn a_kubelet_that_is_down_is_unavailable_or_failed_as_configured() {
     };
     let started = Instant::now();
     match collector(&auto).collect(&subject).await {
-        Err(CollectError::Unavailable(message)) => {
+        Err(CollectError::Unavailable {
+            reason: message, ..
+        }) => {
             assert!(
                 message.starts_with("no kubelet at https://127.0.0.1:"),
                 "{message}"
@@ -368,7 +374,7 @@ async fn a_deleted_pod_stays_resolvable_for_the_grace_period() {
     let kubelet = Kubelet::start(behaviour()).await;
     let with_grace = collector(&config_for(&kubelet, TOKEN));
     let without = collector(&KubernetesConfig {
-        deleted_pod_grace: Some(Duration::ZERO),
+        deleted_pod_grace: Duration::ZERO,
         ..config_for(&kubelet, TOKEN)
     });
     let pod = subject(METRICS_SERVER_UID, "metrics-server");
@@ -583,7 +589,7 @@ async fn real_cgroups_shaped_like_a_kubelets_resolve_to_their_pods() {
 async fn a_changed_pod_invalidates_its_containers_cached_labels() {
     let kubelet = Kubelet::start(behaviour()).await;
     let collector = collector(&KubernetesConfig {
-        refresh_interval: Some(Duration::from_millis(100)),
+        refresh_interval: Duration::from_millis(100),
         ..config_for(&kubelet, TOKEN)
     });
     let mut invalidations = collector.invalidations().unwrap();

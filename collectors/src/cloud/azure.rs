@@ -10,12 +10,16 @@ use async_trait::async_trait;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+use serde::{Deserialize, Serialize};
+
 use super::{
-    Approach, Cloud, CloudSettings, EndpointSource, LINK_LOCAL, MetadataHttp, insert_value,
-    scalar_text,
+    Approach, Cloud, CloudSettings, CloudSource, DEFAULT_TIMEOUT, EndpointSource, LINK_LOCAL,
+    MetadataHttp, SetupError, insert_value, scalar_text,
 };
-use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
-use crate::config::AzureConfig;
+use crate::builtin::Builtin;
+use crate::collector::{CollectError, Collected};
+use crate::config::{Enabled, duration, section};
+use crate::error::BoxError;
 use crate::host::HostRoots;
 use labels::{LabelSet, escape_key};
 
@@ -27,6 +31,32 @@ const ENDPOINT_SOURCE: EndpointSource = EndpointSource {
     env_var: ENDPOINT_VAR,
     default: LINK_LOCAL,
 };
+
+/// `collectors.azure`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct AzureConfig {
+    /// `auto` (default), `true` or `false`.
+    pub enabled: Enabled,
+    /// Deadline of one collection (default 2s).
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Base URL of the metadata service (empty, the default: `AZURE_IMDS_ENDPOINT`, else
+    /// `http://169.254.169.254`).
+    pub endpoint: String,
+}
+
+impl Default for AzureConfig {
+    fn default() -> Self {
+        Self {
+            enabled: Enabled::Auto,
+            timeout: DEFAULT_TIMEOUT,
+            endpoint: String::new(),
+        }
+    }
+}
+
+section!(AzureConfig);
 
 /// The API version of the instance document: the first with `tagsList`, widely available.
 pub const INSTANCE_API_VERSION: &str = "2021-02-01";
@@ -84,7 +114,7 @@ pub struct AzureCollector {
 
 impl AzureCollector {
     /// A collector for `config`, reading DMI through `roots`. Fails on an invalid endpoint.
-    pub fn new(config: &AzureConfig, roots: &HostRoots) -> Result<Self, String> {
+    pub fn new(config: &AzureConfig, roots: &HostRoots) -> Result<Self, SetupError> {
         Self::with_env(config, roots, super::process_env)
     }
 
@@ -93,12 +123,12 @@ impl AzureCollector {
         config: &AzureConfig,
         roots: &HostRoots,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SetupError> {
         let (settings, http) = CloudSettings::new(
             &ENDPOINT_SOURCE,
             config.enabled,
             config.timeout,
-            config.endpoint.as_deref(),
+            &config.endpoint,
             roots,
             env,
         )?;
@@ -209,28 +239,24 @@ pub fn labels_of(instance: &Value, loadbalancer: Option<&Value>) -> LabelSet {
     labels
 }
 
+impl Builtin for AzureCollector {
+    type Config = AzureConfig;
+
+    fn build(config: &AzureConfig, roots: &HostRoots) -> Result<Self, BoxError> {
+        Ok(Self::new(config, roots)?)
+    }
+}
+
 #[async_trait]
-impl Collector for AzureCollector {
-    fn name(&self) -> &'static str {
-        "azure"
+impl CloudSource for AzureCollector {
+    const CLOUD: Cloud = Cloud::Azure;
+    const LABEL_KEYS: &'static [&'static str] = LABEL_KEYS;
+
+    fn settings(&self) -> &CloudSettings {
+        &self.settings
     }
 
-    fn scope(&self) -> Scope {
-        Scope::Node
-    }
-
-    fn label_keys(&self) -> &'static [&'static str] {
-        LABEL_KEYS
-    }
-
-    fn default_timeout(&self) -> Duration {
-        self.settings.timeout
-    }
-
-    async fn collect(&self, _subject: &Subject) -> Result<Collected, CollectError> {
-        let Some(approach) = self.settings.approach(Cloud::Azure) else {
-            return Err(CollectError::Unavailable("disabled".to_owned()));
-        };
+    async fn collect_from(&self, approach: Approach) -> Result<Collected, CollectError> {
         let first = approach.first_timeout(self.settings.timeout);
         let instance_path = format!("/metadata/instance?api-version={INSTANCE_API_VERSION}");
         let instance = match self.document(&instance_path, first, &approach).await? {

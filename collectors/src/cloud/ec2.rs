@@ -13,12 +13,16 @@ use async_trait::async_trait;
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 
+use serde::{Deserialize, Serialize};
+
 use super::{
-    Approach, Cloud, CloudSettings, EndpointSource, LINK_LOCAL, MetadataHttp, PROBE_TIMEOUT,
-    RequestError, insert_value,
+    Approach, Cloud, CloudSettings, CloudSource, DEFAULT_TIMEOUT, EndpointSource, LINK_LOCAL,
+    MetadataHttp, PROBE_TIMEOUT, RequestError, SetupError, insert_value,
 };
-use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
-use crate::config::Ec2Config;
+use crate::builtin::Builtin;
+use crate::collector::{CollectError, Collected};
+use crate::config::{Enabled, duration, section};
+use crate::error::BoxError;
 use crate::host::HostRoots;
 use labels::{LabelSet, escape_key};
 
@@ -33,6 +37,41 @@ const ENDPOINT_SOURCE: EndpointSource = EndpointSource {
 
 /// Lifetime asked for each token unless configured: the longest IMDS grants.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(21_600);
+
+/// `collectors.ec2`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Ec2Config {
+    /// `auto` (default), `true` or `false`.
+    pub enabled: Enabled,
+    /// Deadline of one collection (default 2s).
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Base URL of the metadata service (empty, the default:
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else `http://169.254.169.254`).
+    pub endpoint: String,
+    /// Fall back to IMDSv1 (no token) when the token request is refused with 403, 404 or 405
+    /// (default true). Never done when the token request timed out.
+    #[serde(rename = "imdsV1Fallback")]
+    pub imds_v1_fallback: bool,
+    /// Lifetime asked for each IMDSv2 token, 1s to 6h (default 6h).
+    #[serde(with = "duration")]
+    pub token_ttl: Duration,
+}
+
+impl Default for Ec2Config {
+    fn default() -> Self {
+        Self {
+            enabled: Enabled::Auto,
+            timeout: DEFAULT_TIMEOUT,
+            endpoint: String::new(),
+            imds_v1_fallback: true,
+            token_ttl: DEFAULT_TOKEN_TTL,
+        }
+    }
+}
+
+section!(Ec2Config);
 
 const TOKEN_PATH: &str = "/latest/api/token";
 const TTL_HEADER: &str = "X-aws-ec2-metadata-token-ttl-seconds";
@@ -106,7 +145,7 @@ enum Auth {
 impl Ec2Collector {
     /// A collector for `config`, reading DMI through `roots`. Fails on an invalid endpoint or
     /// token lifetime.
-    pub fn new(config: &Ec2Config, roots: &HostRoots) -> Result<Self, String> {
+    pub fn new(config: &Ec2Config, roots: &HostRoots) -> Result<Self, SetupError> {
         Self::with_env(config, roots, super::process_env)
     }
 
@@ -115,26 +154,27 @@ impl Ec2Collector {
         config: &Ec2Config,
         roots: &HostRoots,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SetupError> {
         let (settings, http) = CloudSettings::new(
             &ENDPOINT_SOURCE,
             config.enabled,
             config.timeout,
-            config.endpoint.as_deref(),
+            &config.endpoint,
             roots,
             env,
         )?;
-        let ttl = config.token_ttl.unwrap_or(DEFAULT_TOKEN_TTL);
+        let ttl = config.token_ttl;
         if ttl < Duration::from_secs(1) || ttl > DEFAULT_TOKEN_TTL {
-            return Err(format!(
-                "collectors.ec2.tokenTtl: {} is out of range: IMDS accepts 1s to 6h",
-                humantime::format_duration(ttl)
-            ));
+            return Err(SetupError::OutOfRange {
+                field: "collectors.ec2.tokenTtl",
+                value: humantime::format_duration(ttl).to_string(),
+                accepted: "IMDS accepts 1s to 6h",
+            });
         }
         Ok(Self {
             http,
             settings,
-            v1_fallback: config.imds_v1_fallback.unwrap_or(true),
+            v1_fallback: config.imds_v1_fallback,
             token_ttl_secs: ttl.as_secs(),
             token: tokio::sync::Mutex::new(None),
         })
@@ -189,7 +229,7 @@ impl Ec2Collector {
             StatusCode::OK => {
                 let value = reply.text().trim().to_owned();
                 if value.is_empty() {
-                    return Err(CollectError::Failed(format!(
+                    return Err(CollectError::failed(format!(
                         "{} answered an empty token",
                         self.http.url(TOKEN_PATH)
                     )));
@@ -209,7 +249,7 @@ impl Ec2Collector {
                     tracing::debug!(status = %reply.status, "IMDSv2 refused; using IMDSv1");
                     Ok(Auth::V1)
                 } else {
-                    Err(CollectError::Failed(format!(
+                    Err(CollectError::failed(format!(
                         "{} refused the IMDSv2 token request with {} and \
                          collectors.ec2.imdsV1Fallback is false",
                         self.http.url(TOKEN_PATH),
@@ -405,28 +445,24 @@ fn account_of(document: &str) -> Option<String> {
     parsed.get("accountId")?.as_str().map(str::to_owned)
 }
 
+impl Builtin for Ec2Collector {
+    type Config = Ec2Config;
+
+    fn build(config: &Ec2Config, roots: &HostRoots) -> Result<Self, BoxError> {
+        Ok(Self::new(config, roots)?)
+    }
+}
+
 #[async_trait]
-impl Collector for Ec2Collector {
-    fn name(&self) -> &'static str {
-        "ec2"
+impl CloudSource for Ec2Collector {
+    const CLOUD: Cloud = Cloud::Ec2;
+    const LABEL_KEYS: &'static [&'static str] = LABEL_KEYS;
+
+    fn settings(&self) -> &CloudSettings {
+        &self.settings
     }
 
-    fn scope(&self) -> Scope {
-        Scope::Node
-    }
-
-    fn label_keys(&self) -> &'static [&'static str] {
-        LABEL_KEYS
-    }
-
-    fn default_timeout(&self) -> Duration {
-        self.settings.timeout
-    }
-
-    async fn collect(&self, _subject: &Subject) -> Result<Collected, CollectError> {
-        let Some(approach) = self.settings.approach(Cloud::Ec2) else {
-            return Err(CollectError::Unavailable("disabled".to_owned()));
-        };
+    async fn collect_from(&self, approach: Approach) -> Result<Collected, CollectError> {
         let first = approach.first_timeout(self.settings.timeout);
         let base = &self.settings.endpoint.base;
         let mut auth = self.auth(first, &approach).await?;
@@ -461,12 +497,13 @@ mod tests {
     #[test]
     fn an_out_of_range_token_lifetime_is_refused_by_name() {
         let config = Ec2Config {
-            token_ttl: Some(Duration::from_secs(7 * 3600)),
+            token_ttl: Duration::from_secs(7 * 3600),
             ..Ec2Config::default()
         };
         let error = Ec2Collector::with_env(&config, &HostRoots::default(), |_| None)
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(
             error.contains("collectors.ec2.tokenTtl") && error.contains("1s to 6h"),
             "{error}"

@@ -13,9 +13,16 @@ use async_trait::async_trait;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use super::{Cloud, CloudSettings, EndpointSource, MetadataHttp, insert_value, scalar_text};
-use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
-use crate::config::GcpConfig;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Approach, Cloud, CloudSettings, CloudSource, DEFAULT_TIMEOUT, EndpointSource, MetadataHttp,
+    SetupError, insert_value, scalar_text,
+};
+use crate::builtin::Builtin;
+use crate::collector::{CollectError, Collected};
+use crate::config::{Enabled, duration, section};
+use crate::error::BoxError;
 use crate::host::HostRoots;
 use labels::{LabelSet, escape_key};
 
@@ -28,6 +35,36 @@ const ENDPOINT_SOURCE: EndpointSource = EndpointSource {
     env_var: ENDPOINT_VAR,
     default: DEFAULT_ENDPOINT,
 };
+
+/// `collectors.gcp`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct GcpConfig {
+    /// `auto` (default), `true` or `false`.
+    pub enabled: Enabled,
+    /// Deadline of one collection (default 2s).
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Base URL of the metadata server (empty, the default: `http://` + `GCE_METADATA_HOST`,
+    /// else `http://metadata.google.internal`).
+    pub endpoint: String,
+    /// Instance attributes exported even though they can hold secrets or scripts (`ssh-keys`,
+    /// `startup-script`, `kube-env`, multi-line values), by name.
+    pub export_attributes: Vec<String>,
+}
+
+impl Default for GcpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: Enabled::Auto,
+            timeout: DEFAULT_TIMEOUT,
+            endpoint: String::new(),
+            export_attributes: Vec::new(),
+        }
+    }
+}
+
+section!(GcpConfig);
 
 /// The metadata server's name inside Compute Engine.
 pub const DEFAULT_ENDPOINT: &str = "http://metadata.google.internal";
@@ -81,7 +118,7 @@ pub struct GcpCollector {
 
 impl GcpCollector {
     /// A collector for `config`, reading DMI through `roots`. Fails on an invalid endpoint.
-    pub fn new(config: &GcpConfig, roots: &HostRoots) -> Result<Self, String> {
+    pub fn new(config: &GcpConfig, roots: &HostRoots) -> Result<Self, SetupError> {
         Self::with_env(config, roots, super::process_env)
     }
 
@@ -90,12 +127,12 @@ impl GcpCollector {
         config: &GcpConfig,
         roots: &HostRoots,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SetupError> {
         let (settings, http) = CloudSettings::new(
             &ENDPOINT_SOURCE,
             config.enabled,
             config.timeout,
-            config.endpoint.as_deref(),
+            &config.endpoint,
             roots,
             env,
         )?;
@@ -235,28 +272,24 @@ pub fn labels_of(instance: &Value, export_attributes: &[String]) -> Result<Label
     Ok(labels)
 }
 
+impl Builtin for GcpCollector {
+    type Config = GcpConfig;
+
+    fn build(config: &GcpConfig, roots: &HostRoots) -> Result<Self, BoxError> {
+        Ok(Self::new(config, roots)?)
+    }
+}
+
 #[async_trait]
-impl Collector for GcpCollector {
-    fn name(&self) -> &'static str {
-        "gcp"
+impl CloudSource for GcpCollector {
+    const CLOUD: Cloud = Cloud::Gcp;
+    const LABEL_KEYS: &'static [&'static str] = LABEL_KEYS;
+
+    fn settings(&self) -> &CloudSettings {
+        &self.settings
     }
 
-    fn scope(&self) -> Scope {
-        Scope::Node
-    }
-
-    fn label_keys(&self) -> &'static [&'static str] {
-        LABEL_KEYS
-    }
-
-    fn default_timeout(&self) -> Duration {
-        self.settings.timeout
-    }
-
-    async fn collect(&self, _subject: &Subject) -> Result<Collected, CollectError> {
-        let Some(approach) = self.settings.approach(Cloud::Gcp) else {
-            return Err(CollectError::Unavailable("disabled".to_owned()));
-        };
+    async fn collect_from(&self, approach: Approach) -> Result<Collected, CollectError> {
         let url = self.http.url(INSTANCE_PATH);
         let reply = self
             .http
@@ -281,18 +314,18 @@ impl Collector for GcpCollector {
         }
         self.settings.confirm();
         if reply.status != StatusCode::OK {
-            return Err(CollectError::Failed(format!(
+            return Err(CollectError::failed(format!(
                 "{url} answered {}: {}",
                 reply.status,
                 reply.text().trim()
             )));
         }
         let instance: Value = serde_json::from_slice(&reply.body).map_err(|e| {
-            CollectError::Failed(format!("{url} answered something that is not JSON: {e}"))
+            CollectError::failed(format!("{url} answered something that is not JSON")).because(e)
         })?;
         labels_of(&instance, &self.export_attributes)
             .map(Collected::complete)
-            .map_err(|e| CollectError::Failed(format!("{url}: {e}")))
+            .map_err(|e| CollectError::failed(url).because(e))
     }
 }
 

@@ -15,11 +15,13 @@ pub mod gcp;
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 
-use crate::collector::CollectError;
+use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
 use crate::config::Enabled;
+use crate::error::BoxError;
 use crate::host::HostRoots;
 use crate::sysfsdmi::read_dmi_file;
 use labels::{LabelSet, escape_bytes};
@@ -49,6 +51,15 @@ pub enum Cloud {
 }
 
 impl Cloud {
+    /// The collector's name and configuration section (`ec2`, `azure`, `gcp`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ec2 => "ec2",
+            Self::Azure => "azure",
+            Self::Gcp => "gcp",
+        }
+    }
+
     /// The name used in messages.
     pub fn title(self) -> &'static str {
         match self {
@@ -154,39 +165,94 @@ impl Endpoint {
     /// added when it holds only `host:port`), else `default`. An invalid URL is an error naming
     /// its source.
     pub fn resolve(
-        configured: Option<&str>,
+        configured: &str,
         config_field: &str,
         var: &str,
         env: impl Fn(&str) -> Option<String>,
         default: &str,
-    ) -> Result<Self, String> {
-        let (raw, source) = match (configured.filter(|c| !c.is_empty()), env(var)) {
-            (Some(url), _) => (url.to_owned(), config_field.to_owned()),
-            (None, Some(url)) if !url.is_empty() => (url, format!("environment variable {var}")),
-            _ => (default.to_owned(), "the default".to_owned()),
+    ) -> Result<Self, SetupError> {
+        let (raw, origin) = match (configured.trim(), env(var)) {
+            ("", Some(url)) if !url.is_empty() => (url, format!("environment variable {var}")),
+            ("", _) => (default.to_owned(), "the default".to_owned()),
+            (url, _) => (url.to_owned(), config_field.to_owned()),
         };
         let with_scheme = if raw.contains("://") {
             raw.clone()
         } else {
             format!("http://{raw}")
         };
-        let url = reqwest::Url::parse(&with_scheme)
-            .map_err(|e| format!("{source}: invalid metadata service URL {raw:?}: {e}"))?;
+        let url = match reqwest::Url::parse(&with_scheme) {
+            Ok(url) => url,
+            Err(source) => {
+                return Err(SetupError::InvalidUrl {
+                    origin,
+                    url: raw,
+                    source: source.into(),
+                });
+            }
+        };
         if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(format!(
-                "{source}: metadata service URL {raw:?} must be http:// or https://"
-            ));
+            return Err(SetupError::NotHttp { origin, url: raw });
         }
         if url.query().is_some() || url.fragment().is_some() {
-            return Err(format!(
-                "{source}: metadata service URL {raw:?} must not carry a query or fragment"
-            ));
+            return Err(SetupError::QueryOrFragment { origin, url: raw });
         }
         Ok(Self {
             base: with_scheme.trim_end_matches('/').to_owned(),
-            source,
+            source: origin,
         })
     }
+}
+
+/// Why a cloud collector could not be set up from its section.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The endpoint is not a URL.
+    #[error("{origin}: invalid metadata service URL {url:?}")]
+    InvalidUrl {
+        /// Where the URL came from (`collectors.ec2.endpoint`, an environment variable).
+        origin: String,
+        /// The URL as given.
+        url: String,
+        /// What the parser found.
+        #[source]
+        source: BoxError,
+    },
+    /// The endpoint is a URL of another scheme.
+    #[error("{origin}: metadata service URL {url:?} must be http:// or https://")]
+    NotHttp {
+        /// Where the URL came from.
+        origin: String,
+        /// The URL as given.
+        url: String,
+    },
+    /// The endpoint carries a query or a fragment.
+    #[error("{origin}: metadata service URL {url:?} must not carry a query or fragment")]
+    QueryOrFragment {
+        /// Where the URL came from.
+        origin: String,
+        /// The URL as given.
+        url: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("metadata HTTP client: {what}")]
+    Client {
+        /// What failed (TLS setup, the system's trust store).
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// A setting outside what the service accepts.
+    #[error("{field}: {value} is out of range: {accepted}")]
+    OutOfRange {
+        /// The setting, e.g. `collectors.ec2.tokenTtl`.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What is accepted.
+        accepted: &'static str,
+    },
 }
 
 /// Reads the process environment, empty values as unset.
@@ -268,21 +334,30 @@ pub struct MetadataHttp {
 impl MetadataHttp {
     /// A client for the service at `endpoint`. An `https://` endpoint is verified against the
     /// system's trust store.
-    pub fn new(endpoint: &Endpoint) -> Result<Self, String> {
+    pub fn new(endpoint: &Endpoint) -> Result<Self, SetupError> {
         use rustls_platform_verifier::BuilderVerifierExt;
+        let failed = |what: &'static str| {
+            move |source: rustls::Error| SetupError::Client {
+                what,
+                source: source.into(),
+            }
+        };
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS setup: {e}"))?
+            .map_err(failed("TLS setup"))?
             .with_platform_verifier()
-            .map_err(|e| format!("loading the system's trust store: {e}"))?
+            .map_err(failed("loading the system's trust store"))?
             .with_no_client_auth();
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| format!("metadata HTTP client: {e}"))?;
+            .map_err(|source| SetupError::Client {
+                what: "building it",
+                source: source.into(),
+            })?;
         Ok(Self {
             client,
             base: endpoint.base.clone(),
@@ -395,9 +470,11 @@ impl Approach {
     pub fn first_failure(&self, cloud: Cloud, error: &RequestError) -> CollectError {
         match self {
             Self::Probe(dmi) if error.is_no_answer() => {
-                CollectError::Unavailable(format!("not on {} ({dmi}; {error})", cloud.title()))
+                CollectError::unavailable(format!("not on {} ({dmi})", cloud.title()))
+                    .because(error.clone())
             }
-            _ => CollectError::Failed(error.to_string()),
+            _ => CollectError::failed(format!("{} metadata service", cloud.title()))
+                .because(error.clone()),
         }
     }
 
@@ -406,9 +483,9 @@ impl Approach {
     pub fn mismatch(&self, cloud: Cloud, what: String) -> CollectError {
         match self {
             Self::Probe(dmi) => {
-                CollectError::Unavailable(format!("not on {} ({dmi}; {what})", cloud.title()))
+                CollectError::unavailable(format!("not on {} ({dmi}; {what})", cloud.title()))
             }
-            Self::Expect => CollectError::Failed(what),
+            Self::Expect => CollectError::failed(what),
         }
     }
 }
@@ -462,11 +539,11 @@ impl CloudSettings {
     pub fn new(
         source: &EndpointSource,
         enabled: Enabled,
-        timeout: Option<Duration>,
-        configured: Option<&str>,
+        timeout: Duration,
+        configured: &str,
         roots: &HostRoots,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<(Self, MetadataHttp), String> {
+    ) -> Result<(Self, MetadataHttp), SetupError> {
         let endpoint = Endpoint::resolve(
             configured,
             source.config_field,
@@ -477,7 +554,7 @@ impl CloudSettings {
         let http = MetadataHttp::new(&endpoint)?;
         let settings = Self {
             enabled,
-            timeout: timeout.unwrap_or(DEFAULT_TIMEOUT),
+            timeout,
             endpoint,
             roots: roots.clone(),
             confirmed: std::sync::atomic::AtomicBool::new(false),
@@ -499,6 +576,45 @@ impl CloudSettings {
     pub fn confirm(&self) {
         self.confirmed
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// What one cloud's collector brings; [`Collector`] is implemented once for the three of them:
+/// a disabled collector is `unavailable`, otherwise the collection is approached as its
+/// settings and DMI say.
+#[async_trait]
+pub trait CloudSource: Send + Sync {
+    /// Which cloud.
+    const CLOUD: Cloud;
+    /// Every key the collector can emit.
+    const LABEL_KEYS: &'static [&'static str];
+
+    /// Its settings.
+    fn settings(&self) -> &CloudSettings;
+
+    /// One collection, approached as `approach` says.
+    async fn collect_from(&self, approach: Approach) -> Result<Collected, CollectError>;
+}
+
+#[async_trait]
+impl<S: CloudSource> Collector for S {
+    fn name(&self) -> &'static str {
+        S::CLOUD.name()
+    }
+
+    fn scope(&self) -> Scope {
+        Scope::Node
+    }
+
+    fn label_keys(&self) -> &'static [&'static str] {
+        S::LABEL_KEYS
+    }
+
+    async fn collect(&self, _subject: &Subject) -> Result<Collected, CollectError> {
+        let Some(approach) = self.settings().approach(S::CLOUD) else {
+            return Err(CollectError::unavailable("disabled"));
+        };
+        self.collect_from(approach).await
     }
 }
 
@@ -583,7 +699,7 @@ mod tests {
     #[test]
     fn endpoints_come_from_config_then_environment_then_default() {
         let env = |name: &str| (name == "GCE_METADATA_HOST").then(|| "127.0.0.1:8080".to_owned());
-        let resolve = |configured| {
+        let resolve = |configured: &str| {
             Endpoint::resolve(
                 configured,
                 "collectors.gcp.endpoint",
@@ -592,20 +708,20 @@ mod tests {
                 "http://metadata.google.internal",
             )
         };
-        let from_env = resolve(None).unwrap();
+        let from_env = resolve("").unwrap();
         assert_eq!(from_env.base, "http://127.0.0.1:8080");
         assert_eq!(from_env.source, "environment variable GCE_METADATA_HOST");
-        let configured = resolve(Some("http://10.0.0.1:9000/")).unwrap();
+        let configured = resolve("http://10.0.0.1:9000/").unwrap();
         assert_eq!(configured.base, "http://10.0.0.1:9000");
         assert_eq!(configured.source, "collectors.gcp.endpoint");
-        let default = Endpoint::resolve(None, "f", "UNSET", |_| None, LINK_LOCAL).unwrap();
+        let default = Endpoint::resolve("", "f", "UNSET", |_| None, LINK_LOCAL).unwrap();
         assert_eq!(default.base, LINK_LOCAL);
-        let bad = resolve(Some("ftp://x")).unwrap_err();
+        let bad = resolve("ftp://x").unwrap_err().to_string();
         assert!(
             bad.contains("collectors.gcp.endpoint") && bad.contains("http://"),
             "{bad}"
         );
-        let bad = resolve(Some("http://[::1")).unwrap_err();
+        let bad = resolve("http://[::1").unwrap_err().to_string();
         assert!(bad.contains("invalid metadata service URL"), "{bad}");
     }
 }

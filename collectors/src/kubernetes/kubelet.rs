@@ -18,6 +18,8 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use rustls_platform_verifier::BuilderVerifierExt;
 use serde::Deserialize;
 
+use crate::error::error_chain;
+
 /// The kubelet's port unless configured.
 pub const DEFAULT_PORT: u16 = 10250;
 
@@ -54,8 +56,8 @@ pub enum Credentials {
 impl Credentials {
     /// Reads the `credentials` setting: PEM content, comma-separated paths, one path (starting
     /// with `/` or `.`), or else a token (opaque or a base64url JWT).
-    pub fn parse(text: Option<&str>) -> Self {
-        let text = text.map(str::trim).unwrap_or_default();
+    pub fn parse(text: &str) -> Self {
+        let text = text.trim();
         if text.is_empty() {
             Self::None
         } else if text.contains("-----BEGIN") {
@@ -159,35 +161,69 @@ pub enum Trust {
     Skip,
 }
 
+/// Why `kubeletCA` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// The file could not be read.
+    #[error("reading kubeletCA file {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The PEM text is malformed.
+    #[error("{origin}: invalid PEM")]
+    Pem {
+        /// The file, or the inline PEM.
+        origin: String,
+        /// What the parser found.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// Valid PEM without a certificate.
+    #[error("{origin}: no CERTIFICATE block in it")]
+    NoCertificate {
+        /// The file, or the inline PEM.
+        origin: String,
+    },
+}
+
 impl Trust {
-    /// Reads `kubeletCA` (PEM content or a path) and `skipKubeletVerification`.
-    pub fn from_config(ca: Option<&str>, skip: bool) -> Result<Self, String> {
+    /// Reads `kubeletCA` (PEM content, a path, or empty for the system roots) and
+    /// `skipKubeletVerification`.
+    pub fn from_config(ca: &str, skip: bool) -> Result<Self, TrustError> {
         if skip {
             return Ok(Self::Skip);
         }
-        let ca = ca.map(str::trim).unwrap_or_default();
+        let ca = ca.trim();
         if ca.is_empty() {
             return Ok(Self::SystemRoots);
         }
-        let (pem, source) = if ca.contains("-----BEGIN") {
+        let (pem, origin) = if ca.contains("-----BEGIN") {
             (
                 ca.as_bytes().to_vec(),
                 "the inline PEM of kubeletCA".to_owned(),
             )
         } else {
-            let bytes =
-                std::fs::read(ca).map_err(|e| format!("reading kubeletCA file {ca}: {e}"))?;
+            let bytes = std::fs::read(ca).map_err(|source| TrustError::Read {
+                path: ca.to_owned(),
+                source,
+            })?;
             (bytes, format!("kubeletCA file {ca}"))
         };
-        let certificates = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{source}: invalid PEM: {e}"))?;
+        let certificates = match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>()
+        {
+            Ok(certificates) => certificates,
+            Err(source) => return Err(TrustError::Pem { origin, source }),
+        };
         if certificates.is_empty() {
-            return Err(format!("{source}: no CERTIFICATE block in it"));
+            return Err(TrustError::NoCertificate { origin });
         }
         Ok(Self::Anchors {
             certificates,
-            source,
+            source: origin,
         })
     }
 
@@ -410,10 +446,10 @@ impl KubeletClient {
             return KubeletError::Unreachable(format!(
                 "no kubelet at {}: {}",
                 self.base,
-                chain(error)
+                error_chain(error)
             ));
         }
-        KubeletError::Failed(format!("kubelet at {}: {}", self.base, chain(error)))
+        KubeletError::Failed(format!("kubelet at {}: {}", self.base, error_chain(error)))
     }
 }
 
@@ -427,18 +463,6 @@ fn tls_error<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e rus
         }
         current = current.downcast_ref::<std::io::Error>()?.get_ref()?;
     }
-}
-
-/// An error and its causes, `: `-separated.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 enum ReadError {
@@ -532,29 +556,23 @@ mod tests {
 
     #[test]
     fn credentials_are_told_apart_by_their_shape() {
-        assert_eq!(Credentials::parse(None), Credentials::None);
-        assert_eq!(Credentials::parse(Some("  ")), Credentials::None);
+        assert_eq!(Credentials::parse(""), Credentials::None);
+        assert_eq!(Credentials::parse("  "), Credentials::None);
         let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2EifQ.c2lnbmF0dXJl-_x";
+        assert_eq!(Credentials::parse(jwt), Credentials::Token(jwt.to_owned()));
         assert_eq!(
-            Credentials::parse(Some(jwt)),
-            Credentials::Token(jwt.to_owned())
-        );
-        assert_eq!(
-            Credentials::parse(Some("/var/run/secrets/token")),
+            Credentials::parse("/var/run/secrets/token"),
             Credentials::Files(vec![PathBuf::from("/var/run/secrets/token")])
         );
         assert_eq!(
-            Credentials::parse(Some("/etc/a.crt, /etc/a.key")),
+            Credentials::parse("/etc/a.crt, /etc/a.key"),
             Credentials::Files(vec![
                 PathBuf::from("/etc/a.crt"),
                 PathBuf::from("/etc/a.key")
             ])
         );
         let pem = "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----";
-        assert_eq!(
-            Credentials::parse(Some(pem)),
-            Credentials::Pem(pem.to_owned())
-        );
+        assert_eq!(Credentials::parse(pem), Credentials::Pem(pem.to_owned()));
     }
 
     #[test]
@@ -584,20 +602,19 @@ mod tests {
 
     #[test]
     fn a_bad_kubelet_ca_is_a_clear_error() {
-        let error = Trust::from_config(Some("/nonexistent/ca.pem"), false).unwrap_err();
+        let error = Trust::from_config("/nonexistent/ca.pem", false).unwrap_err();
+        let error = error_chain(&error);
         assert!(
             error.contains("kubeletCA file /nonexistent/ca.pem"),
             "{error}"
         );
-        let error = Trust::from_config(Some("-----BEGIN NOTHING-----\n"), false).unwrap_err();
+        let error = Trust::from_config("-----BEGIN NOTHING-----\n", false).unwrap_err();
+        let error = error_chain(&error);
         assert!(error.contains("kubeletCA"), "{error}");
         assert!(matches!(
-            Trust::from_config(Some(""), false),
+            Trust::from_config("", false),
             Ok(Trust::SystemRoots)
         ));
-        assert!(matches!(
-            Trust::from_config(Some("/x"), true),
-            Ok(Trust::Skip)
-        ));
+        assert!(matches!(Trust::from_config("/x", true), Ok(Trust::Skip)));
     }
 }

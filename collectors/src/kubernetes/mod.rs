@@ -16,10 +16,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Pod;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, broadcast};
 
+use crate::builtin::Builtin;
 use crate::collector::{CollectError, Collected, Collector, Invalidation, Scope, Subject};
-use crate::config::{Enabled, KubernetesConfig};
+use crate::config::{Enabled, duration, section};
+use crate::error::BoxError;
+use crate::host::HostRoots;
 use kubelet::{Credentials, KubeletClient, KubeletError, Trust};
 pub use labels::LABEL_KEYS;
 
@@ -29,6 +33,55 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a deleted pod stays resolvable unless configured.
 pub const DEFAULT_DELETED_POD_GRACE: Duration = Duration::from_secs(300);
+
+/// `collectors.kubernetes`, with the reference's field names.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesConfig {
+    /// `auto` (default), `true` or `false`.
+    pub enabled: Enabled,
+    /// Deadline of one lookup, and of connecting to and each request to the kubelet (default
+    /// 2s).
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Host or IP of the kubelet (empty, the default: the node's hostname, else 127.0.0.1).
+    pub kubelet_host: String,
+    /// Port of the kubelet (default 10250).
+    pub kubelet_port: u16,
+    /// PEM content or path of the kubelet's trust anchor (empty, the default: the system
+    /// roots).
+    #[serde(rename = "kubeletCA")]
+    pub kubelet_ca: String,
+    /// Skip verification of the kubelet's certificate (default false).
+    pub skip_kubelet_verification: bool,
+    /// A bearer token, PEM cert+key content, or comma-separated paths to them (default empty:
+    /// none).
+    pub credentials: String,
+    /// How often the pod list is fetched in the background (default 30s).
+    #[serde(with = "duration")]
+    pub refresh_interval: Duration,
+    /// How long a pod gone from the kubelet's list stays resolvable (default 5m).
+    #[serde(with = "duration")]
+    pub deleted_pod_grace: Duration,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: Enabled::Auto,
+            timeout: DEFAULT_TIMEOUT,
+            kubelet_host: String::new(),
+            kubelet_port: kubelet::DEFAULT_PORT,
+            kubelet_ca: String::new(),
+            skip_kubelet_verification: false,
+            credentials: String::new(),
+            refresh_interval: DEFAULT_REFRESH_INTERVAL,
+            deleted_pod_grace: DEFAULT_DELETED_POD_GRACE,
+        }
+    }
+}
+
+section!(KubernetesConfig);
 /// A lookup miss fetches the list again only if the last fetch is older than this.
 pub const MIN_REFRESH_GAP: Duration = Duration::from_millis(500);
 /// Annotation holding a static pod's UID as the kubelet computes it.
@@ -58,8 +111,6 @@ pub struct KubernetesCollector {
 struct Inner {
     config: KubernetesConfig,
     trust: Trust,
-    timeout: Duration,
-    grace: Duration,
     client: OnceCell<KubeletClient>,
     cache: Mutex<PodCache>,
     /// Serializes fetches (single flight).
@@ -68,17 +119,13 @@ struct Inner {
 }
 
 impl KubernetesCollector {
-    /// A collector for `config`; `timeout` bounds every kubelet request. Fails on an unreadable
-    /// or invalid `kubeletCA`.
-    pub fn new(config: &KubernetesConfig, timeout: Duration) -> Result<Self, String> {
+    /// A collector for `config`; its timeout bounds every kubelet request. Fails on an
+    /// unreadable or invalid `kubeletCA`.
+    pub fn new(config: &KubernetesConfig) -> Result<Self, kubelet::TrustError> {
         let trust = match config.enabled {
             // Not read when off: a stale path in a disabled section is no reason to fail.
             Enabled::Never => Trust::SystemRoots,
-            _ => Trust::from_config(
-                config.kubelet_ca.as_deref(),
-                config.skip_kubelet_verification,
-            )
-            .map_err(|e| format!("collectors.kubernetes: {e}"))?,
+            _ => Trust::from_config(&config.kubelet_ca, config.skip_kubelet_verification)?,
         };
         if config.skip_kubelet_verification && config.enabled != Enabled::Never {
             static WARNED: OnceLock<()> = OnceLock::new();
@@ -93,10 +140,6 @@ impl KubernetesCollector {
             inner: Arc::new(Inner {
                 config: config.clone(),
                 trust,
-                timeout,
-                grace: config
-                    .deleted_pod_grace
-                    .unwrap_or(DEFAULT_DELETED_POD_GRACE),
                 client: OnceCell::new(),
                 cache: Mutex::new(PodCache::default()),
                 fetching: tokio::sync::Mutex::new(()),
@@ -110,17 +153,17 @@ impl Inner {
     async fn client(&self) -> &KubeletClient {
         self.client
             .get_or_init(|| async {
-                let port = self.config.kubelet_port.unwrap_or(kubelet::DEFAULT_PORT);
-                let host = match self.config.kubelet_host.as_deref().map(str::trim) {
-                    Some(host) if !host.is_empty() => host.to_owned(),
-                    _ => kubelet::default_host(port).await,
+                let port = self.config.kubelet_port;
+                let host = match self.config.kubelet_host.trim() {
+                    "" => kubelet::default_host(port).await,
+                    host => host.to_owned(),
                 };
                 KubeletClient::new(
                     &host,
                     port,
                     self.trust.clone(),
-                    Credentials::parse(self.config.credentials.as_deref()),
-                    self.timeout,
+                    Credentials::parse(&self.config.credentials),
+                    self.config.timeout,
                 )
             })
             .await
@@ -171,7 +214,7 @@ impl Inner {
                 }
             }
         }
-        let grace = self.grace;
+        let grace = self.config.deleted_pod_grace;
         cache.pods.retain(|_, known| {
             let keep = now.duration_since(known.listed) <= grace;
             if !keep {
@@ -187,12 +230,20 @@ impl Inner {
     fn kubelet_error(&self, error: KubeletError) -> CollectError {
         match error {
             KubeletError::Unreachable(message) if self.config.enabled == Enabled::Auto => {
-                CollectError::Unavailable(message)
+                CollectError::unavailable(message)
             }
             KubeletError::Unreachable(message)
             | KubeletError::TimedOut(message)
-            | KubeletError::Failed(message) => CollectError::Failed(message),
+            | KubeletError::Failed(message) => CollectError::failed(message),
         }
+    }
+}
+
+impl Builtin for KubernetesCollector {
+    type Config = KubernetesConfig;
+
+    fn build(config: &KubernetesConfig, _roots: &HostRoots) -> Result<Self, BoxError> {
+        Ok(Self::new(config)?)
     }
 }
 
@@ -208,10 +259,6 @@ impl Collector for KubernetesCollector {
 
     fn label_keys(&self) -> &'static [&'static str] {
         LABEL_KEYS
-    }
-
-    fn default_timeout(&self) -> Duration {
-        DEFAULT_TIMEOUT
     }
 
     async fn collect(&self, subject: &Subject) -> Result<Collected, CollectError> {
@@ -240,7 +287,7 @@ impl Collector for KubernetesCollector {
         }
         let Some(pod) = pod else {
             let base = inner.client().await.base().to_owned();
-            return Err(CollectError::Failed(format!(
+            return Err(CollectError::failed(format!(
                 "the kubelet at {base} lists no pod with UID {uid} (container {})",
                 container.id
             )));
@@ -264,11 +311,7 @@ impl Collector for KubernetesCollector {
             return None;
         }
         let receiver = self.inner.invalidations.subscribe();
-        let interval = self
-            .inner
-            .config
-            .refresh_interval
-            .unwrap_or(DEFAULT_REFRESH_INTERVAL);
+        let interval = self.inner.config.refresh_interval;
         tokio::spawn(poll(Arc::downgrade(&self.inner), interval));
         Some(receiver)
     }

@@ -15,19 +15,21 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use binary_hash::{BinaryHashCache, sha256_of};
 pub use capabilities::capability_names;
-pub use environment::{DEFAULT_REDACT_PATTERNS, REDACTED, Redactor};
 
+use crate::builtin::Builtin;
 use crate::cgroup::parse_cgroup_file;
 use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
-use crate::config::deserialize_duration;
+use crate::config::{DEFAULT_TIMEOUT, Enabled, duration, section};
+use crate::error::BoxError;
 use crate::host::HostRoots;
 use crate::process::{
     ProcDir, ProcessRef, is_gone, parse_start_ticks, read_proc_file, stat_field, status_field,
 };
+use crate::redaction::{REDACTED, Redactor, default_redact_patterns};
 use accounts::IdNames;
 use labels::{LabelSet, escape_bytes, escape_bytes_limited};
 
@@ -35,40 +37,54 @@ use labels::{LabelSet, escape_bytes, escape_bytes_limited};
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 4096;
 /// Default number of binary hashes kept.
 pub const DEFAULT_HASH_CACHE_ENTRIES: usize = 4096;
+/// Default wait for an uncached binary hash.
+pub const DEFAULT_HASH_WAIT: Duration = Duration::from_millis(350);
 /// At most this much of `cmdline` or `environ` is read (the kernel's argument limit is 2 MiB).
 const MAX_READ_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The `collectors.procfs` configuration section.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProcfsConfig {
     /// Run the collector (default true).
-    pub enabled: Option<bool>,
+    pub enabled: Enabled,
     /// Deadline for one process (default 500ms).
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub timeout: Option<Duration>,
+    #[serde(with = "duration")]
+    pub timeout: Duration,
     /// Export `process:env:*` labels (default false).
-    #[serde(default)]
     pub extract_envs: bool,
     /// Key patterns whose values are redacted (`*` wildcard, case-insensitive; default
-    /// `*TOKEN*`, `*SECRET*`, `*PASSWORD*`, `*PASSWD*`, `*KEY*`, `*CREDENTIAL*`).
-    pub redact_env_patterns: Option<Vec<String>>,
+    /// [`DEFAULT_REDACT_PATTERNS`](crate::redaction::DEFAULT_REDACT_PATTERNS)).
+    pub redact_env_patterns: Vec<String>,
     /// Keys never redacted even when they match a pattern.
-    #[serde(default)]
     pub allow_envs: Vec<String>,
     /// Cut-off for cmdline and env values in bytes (default 4096).
-    pub max_value_bytes: Option<usize>,
+    pub max_value_bytes: usize,
     /// Number of binary hashes cached (default 4096).
-    pub hash_cache_entries: Option<usize>,
+    pub hash_cache_entries: usize,
     /// How long a lookup waits for the hash of a binary not yet in the cache (default 350ms,
     /// below the collector's deadline). Past it the other labels are returned (status partial)
     /// and the hash goes on in the background into the cache.
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub hash_wait: Option<Duration>,
+    #[serde(with = "duration")]
+    pub hash_wait: Duration,
 }
 
-/// Default wait for an uncached binary hash.
-pub const DEFAULT_HASH_WAIT: Duration = Duration::from_millis(350);
+impl Default for ProcfsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: Enabled::Always,
+            timeout: DEFAULT_TIMEOUT,
+            extract_envs: false,
+            redact_env_patterns: default_redact_patterns(),
+            allow_envs: Vec::new(),
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            hash_cache_entries: DEFAULT_HASH_CACHE_ENTRIES,
+            hash_wait: DEFAULT_HASH_WAIT,
+        }
+    }
+}
+
+section!(ProcfsConfig);
 
 /// Every key this collector emits.
 pub const LABEL_KEYS: &[&str] = &[
@@ -117,27 +133,17 @@ struct Inner {
 impl ProcfsCollector {
     /// A collector reading through `roots` with `config`.
     pub fn new(roots: HostRoots, config: &ProcfsConfig) -> Self {
-        let patterns = config.redact_env_patterns.clone().unwrap_or_else(|| {
-            DEFAULT_REDACT_PATTERNS
-                .iter()
-                .map(|p| (*p).to_owned())
-                .collect()
-        });
         Self {
             inner: Arc::new(Inner {
                 users: IdNames::new(roots.etc.join("passwd")),
                 groups: IdNames::new(roots.etc.join("group")),
                 roots,
                 extract_envs: config.extract_envs,
-                redactor: Redactor::new(&patterns, &config.allow_envs),
-                max_value_bytes: config.max_value_bytes.unwrap_or(DEFAULT_MAX_VALUE_BYTES),
-                hashes: BinaryHashCache::new(
-                    config
-                        .hash_cache_entries
-                        .unwrap_or(DEFAULT_HASH_CACHE_ENTRIES),
-                ),
+                redactor: Redactor::new(&config.redact_env_patterns, &config.allow_envs),
+                max_value_bytes: config.max_value_bytes,
+                hashes: BinaryHashCache::new(config.hash_cache_entries),
                 boot_time: OnceLock::new(),
-                hash_wait: config.hash_wait.unwrap_or(DEFAULT_HASH_WAIT),
+                hash_wait: config.hash_wait,
             }),
         }
     }
@@ -177,6 +183,14 @@ impl ProcfsCollector {
     }
 }
 
+impl Builtin for ProcfsCollector {
+    type Config = ProcfsConfig;
+
+    fn build(config: &ProcfsConfig, roots: &HostRoots) -> Result<Self, BoxError> {
+        Ok(Self::new(roots.clone(), config))
+    }
+}
+
 #[async_trait]
 impl Collector for ProcfsCollector {
     fn name(&self) -> &'static str {
@@ -206,7 +220,7 @@ impl Collector for ProcfsCollector {
             Ok::<_, CollectError>((collected, cached))
         })
         .await
-        .map_err(|e| CollectError::Failed(format!("procfs task failed: {e}")))??;
+        .map_err(|e| CollectError::failed("procfs task").because(e))??;
         let cached = match cached {
             Ok(Some(hash)) => Ok(hash),
             Ok(None) => return Ok(self.hash_uncached(process, collected).await),
@@ -251,11 +265,7 @@ impl Inner {
             if is_gone(&e) {
                 CollectError::NoSuchProcess(pid)
             } else {
-                CollectError::Failed(format!(
-                    "cannot read {}: {}",
-                    file(name).display(),
-                    describe(&e)
-                ))
+                CollectError::failed(format!("cannot read {}", file(name).display())).because(e)
             }
         };
         // Everything is read through the directory, so the start time checked here vouches for

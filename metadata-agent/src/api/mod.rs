@@ -18,9 +18,6 @@ use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::resolver::Resolver;
 
-/// Default request body limit.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
-
 /// Whether the kernel hook is attached, and why not.
 #[derive(Debug, Clone, Serialize)]
 pub struct HookHealth {
