@@ -3,8 +3,9 @@
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::cgroup::ContainerIdentity;
+use crate::cgroup::{ContainerIdentity, ContainerMatch, parse_cgroup_file};
 use crate::error::BoxError;
+use crate::host::HostRoots;
 use crate::process::ProcessRef;
 use labels::LabelSet;
 
@@ -47,6 +48,23 @@ impl Subject {
     /// A subject for node-scope collection (no process).
     pub fn node() -> Self {
         Self::default()
+    }
+
+    /// `process` and the container its cgroups name (read from `<proc>/<pid>/cgroup`), or why
+    /// there is none.
+    pub fn of_process(roots: &HostRoots, process: ProcessRef) -> Self {
+        let cgroup = std::fs::read(roots.proc_file(process.pid, "cgroup"))
+            .map(|content| parse_cgroup_file(&String::from_utf8_lossy(&content)).container);
+        let (container, container_note) = match cgroup {
+            Ok(ContainerMatch::Container(identity)) => (Some(identity), None),
+            Ok(other) => (None, other.why_not_a_container()),
+            Err(error) => (None, Some(format!("cannot read its cgroups: {error}"))),
+        };
+        Self {
+            process: Some(process),
+            container,
+            container_note,
+        }
     }
 }
 

@@ -110,6 +110,24 @@ impl ProcessRef {
     }
 }
 
+impl ProcessRef {
+    /// The target of `<proc>/<pid>/exe`: the executable the process runs now (another one than
+    /// before means it called `execve`). `None` for kernel threads and processes gone.
+    pub fn executable(&self, roots: &HostRoots) -> Option<std::path::PathBuf> {
+        std::fs::read_link(roots.proc_file(self.pid, "exe")).ok()
+    }
+}
+
+/// The PIDs under the proc root: every process running now.
+pub fn list_pids(roots: &HostRoots) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(&roots.proc) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
 /// An open `<proc>/<pid>` directory. Files read through it belong to the process it was opened
 /// for: once that process is gone they fail (`ESRCH`), even when its PID has been reused. So one
 /// identity check through it (the start time in `stat`) covers every later read, and each read

@@ -290,6 +290,39 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
+    /// A lookup answered by the `scope` cache.
+    pub fn cache_hit(&self, scope: Scope) {
+        self.cache_hits.get_or_create(&Self::cache(scope)).inc();
+    }
+
+    /// A lookup the `scope` cache could not answer.
+    pub fn cache_miss(&self, scope: Scope) {
+        self.cache_misses.get_or_create(&Self::cache(scope)).inc();
+    }
+
+    /// An entry of the `scope` cache evicted because the cache was full.
+    pub fn cache_evicted(&self, scope: Scope) {
+        self.cache_evictions
+            .get_or_create(&Self::cache(scope))
+            .inc();
+    }
+
+    /// `count` entries of the `scope` cache dropped because they went stale.
+    pub fn cache_removed(&self, scope: Scope, count: u64) {
+        if count > 0 {
+            self.cache_removals
+                .get_or_create(&Self::cache(scope))
+                .inc_by(count);
+        }
+    }
+
+    /// The `scope` cache holds `entries` entries.
+    pub fn cache_size(&self, scope: Scope, entries: usize) {
+        self.cache_entries
+            .get_or_create(&Self::cache(scope))
+            .set(entries as i64);
+    }
+
     /// Counter family label for a cache scope.
     pub fn cache(scope: Scope) -> CacheLabels {
         CacheLabels {
@@ -319,10 +352,7 @@ mod tests {
     fn series_carry_the_prefix_and_their_labels() {
         let metrics = Metrics::new();
         metrics.record_request("/metadata/{pid}", "GET", 404, Duration::from_millis(1));
-        metrics
-            .cache_hits
-            .get_or_create(&Metrics::cache(Scope::Process))
-            .inc();
+        metrics.cache_hit(Scope::Process);
         metrics.events_received.inc();
         let text = metrics.encode();
         assert!(

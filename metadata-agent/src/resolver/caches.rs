@@ -1,0 +1,184 @@
+//! The scope caches: what a process and a container entry hold, the bounded caches that keep
+//! them (evictions counted in metrics), and their sizes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use collectors::cgroup::ContainerIdentity;
+use collectors::{CollectorReport, CollectorStatus, Scope, merge_labels};
+use labels::{FrozenLabels, LabelSet};
+use quick_cache::sync::Cache;
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
+
+use super::Resolver;
+use crate::config::ResolverConfig;
+use crate::metrics::Metrics;
+
+/// The labels of one scope, as collected at one moment.
+#[derive(Debug, Clone)]
+pub struct ScopeEntry {
+    /// Each collector of the scope.
+    pub reports: Vec<CollectorReport>,
+    /// Their labels, merged.
+    pub labels: LabelSet,
+    /// When they were collected.
+    pub resolved_at: SystemTime,
+}
+
+impl ScopeEntry {
+    pub(super) fn new(reports: Vec<CollectorReport>) -> Self {
+        Self {
+            labels: merge_labels(&reports),
+            reports,
+            resolved_at: SystemTime::now(),
+        }
+    }
+
+    /// An entry that keeps only the merged labels, not each report's own: what cached
+    /// process and container entries need (node entries keep them, for stale labels).
+    pub(super) fn merged(mut reports: Vec<CollectorReport>) -> Self {
+        let labels = merge_labels(&reports);
+        for report in &mut reports {
+            report.labels = LabelSet::new();
+        }
+        Self {
+            labels,
+            reports,
+            resolved_at: SystemTime::now(),
+        }
+    }
+
+    pub(super) fn empty() -> Self {
+        Self::new(Vec::new())
+    }
+
+    /// Whether a collector failed or timed out (such entries are not cached).
+    pub(super) fn has_errors(&self) -> bool {
+        self.reports.iter().any(|r| r.status.is_error())
+    }
+
+    pub(super) fn is_partial(&self) -> bool {
+        self.reports
+            .iter()
+            .any(|r| matches!(r.status, CollectorStatus::Partial { .. }))
+    }
+}
+
+/// A cached process. Its labels are frozen: the cache may hold tens of thousands.
+#[derive(Debug)]
+pub(super) struct ProcessEntry {
+    /// The process-scope collectors' labels, merged.
+    pub labels: FrozenLabels,
+    /// Each process-scope collector's outcome (without its own labels).
+    pub reports: Vec<CollectorReport>,
+    /// When they were collected.
+    pub resolved_at: SystemTime,
+    pub container: Option<ContainerIdentity>,
+    /// Why there is no container, when there is none.
+    pub container_note: Option<String>,
+    /// The `/proc/<pid>/exe` target when collected; a different one means the process exec'd.
+    pub exe: Option<PathBuf>,
+    /// When the collection started, on the kernel's monotonic clock (that of hook events).
+    pub collected_ns: u64,
+}
+
+/// A process cache key: (pid, start time in ticks).
+pub(super) type ProcessKey = (u32, Option<u64>);
+
+/// Counts evictions of a cache into a metric.
+#[derive(Clone)]
+pub(super) struct EvictionCounter {
+    metrics: Arc<Metrics>,
+    scope: Scope,
+}
+
+impl<K, V> Lifecycle<K, V> for EvictionCounter {
+    type RequestState = ();
+
+    fn on_evict(&self, _state: &mut (), _key: K, _value: V) {
+        self.metrics.cache_evicted(self.scope);
+    }
+}
+
+pub(super) type ScopedCache<K, V> = Cache<K, V, UnitWeighter, DefaultHashBuilder, EvictionCounter>;
+
+/// A cache of at most `entries` entries of `scope`, counting its evictions.
+pub(super) fn scoped_cache<K, V>(
+    entries: usize,
+    scope: Scope,
+    metrics: &Arc<Metrics>,
+) -> ScopedCache<K, V>
+where
+    K: Eq + std::hash::Hash + Clone,
+    V: Clone,
+{
+    let entries = entries.max(1);
+    let options = OptionsBuilder::new()
+        .estimated_items_capacity(entries)
+        .weight_capacity(entries as u64)
+        .build()
+        .expect("capacity is set"); // both required fields are set just above
+    Cache::with_options(
+        options,
+        UnitWeighter,
+        DefaultHashBuilder::default(),
+        EvictionCounter {
+            metrics: Arc::clone(metrics),
+            scope,
+        },
+    )
+}
+
+/// Cache sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct ResolverLimits {
+    /// Process entries kept.
+    pub process_entries: usize,
+    /// Container entries kept.
+    pub container_entries: usize,
+}
+
+impl From<&ResolverConfig> for ResolverLimits {
+    fn from(config: &ResolverConfig) -> Self {
+        Self {
+            process_entries: config.process_cache_entries,
+            container_entries: config.container_cache_entries,
+        }
+    }
+}
+
+impl Default for ResolverLimits {
+    fn default() -> Self {
+        Self::from(&ResolverConfig::default())
+    }
+}
+
+impl Resolver {
+    /// The PIDs of the cached processes.
+    pub fn cached_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.processes.iter().map(|((pid, _), _)| pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Number of cached process entries.
+    pub fn cached_processes(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// Counts the process entries dropped since the cache held `before`, and the sizes.
+    pub(super) fn count_removals(&self, before: usize) {
+        let removed = before.saturating_sub(self.processes.len());
+        self.metrics.cache_removed(Scope::Process, removed as u64);
+        self.update_entry_gauges();
+    }
+
+    pub(super) fn update_entry_gauges(&self) {
+        self.metrics
+            .cache_size(Scope::Process, self.processes.len());
+        self.metrics
+            .cache_size(Scope::Container, self.containers.len());
+    }
+}

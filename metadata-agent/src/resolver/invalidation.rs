@@ -1,0 +1,88 @@
+//! Dropping entries that went stale: a process that exited or exec'd (hook events), a container
+//! its runtime reports changed (collectors' invalidation notices), and, periodically, every
+//! process whose PID no longer names it.
+
+use std::sync::Arc;
+
+use collectors::{Invalidation, ProcessRef, Scope};
+
+use super::Resolver;
+
+impl Resolver {
+    /// Drops every cached entry of `pid` (on an exit or exec event).
+    pub fn forget(&self, pid: u32) {
+        let before = self.processes.len();
+        self.processes.retain(|(cached, _), _| *cached != pid);
+        // Its kept answer would no longer be given; dropping it closes its proc directory.
+        self.answers.remove(&pid);
+        self.count_removals(before);
+    }
+
+    /// Drops the entries of `pid` collected before `monotonic_ns` (an exec at that time made
+    /// them stale).
+    pub fn forget_collected_before(&self, pid: u32, monotonic_ns: u64) {
+        let before = self.processes.len();
+        self.processes
+            .retain(|(cached, _), entry| *cached != pid || entry.collected_ns >= monotonic_ns);
+        self.count_removals(before);
+    }
+
+    /// Drops the cached labels of container `id` (it died, was removed or renamed).
+    pub fn forget_container(&self, id: &str) {
+        if self.containers.remove(id).is_some() {
+            self.metrics.cache_removed(Scope::Container, 1);
+        }
+        self.update_entry_gauges();
+    }
+
+    /// Drops every container entry (changes may have been missed).
+    pub fn forget_all_containers(&self) {
+        self.containers.clear();
+        self.update_entry_gauges();
+    }
+
+    /// Follows the invalidation notices of every collector that gives them, until shutdown.
+    pub fn follow_invalidations(self: &Arc<Self>) {
+        for registered in self.registry.collectors() {
+            if !registered.enabled {
+                continue;
+            }
+            let Some(mut notices) = registered.collector.invalidations() else {
+                continue;
+            };
+            let resolver = Arc::downgrade(self);
+            tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    let notice = notices.recv().await;
+                    let Some(resolver) = resolver.upgrade() else {
+                        break;
+                    };
+                    match notice {
+                        Ok(Invalidation::Container(id)) => resolver.forget_container(&id),
+                        Ok(Invalidation::AllContainers) | Err(RecvError::Lagged(_)) => {
+                            resolver.forget_all_containers()
+                        }
+                        Err(RecvError::Closed) => break,
+                    }
+                }
+            });
+        }
+    }
+
+    /// Drops entries of processes that ended or whose PID now names another process.
+    pub fn sweep(&self) {
+        let before = self.processes.len();
+        self.processes.retain(|&(pid, start), _| {
+            ProcessRef::resolve(&self.roots, pid)
+                .is_ok_and(|now| now.pid == pid && now.start_ticks == start)
+        });
+        self.answers.retain(|_, answer| {
+            let process = &answer.found.process;
+            self.processes
+                .peek(&(process.pid, process.start_ticks))
+                .is_some()
+        });
+        self.count_removals(before);
+    }
+}

@@ -1,0 +1,234 @@
+//! The resolver: a PID's labels from three scoped caches.
+//!
+//! - **Process** entries are keyed by (pid, start time), so a reused PID never inherits another
+//!   process's labels. A hit is checked against the process's current executable, so a process
+//!   that called `execve` is collected again even before the kernel hook reports the exec.
+//! - **Container** entries are keyed by container id.
+//! - **Node** labels are collected at start and refreshed in the background; a failed refresh
+//!   keeps the last good labels, marked stale.
+//!
+//! One concern per file: [`caches`] (entries, bounded caches, sizes), `collect` (single-flight
+//! collection of what the caches miss), `kept` (finished answers given again), `node` (node
+//! refresh with stale fallback), `invalidation` (dropping stale entries), [`history`]
+//! (per-collector history for `/collectors`) and `prestart` (warming the caches at start).
+
+pub mod caches;
+mod collect;
+pub mod history;
+mod invalidation;
+mod kept;
+mod node;
+mod prestart;
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, RwLock};
+
+use collectors::cgroup::ContainerIdentity;
+use collectors::{CollectorReport, HostRoots, ProcessError, ProcessRef, Registry, Scope};
+use labels::LabelSet;
+use quick_cache::sync::Cache;
+use serde::Serialize;
+
+use crate::metrics::Metrics;
+use caches::{ProcessEntry, ProcessKey, ScopedCache, scoped_cache};
+pub use caches::{ResolverLimits, ScopeEntry};
+use history::CollectorHistory;
+pub use history::CollectorState;
+use kept::{KeptAnswer, kept_answer_capacity};
+
+/// Why a PID could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The process does not exist, or could not be read.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// The answer could not be serialized.
+    #[error("cannot encode the answer")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Everything known about one process: its own labels, its container's and the node's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resolution {
+    /// The process (thread-group id).
+    pub pid: u32,
+    /// Its start time in clock ticks since boot, which with the PID identifies it.
+    pub start_time_ticks: Option<u64>,
+    /// The container it runs in, if any.
+    pub container: Option<ContainerIdentity>,
+    /// Labels of every scope, merged.
+    #[serde(serialize_with = "labels::serialize_map")]
+    pub labels: LabelSet,
+    /// Each collector's outcome: process scope, then container, then node.
+    pub collectors: Vec<CollectorReport>,
+    /// When the process labels were collected (RFC 3339).
+    pub resolved_at: String,
+    /// Whether the process labels came from the cache.
+    pub cached: bool,
+}
+
+/// The cache entries one answer is made of.
+struct Found {
+    process: ProcessRef,
+    entry: Arc<ProcessEntry>,
+    container: Option<Arc<ScopeEntry>>,
+    node: Arc<ScopeEntry>,
+    /// Whether the process entry came from the cache.
+    cached: bool,
+}
+
+/// Resolves PIDs to labels through the scoped caches.
+pub struct Resolver {
+    roots: HostRoots,
+    registry: Registry,
+    metrics: Arc<Metrics>,
+    processes: ScopedCache<ProcessKey, Arc<ProcessEntry>>,
+    containers: ScopedCache<String, Arc<ScopeEntry>>,
+    /// Serialized answers of recently looked-up cached processes.
+    answers: Cache<u32, Arc<KeptAnswer>>,
+    node: RwLock<Arc<ScopeEntry>>,
+    node_ready: std::sync::atomic::AtomicBool,
+    history: CollectorHistory,
+}
+
+impl Resolver {
+    /// A resolver with empty caches; node labels are empty until [`Resolver::refresh_node`].
+    pub fn new(
+        roots: HostRoots,
+        registry: Registry,
+        limits: ResolverLimits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            processes: scoped_cache(limits.process_entries, Scope::Process, &metrics),
+            containers: scoped_cache(limits.container_entries, Scope::Container, &metrics),
+            answers: Cache::new(kept_answer_capacity()),
+            node: RwLock::new(Arc::new(ScopeEntry::empty())),
+            node_ready: std::sync::atomic::AtomicBool::new(false),
+            history: CollectorHistory::new(&registry),
+            roots,
+            registry,
+            metrics,
+        }
+    }
+
+    /// The host roots the resolver reads.
+    pub fn roots(&self) -> &HostRoots {
+        &self.roots
+    }
+
+    /// Resolves `pid` (a thread id resolves to its process).
+    ///
+    /// The answer for a cached process is kept and given again, without merging anything,
+    /// while its process, container and node entries are the ones it was made from. Kept with
+    /// its process's open proc directory, it is given before any other read: while the process
+    /// is alive and runs the same executable (one `readlink` through that directory, which no
+    /// reused PID can pass).
+    pub async fn resolve(&self, pid: u32) -> Result<Arc<Resolution>, ResolveError> {
+        Ok(Arc::clone(&self.answer(pid).await?.resolution))
+    }
+
+    /// [`Resolver::resolve`] serialized as JSON (the answer of `GET /metadata/<pid>`), once per
+    /// kept answer.
+    pub async fn resolve_json(&self, pid: u32) -> Result<bytes::Bytes, ResolveError> {
+        let answer = self.answer(pid).await?;
+        if let Some(json) = answer.json.get() {
+            return Ok(json.clone());
+        }
+        let json = bytes::Bytes::from(serde_json::to_vec(&*answer.resolution)?);
+        Ok(answer.json.get_or_init(|| json).clone())
+    }
+
+    /// Each collector's history, in registration order.
+    pub fn collector_states(&self) -> Vec<CollectorState> {
+        self.history.snapshot()
+    }
+
+    /// The process, container and node labels and statuses of `found`, merged.
+    fn assemble(&self, found: &Found) -> Resolution {
+        let (entry, node) = (&found.entry, &found.node);
+        let mut labels = entry.labels.thaw();
+        let mut reports = entry.reports.clone();
+        if let Some(container) = &found.container {
+            labels.merge(&container.labels);
+            reports.extend(container.reports.iter().cloned());
+        } else {
+            reports.extend(self.not_in_container(entry.container_note.as_deref()));
+        }
+        labels.merge(&node.labels);
+        reports.extend(node.reports.iter().cloned());
+        Resolution {
+            pid: found.process.pid,
+            start_time_ticks: found.process.start_ticks,
+            container: entry.container.clone(),
+            labels,
+            collectors: reports,
+            resolved_at: humantime::format_rfc3339_millis(entry.resolved_at).to_string(),
+            cached: found.cached,
+        }
+    }
+
+    /// The entries that make up the answer for `pid`, collecting what is not cached.
+    async fn find(&self, pid: u32) -> Result<Found, ResolveError> {
+        // Warm path: one small read finds a cached process; only a miss reads its status to
+        // turn a thread id into its process.
+        let process = match ProcessRef::probe(&self.roots, pid) {
+            Some(probe)
+                if self
+                    .processes
+                    .peek(&(probe.pid, probe.start_ticks))
+                    .is_some() =>
+            {
+                probe
+            }
+            _ => ProcessRef::resolve(&self.roots, pid)?,
+        };
+        let key = (process.pid, process.start_ticks);
+        let cached_entry = match self.processes.get(&key) {
+            Some(entry) if entry.exe.is_none() || process.executable(&self.roots) == entry.exe => {
+                Some(entry)
+            }
+            Some(_) => {
+                // Same process, new executable: it called execve since it was collected.
+                self.processes.remove(&key);
+                None
+            }
+            None => None,
+        };
+        let (entry, cached) = match cached_entry {
+            Some(entry) => {
+                self.metrics.cache_hit(Scope::Process);
+                (entry, true)
+            }
+            None => (self.collect_process(process, key).await?, false),
+        };
+        let container = match &entry.container {
+            Some(identity) => self.container_entry(process, identity).await,
+            None => None,
+        };
+        Ok(Found {
+            process,
+            entry,
+            container,
+            node: self.node(),
+            cached,
+        })
+    }
+}
+
+/// Resolves `pid` once, without a daemon: node labels first, then the process (`inspect`,
+/// `policy test --pid`).
+pub async fn resolve_once(
+    registry: Registry,
+    roots: HostRoots,
+    pid: u32,
+) -> Result<Resolution, ResolveError> {
+    let limits = ResolverLimits {
+        process_entries: 1,
+        container_entries: 1,
+    };
+    let resolver = Resolver::new(roots, registry, limits, Arc::new(Metrics::new()));
+    resolver.refresh_node().await;
+    resolver.resolve(pid).await.map(Arc::unwrap_or_clone)
+}

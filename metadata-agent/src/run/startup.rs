@@ -1,0 +1,217 @@
+//! Starting the agent: the process's logging and open-file limit, and the [`Agent`] built from
+//! the configuration (collectors, caches, policies, metrics, the token), with the kernel hook
+//! attached as `hook.enabled` says.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use axum::Router;
+use collectors::HostRoots;
+use collectors::config::Enabled;
+use kernel_hook::{EventReader, HookEvent};
+use selectors::PolicyStore;
+use tokio::sync::mpsc;
+
+use crate::api::{self, AppState, HookHealth};
+use crate::config::{Config, HookMode};
+use crate::enforcement::{Enforcer, SharedEnforcer};
+use crate::events::{self, EventBus};
+use crate::metrics::Metrics;
+use crate::resolver::{Resolver, ResolverLimits};
+
+/// A running agent's parts, before it serves: tests build one to drive it directly.
+pub struct Agent {
+    /// What the API handlers share.
+    pub state: Arc<AppState>,
+    /// Where hook events go (the kernel hook, or a test).
+    pub hook_events: mpsc::Sender<HookEvent>,
+    pub(super) hook_receiver: Option<mpsc::Receiver<HookEvent>>,
+    pub(super) hook_reader: Option<EventReader>,
+    /// The attached hook, if any.
+    pub enforcer: SharedEnforcer,
+    pub(super) config: Config,
+}
+
+impl Agent {
+    /// Builds the agent from `config`: collectors, caches, policies, metrics. Fails when the
+    /// policies or the token file cannot be loaded.
+    pub fn build(config: Config) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let roots = HostRoots::resolve(&config.host);
+        let registry = collectors::build_registry(&config.collectors, &roots)?;
+        let limits = ResolverLimits::from(&config.resolver);
+        let resolver = Arc::new(Resolver::new(roots, registry, limits, Arc::clone(&metrics)));
+        let default_action = config.policies.default_action;
+        let policies = match &config.policies.path {
+            Some(path) => PolicyStore::load(vec![path.clone()], default_action)
+                .map_err(|errors| anyhow::anyhow!("cannot load the policies:\n{errors}"))?,
+            None => PolicyStore::empty(default_action),
+        };
+        let policies = Arc::new(policies);
+        metrics.policies.set(policies.status().policies as i64);
+        metrics.policy_reloads.inc_by(policies.status().reloads);
+        let token = match &config.server.token_file {
+            Some(path) => Some(read_token(path)?),
+            None => None,
+        };
+        let bus = Arc::new(EventBus::new(
+            config.events.subscriber_buffer,
+            Arc::clone(&metrics),
+        ));
+        let (hook_events, hook_receiver) = mpsc::channel(events::PIPELINE_QUEUE);
+        let state = Arc::new(AppState {
+            resolver,
+            policies,
+            bus,
+            metrics,
+            token,
+            hook: Mutex::new(HookHealth {
+                attached: false,
+                mode: None,
+                reason: Some("not attached yet".to_owned()),
+            }),
+            started: Instant::now(),
+        });
+        Ok(Self {
+            state,
+            hook_events,
+            hook_receiver: Some(hook_receiver),
+            hook_reader: None,
+            enforcer: None,
+            config,
+        })
+    }
+
+    /// Attaches the kernel hook as `hook.enabled` says: `auto` warns and goes on without it,
+    /// `true` fails, `false` does not try.
+    pub fn attach_hook(&mut self) -> anyhow::Result<()> {
+        let config = &self.config.hook;
+        let set_health = |attached: bool, mode: Option<&str>, reason: Option<String>| {
+            *self.state.hook.lock().unwrap_or_else(|e| e.into_inner()) = HookHealth {
+                attached,
+                mode: mode.map(str::to_owned),
+                reason,
+            };
+            self.state.metrics.hook_attached.set(i64::from(attached));
+        };
+        if config.enabled == Enabled::Never {
+            set_health(
+                false,
+                None,
+                Some("disabled in the configuration (hook.enabled: false)".to_owned()),
+            );
+            return Ok(());
+        }
+        let attached = config
+            .cgroup_root
+            .clone()
+            .map_or_else(kernel_hook::detect_cgroup_root, Ok)
+            .and_then(|root| kernel_hook::Hook::attach(&root));
+        let enforce = config.mode == HookMode::Enforce;
+        let default = config.default_verdict;
+        match attached.and_then(|(hook, reader)| {
+            let root = hook.cgroup_root().to_owned();
+            Enforcer::new(hook, enforce, default).map(|e| (e, reader, root))
+        }) {
+            Ok((enforcer, reader, root)) => {
+                let mode = if enforce { "enforce" } else { "observe" };
+                tracing::info!(cgroup = %root.display(), mode, "kernel hook attached");
+                set_health(true, Some(mode), None);
+                self.enforcer = Some(Arc::new(enforcer));
+                self.hook_reader = Some(reader);
+                Ok(())
+            }
+            Err(error) if config.enabled == Enabled::Auto => {
+                tracing::warn!("kernel hook not attached, running without it: {error}");
+                set_health(false, None, Some(error.to_string()));
+                Ok(())
+            }
+            Err(error) => Err(anyhow::anyhow!("cannot attach the kernel hook: {error}")),
+        }
+    }
+
+    /// Detaches the kernel hook, if attached.
+    pub fn detach_hook(&self) {
+        if let Some(enforcer) = &self.enforcer {
+            enforcer.detach();
+            self.state.metrics.hook_attached.set(0);
+        }
+    }
+
+    /// The HTTP API.
+    pub fn router(&self) -> Router {
+        api::router(Arc::clone(&self.state), self.config.server.max_body_bytes)
+    }
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read the token file", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("{}: the token file is empty", path.display());
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!(
+            "{}: the token must be one line without spaces",
+            path.display()
+        );
+    }
+    Ok(token.to_owned())
+}
+
+/// Logs to stderr, filtered by `METADATA_AGENT_LOG` (default `info`).
+pub(super) fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("METADATA_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Raises the soft limit on open files to the hard limit, as servers do: besides its
+/// connections, the agent keeps a proc directory open for each answer it keeps (up to a quarter
+/// of the limit).
+pub(super) fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    if let Err(error) = setrlimit(Resource::Nofile, raised) {
+        tracing::warn!(%error, soft = ?limit.current, "cannot raise the open-file limit");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_files_must_hold_one_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "abc.def_ghi\n").unwrap();
+        assert_eq!(read_token(&path).unwrap(), "abc.def_ghi");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(read_token(&path).unwrap_err().to_string().contains("empty"));
+        std::fs::write(&path, "two words").unwrap();
+        assert!(read_token(&path).is_err());
+        let missing = dir.path().join("missing");
+        assert!(
+            read_token(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("missing")
+        );
+    }
+}
