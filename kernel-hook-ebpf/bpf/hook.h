@@ -1,5 +1,10 @@
 /* The event record shared by the BPF programs (hook.bpf.c) and user space (kernel-hook's
- * event.rs, which mirrors this layout byte for byte). Little-endian, natural alignment. */
+ * hook.rs, whose RawEvent mirrors this layout). Host byte order, natural alignment.
+ *
+ * Every numeric #define here is exported to Rust by kernel-hook-ebpf's build.rs (the
+ * kernel_hook_ebpf::abi module), so both sides share one set of numbers: the HOOK_EVENT_*
+ * layout below is held to the struct by _Static_asserts whenever clang compiles this header,
+ * and to RawEvent by const assertions whenever Rust compiles kernel-hook. */
 #ifndef METADATA_AGENT_HOOK_H
 #define METADATA_AGENT_HOOK_H
 
@@ -26,6 +31,42 @@ struct hook_event {
 	char comm[16];
 	__u8 pad[6];
 };
+
+/* The layout of struct hook_event: its size and the offset of each field. */
+#define HOOK_EVENT_SIZE 80
+#define HOOK_EVENT_OFF_KIND 0
+#define HOOK_EVENT_OFF_TGID 4
+#define HOOK_EVENT_OFF_TID 8
+#define HOOK_EVENT_OFF_UID 12
+#define HOOK_EVENT_OFF_GID 16
+#define HOOK_EVENT_OFF_FAMILY 20
+#define HOOK_EVENT_OFF_PROTOCOL 22
+#define HOOK_EVENT_OFF_VERDICT 23
+#define HOOK_EVENT_OFF_CGROUP_ID 24
+#define HOOK_EVENT_OFF_TIMESTAMP_NS 32
+#define HOOK_EVENT_OFF_ADDR 40
+#define HOOK_EVENT_OFF_PORT 56
+#define HOOK_EVENT_OFF_COMM 58
+#define HOOK_EVENT_OFF_PAD 74
+
+#define HOOK_EVENT_FIELD_AT(field, offset) \
+	_Static_assert(__builtin_offsetof(struct hook_event, field) == (offset), \
+		       "struct hook_event: " #field " is not at " #offset)
+_Static_assert(sizeof(struct hook_event) == HOOK_EVENT_SIZE, "struct hook_event: size");
+HOOK_EVENT_FIELD_AT(kind, HOOK_EVENT_OFF_KIND);
+HOOK_EVENT_FIELD_AT(tgid, HOOK_EVENT_OFF_TGID);
+HOOK_EVENT_FIELD_AT(tid, HOOK_EVENT_OFF_TID);
+HOOK_EVENT_FIELD_AT(uid, HOOK_EVENT_OFF_UID);
+HOOK_EVENT_FIELD_AT(gid, HOOK_EVENT_OFF_GID);
+HOOK_EVENT_FIELD_AT(family, HOOK_EVENT_OFF_FAMILY);
+HOOK_EVENT_FIELD_AT(protocol, HOOK_EVENT_OFF_PROTOCOL);
+HOOK_EVENT_FIELD_AT(verdict, HOOK_EVENT_OFF_VERDICT);
+HOOK_EVENT_FIELD_AT(cgroup_id, HOOK_EVENT_OFF_CGROUP_ID);
+HOOK_EVENT_FIELD_AT(timestamp_ns, HOOK_EVENT_OFF_TIMESTAMP_NS);
+HOOK_EVENT_FIELD_AT(addr, HOOK_EVENT_OFF_ADDR);
+HOOK_EVENT_FIELD_AT(port, HOOK_EVENT_OFF_PORT);
+HOOK_EVENT_FIELD_AT(comm, HOOK_EVENT_OFF_COMM);
+HOOK_EVENT_FIELD_AT(pad, HOOK_EVENT_OFF_PAD);
 
 /* Verdict map values, written by the agent. */
 #define VERDICT_ALLOW 1

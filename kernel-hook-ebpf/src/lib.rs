@@ -22,8 +22,16 @@ pub fn compiled_by() -> Option<&'static str> {
     Some(env!("KERNEL_HOOK_EBPF_COMPILED_BY")).filter(|c| !c.is_empty())
 }
 
+/// The numbers `bpf/hook.h` defines, generated from it at build time: event kinds
+/// (`EVENT_*`), protocols (`PROTO_*`), verdict map values (`VERDICT_*`), settings indexes
+/// (`SETTING_*`) and the layout of `struct hook_event` (`HOOK_EVENT_SIZE`,
+/// `HOOK_EVENT_OFF_<FIELD>`), which `_Static_assert`s in the header hold to the struct.
+pub mod abi {
+    include!(concat!(env!("OUT_DIR"), "/abi.rs"));
+}
+
 /// The size of one event record (`struct hook_event` in `bpf/hook.h`).
-pub const EVENT_SIZE: usize = 80;
+pub const EVENT_SIZE: usize = abi::HOOK_EVENT_SIZE;
 
 #[cfg(test)]
 mod tests {
@@ -48,19 +56,64 @@ mod tests {
         }
     }
 
+    /// `bpf/hook.bpf.o.sources`: the SHA-256 of the sources and of the object.
+    fn record() -> (String, String) {
+        let record = std::fs::read_to_string(format!("{BPF}/hook.bpf.o.sources")).unwrap();
+        let field = |name: &str| {
+            record
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("hook.bpf.o.sources has no `{name}` line"))
+                .trim()
+                .to_owned()
+        };
+        (field("sources"), field("object"))
+    }
+
+    const BPF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bpf");
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     #[test]
-    fn the_committed_object_matches_its_sources() {
-        let bpf = concat!(env!("CARGO_MANIFEST_DIR"), "/bpf");
-        let committed = std::fs::read(format!("{bpf}/hook.bpf.o")).unwrap();
-        match compiled_by() {
-            // Built from source in this build: the committed object must be the same bytes.
-            Some(clang) => assert!(
+    fn the_committed_object_is_the_one_recorded_for_the_current_sources() {
+        let (sources, recorded_object) = record();
+        let current: Vec<u8> = ["hook.bpf.c", "hook.h", "kernel.h"]
+            .iter()
+            .flat_map(|file| std::fs::read(format!("{BPF}/{file}")).unwrap())
+            .collect();
+        let stale = "run kernel-hook-ebpf/update-object.sh and commit bpf/hook.bpf.o with \
+                     bpf/hook.bpf.o.sources";
+        assert_eq!(
+            sha256_hex(&current),
+            sources,
+            "the BPF sources changed since the object was built: {stale}"
+        );
+        let committed = std::fs::read(format!("{BPF}/hook.bpf.o")).unwrap();
+        assert_eq!(
+            sha256_hex(&committed),
+            recorded_object,
+            "bpf/hook.bpf.o is not the object recorded for its sources: {stale}"
+        );
+        // Built from source in this build: the committed object must be the same bytes.
+        if let Some(clang) = compiled_by() {
+            assert!(
                 committed == object(),
-                "bpf/hook.bpf.o differs from what {clang} builds from the sources: run \
-                 kernel-hook-ebpf/update-object.sh and commit the result"
-            ),
-            // Without clang, build.rs already refused a stale object; it is the one embedded.
-            None => assert_eq!(committed, object()),
+                "bpf/hook.bpf.o differs from what {clang} builds from the sources: {stale}"
+            );
         }
+    }
+
+    #[test]
+    fn the_header_numbers_are_exported() {
+        assert_eq!(abi::EVENT_CONNECT, 1);
+        assert_eq!(abi::VERDICT_DENY, 2);
+        assert_eq!(abi::SETTING_DEFAULT_VERDICT, 1);
+        assert_eq!(EVENT_SIZE, abi::HOOK_EVENT_OFF_PAD + 6);
     }
 }

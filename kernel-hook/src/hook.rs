@@ -5,16 +5,18 @@
 //! `/sys/fs/cgroup/unified`) and tracefs for the sched tracepoints.
 
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use aya::Ebpf;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, TracePoint};
-use aya::{Ebpf, EbpfError};
 use tokio::sync::mpsc;
 
-use crate::event::{ConnectEvent, HookEvent, Protocol};
+use kernel_hook_ebpf::abi;
+
+use crate::event::HookEvent;
+use crate::record::parse_event;
 
 /// How often the ring buffer is drained. The programs submit without waking the reader (a
 /// wakeup per connect doubled a loopback connect's cost), so the reader polls.
@@ -27,36 +29,77 @@ const TRACEPOINTS: [(&str, &str); 2] = [
     ("process_exit", "sched_process_exit"),
 ];
 
-const EVENT_CONNECT: u32 = 1;
-const EVENT_EXEC: u32 = 2;
-const EVENT_EXIT: u32 = 3;
-
-/// Why the hook could not be attached.
+/// Why the hook could not be attached or driven.
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
-    /// Not privileged enough to load BPF programs.
-    #[error("loading BPF programs needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON): {0}")]
-    Permission(String),
+    /// Not privileged enough to load BPF programs (the kernel answered `EPERM` or `EACCES`).
+    #[error(
+        "{what}: loading BPF programs needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, and \
+         CAP_SYS_ADMIN to mount tracefs)"
+    )]
+    Permission {
+        /// What was being done.
+        what: String,
+        /// The kernel's refusal.
+        #[source]
+        source: BoxError,
+    },
     /// No cgroup v2 hierarchy to attach to.
-    #[error("no cgroup v2 hierarchy at {0} (mount cgroup2 there, or set hook.cgroupRoot)")]
-    NoCgroup2(String),
-    /// The kernel refused a program or map.
-    #[error("the kernel refused the BPF programs: {0}")]
-    Kernel(String),
+    #[error("no cgroup v2 hierarchy at {path} (mount cgroup2 there, or set hook.cgroupRoot)")]
+    NoCgroup2 {
+        /// Where one was looked for.
+        path: String,
+        /// Why it could not be opened, when it could not.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    /// The kernel refused a program, a map or an attachment for another reason.
+    #[error("the kernel refused {what}")]
+    Kernel {
+        /// What was being done.
+        what: String,
+        /// The kernel's answer.
+        #[source]
+        source: BoxError,
+    },
+    /// The embedded BPF object lacks a program or map this crate needs.
+    #[error("the BPF object has no {0}")]
+    Missing(String),
 }
 
-impl From<EbpfError> for HookError {
-    fn from(error: EbpfError) -> Self {
-        classify(error.to_string())
+/// Any error with its causes.
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl HookError {
+    /// The error of a BPF operation on `what`: [`HookError::Permission`] when the kernel
+    /// answered `EPERM` or `EACCES` anywhere in `error`'s causes, else [`HookError::Kernel`].
+    pub fn from_bpf(what: impl Into<String>, error: impl Into<BoxError>) -> Self {
+        let (what, source) = (what.into(), error.into());
+        if denied_by_the_kernel(&*source) {
+            Self::Permission { what, source }
+        } else {
+            Self::Kernel { what, source }
+        }
+    }
+
+    /// Whether the kernel refused for lack of privilege.
+    pub fn is_permission(&self) -> bool {
+        matches!(self, Self::Permission { .. })
     }
 }
 
-fn classify(text: String) -> HookError {
-    if text.contains("Operation not permitted") || text.contains("EPERM") {
-        HookError::Permission(text)
-    } else {
-        HookError::Kernel(text)
+/// Whether `error` or one of its causes is an `EPERM` or `EACCES` from a system call.
+fn denied_by_the_kernel(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+        {
+            return true;
+        }
+        current = error.source();
     }
+    false
 }
 
 /// Program `name` of the object, as its type `P`.
@@ -65,14 +108,9 @@ where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
     ebpf.program_mut(name)
-        .ok_or_else(|| HookError::Kernel(format!("program {name} missing")))?
+        .ok_or_else(|| HookError::Missing(format!("program {name}")))?
         .try_into()
-        .map_err(|e| program_error(name, e))
-}
-
-/// An error about program or map `name`, classified like the loader's.
-fn program_error(name: &str, error: impl std::fmt::Display) -> HookError {
-    classify(format!("{name}: {error}"))
+        .map_err(|e| HookError::from_bpf(format!("program {name}"), e))
 }
 
 /// The cgroup v2 root: `/sys/fs/cgroup` when it is cgroup2, else `/sys/fs/cgroup/unified`.
@@ -82,9 +120,10 @@ pub fn detect_cgroup_root() -> Result<PathBuf, HookError> {
             return Ok(PathBuf::from(candidate));
         }
     }
-    Err(HookError::NoCgroup2(
-        "/sys/fs/cgroup or /sys/fs/cgroup/unified".to_owned(),
-    ))
+    Err(HookError::NoCgroup2 {
+        path: "/sys/fs/cgroup or /sys/fs/cgroup/unified".to_owned(),
+        source: None,
+    })
 }
 
 /// The kernel's monotonic clock in nanoseconds, the clock of the events' `timestamp_ns`.
@@ -130,10 +169,10 @@ fn ensure_tracefs() -> Result<(), HookError> {
         )
     };
     if mounted != 0 {
-        let error = std::io::Error::last_os_error();
-        return Err(HookError::Kernel(format!(
-            "no tracefs mounted, and mounting it at /sys/kernel/tracing failed: {error}"
-        )));
+        return Err(HookError::from_bpf(
+            "mounting tracefs at /sys/kernel/tracing (none is mounted)",
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -150,8 +189,8 @@ pub enum Verdict {
 impl Verdict {
     fn value(self) -> u32 {
         match self {
-            Self::Allow => 1,
-            Self::Deny => 2,
+            Self::Allow => abi::VERDICT_ALLOW,
+            Self::Deny => abi::VERDICT_DENY,
         }
     }
 }
@@ -176,41 +215,42 @@ impl Hook {
     /// Loads the programs and attaches them to `cgroup_root` (cgroup v2) and the sched
     /// tracepoints. Returns the hook and the reader of its events.
     pub fn attach(cgroup_root: &Path) -> Result<(Self, EventReader), HookError> {
+        let no_cgroup2 = |source| HookError::NoCgroup2 {
+            path: cgroup_root.display().to_string(),
+            source,
+        };
         if !is_cgroup2(cgroup_root) {
-            return Err(HookError::NoCgroup2(cgroup_root.display().to_string()));
+            return Err(no_cgroup2(None));
         }
-        let mut ebpf = Ebpf::load(kernel_hook_ebpf::object())?;
-        let cgroup = File::open(cgroup_root)
-            .map_err(|e| HookError::NoCgroup2(format!("{}: {e}", cgroup_root.display())))?;
+        let mut ebpf = Ebpf::load(kernel_hook_ebpf::object())
+            .map_err(|e| HookError::from_bpf("loading the BPF object", e))?;
+        let cgroup = File::open(cgroup_root).map_err(|e| no_cgroup2(Some(e)))?;
         for name in CONNECT_PROGRAMS {
+            let failed = |e| HookError::from_bpf(format!("program {name}"), e);
             let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            program.load().map_err(|e| program_error(name, e))?;
+            program.load().map_err(failed)?;
             // Single: the other modes fail with EINVAL on kernels ≥ 5.7, where cgroup links
             // coexist anyway.
             program
                 .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|e| program_error(name, e))?;
+                .map_err(failed)?;
         }
         ensure_tracefs()?;
         for (name, tracepoint) in TRACEPOINTS {
+            let failed = |e| HookError::from_bpf(format!("program {name}"), e);
             let program: &mut TracePoint = program(&mut ebpf, name)?;
-            program.load().map_err(|e| program_error(name, e))?;
-            program
-                .attach("sched", tracepoint)
-                .map_err(|e| program_error(name, e))?;
+            program.load().map_err(failed)?;
+            program.attach("sched", tracepoint).map_err(failed)?;
         }
-        let map = |ebpf: &mut Ebpf, name: &str| {
+        let mut map = |name: &str| {
             ebpf.take_map(name)
-                .ok_or_else(|| HookError::Kernel(format!("map {name} missing")))
+                .ok_or_else(|| HookError::Missing(format!("map {name}")))
         };
-        let ring =
-            RingBuf::try_from(map(&mut ebpf, "EVENTS")?).map_err(|e| program_error("EVENTS", e))?;
-        let lost =
-            PerCpuArray::try_from(map(&mut ebpf, "LOST")?).map_err(|e| program_error("LOST", e))?;
-        let verdicts = HashMap::try_from(map(&mut ebpf, "VERDICTS")?)
-            .map_err(|e| program_error("VERDICTS", e))?;
-        let settings = Array::try_from(map(&mut ebpf, "SETTINGS")?)
-            .map_err(|e| program_error("SETTINGS", e))?;
+        let map_error = |name: &'static str| move |e| HookError::from_bpf(format!("map {name}"), e);
+        let ring = RingBuf::try_from(map("EVENTS")?).map_err(map_error("EVENTS"))?;
+        let lost = PerCpuArray::try_from(map("LOST")?).map_err(map_error("LOST"))?;
+        let verdicts = HashMap::try_from(map("VERDICTS")?).map_err(map_error("VERDICTS"))?;
+        let settings = Array::try_from(map("SETTINGS")?).map_err(map_error("SETTINGS"))?;
         Ok((
             Self {
                 ebpf,
@@ -226,6 +266,16 @@ impl Hook {
         ))
     }
 
+    /// The kernel's ids of the loaded programs (as `bpftool prog` lists them), which tell them
+    /// from the programs of another agent on the same node.
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, program)| program.info().ok())
+            .map(|info| info.id())
+            .collect()
+    }
+
     /// The cgroup the programs are attached to.
     pub fn cgroup_root(&self) -> &Path {
         &self.cgroup_root
@@ -235,16 +285,19 @@ impl Hook {
     /// verdict for processes without one.
     pub fn set_mode(&mut self, enforce: bool, default: Verdict) -> Result<(), HookError> {
         self.settings
-            .set(0, u32::from(enforce), 0)
-            .and_then(|()| self.settings.set(1, default.value(), 0))
-            .map_err(|e| HookError::Kernel(format!("SETTINGS: {e}")))
+            .set(abi::SETTING_ENFORCE, u32::from(enforce), 0)
+            .and_then(|()| {
+                self.settings
+                    .set(abi::SETTING_DEFAULT_VERDICT, default.value(), 0)
+            })
+            .map_err(|e| HookError::from_bpf("map SETTINGS", e))
     }
 
     /// Sets the verdict of process `tgid`. The kernel drops it when the process exits.
     pub fn set_verdict(&mut self, tgid: u32, verdict: Verdict) -> Result<(), HookError> {
         self.verdicts
             .insert(tgid, verdict.value(), 0)
-            .map_err(|e| HookError::Kernel(format!("VERDICTS: {e}")))
+            .map_err(|e| HookError::from_bpf("map VERDICTS", e))
     }
 
     /// Detaches every program now.
@@ -300,89 +353,5 @@ impl EventReader {
                 dropped(full);
             }
         }
-    }
-}
-
-/// Decodes one `struct hook_event` (see `kernel-hook-ebpf/bpf/hook.h`).
-pub fn parse_event(record: &[u8]) -> Option<HookEvent> {
-    if record.len() < kernel_hook_ebpf::EVENT_SIZE {
-        return None;
-    }
-    let u32_at = |at: usize| u32::from_le_bytes(record[at..at + 4].try_into().unwrap_or_default());
-    let u64_at = |at: usize| u64::from_le_bytes(record[at..at + 8].try_into().unwrap_or_default());
-    let tgid = u32_at(4);
-    match u32_at(0) {
-        EVENT_EXEC => Some(HookEvent::Exec {
-            tgid,
-            timestamp_ns: u64_at(32),
-        }),
-        EVENT_EXIT => Some(HookEvent::Exit { tgid }),
-        EVENT_CONNECT => {
-            let family = u16::from_le_bytes([record[20], record[21]]);
-            let address: [u8; 16] = record[40..56].try_into().ok()?;
-            let destination = match family {
-                2 => IpAddr::V4(Ipv4Addr::new(
-                    address[0], address[1], address[2], address[3],
-                )),
-                10 => IpAddr::V6(Ipv6Addr::from(address)),
-                _ => return None,
-            };
-            let comm = &record[58..74];
-            let comm_end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
-            Some(HookEvent::Connect(ConnectEvent {
-                tgid,
-                tid: u32_at(8),
-                uid: u32_at(12),
-                gid: u32_at(16),
-                cgroup_id: u64_at(24),
-                comm: String::from_utf8_lossy(&comm[..comm_end]).into_owned(),
-                protocol: if record[22] == 17 {
-                    Protocol::Udp
-                } else {
-                    Protocol::Tcp
-                },
-                destination,
-                port: u16::from_le_bytes([record[56], record[57]]),
-                timestamp_ns: u64_at(32),
-                allowed: record[23] != 0,
-            }))
-        }
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decodes_a_connect_record() {
-        let mut record = [0u8; kernel_hook_ebpf::EVENT_SIZE];
-        record[0..4].copy_from_slice(&1u32.to_le_bytes());
-        record[4..8].copy_from_slice(&4242u32.to_le_bytes());
-        record[8..12].copy_from_slice(&4243u32.to_le_bytes());
-        record[12..16].copy_from_slice(&1000u32.to_le_bytes());
-        record[20..22].copy_from_slice(&10u16.to_le_bytes());
-        record[22] = 17;
-        record[23] = 1;
-        record[24..32].copy_from_slice(&77u64.to_le_bytes());
-        record[40..56].copy_from_slice(&Ipv6Addr::LOCALHOST.octets());
-        record[56..58].copy_from_slice(&8443u16.to_le_bytes());
-        record[58..62].copy_from_slice(b"curl");
-        let Some(HookEvent::Connect(event)) = parse_event(&record) else {
-            panic!("not a connect");
-        };
-        assert_eq!(event.tgid, 4242);
-        assert_eq!(event.tid, 4243);
-        assert_eq!(event.uid, 1000);
-        assert_eq!(event.cgroup_id, 77);
-        assert_eq!(event.protocol, Protocol::Udp);
-        assert_eq!(event.destination, IpAddr::V6(Ipv6Addr::LOCALHOST));
-        assert_eq!(event.port, 8443);
-        assert_eq!(event.comm, "curl");
-        assert!(event.allowed);
-        assert!(parse_event(&record[..40]).is_none());
-        record[0] = 3;
-        assert_eq!(parse_event(&record), Some(HookEvent::Exit { tgid: 4242 }));
     }
 }

@@ -4,61 +4,24 @@
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use kernel_hook::{DRAIN_INTERVAL, Hook, HookEvent, detect_cgroup_root};
+use test_support::{deep_backlog, is_root, require, reset_on_close};
 
 const CONNECTS: u64 = 100_000;
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Closes with a reset instead of a FIN, so that no TIME_WAIT entry is left behind and 100 000
-/// connects do not run out of ephemeral ports.
-fn reset_on_close(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket descriptor and a pointer to a live `linger` of the size passed.
-    let result = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(result, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
-}
-
 #[test]
 fn every_connect_of_a_flood_is_received_or_counted_lost() {
-    if !is_root() {
-        assert!(!in_ci(), "CI=true but the BPF flood test needs root");
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED (outside CI): needs root for BPF"
-        );
+    if !require(is_root(), "root, to load BPF programs") {
         return;
     }
     let root = detect_cgroup_root().expect("a cgroup v2 hierarchy");
     let (hook, mut reader) = Hook::attach(&root).expect("attach the hook");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    // A deep backlog: with std's default, a briefly starved accept thread makes SYNs drop and
-    // connects wait a second for their retransmission.
-    // SAFETY: listen on a valid, bound socket.
-    unsafe { libc::listen(listener.as_raw_fd(), 4096) };
+    deep_backlog(&listener);
     let address = listener.local_addr().unwrap();
     let me = std::process::id();
     let done = Arc::new(AtomicBool::new(false));

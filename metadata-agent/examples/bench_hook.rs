@@ -10,40 +10,24 @@
 //! Prints one `RESULT key=value ...` line.
 
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kernel_hook::{DRAIN_INTERVAL, Hook, detect_cgroup_root};
+use test_support::{deep_backlog, reset_on_close};
 
 /// Closes with a reset, so no TIME_WAIT entry is left and ports are not exhausted.
 fn connect_once(address: SocketAddr) {
     if let Ok(stream) = TcpStream::connect(address) {
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: a valid socket and a pointer to a live `linger` of the size passed.
-        unsafe {
-            libc::setsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            );
-        }
+        reset_on_close(&stream);
     }
 }
 
 /// A listener on 127.0.0.1 that accepts and drops, until the process ends.
 fn sink() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    // A deep backlog: with std's default, a briefly starved accept thread makes SYNs drop and
-    // connects wait a second for their retransmission.
-    // SAFETY: listen on a valid, bound socket.
-    unsafe { libc::listen(listener.as_raw_fd(), 4096) };
+    deep_backlog(&listener);
     let address = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming() {

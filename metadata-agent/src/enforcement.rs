@@ -51,6 +51,7 @@ impl Enforcer {
         if let Some(hook) = hook.as_mut()
             && let Err(error) = hook.set_verdict(tgid, verdict_of(action))
         {
+            let error = collectors::error_chain(&error);
             tracing::warn!(pid = tgid, "cannot record the verdict: {error}");
         }
     }

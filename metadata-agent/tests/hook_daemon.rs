@@ -191,8 +191,8 @@ async fn a_container_is_denied_by_its_docker_label() {
     enforcer.detach_hook();
 }
 
-/// Names of the programs attached to cgroup `root`, as `bpftool cgroup show` lists them.
-fn attached_programs(root: &std::path::Path) -> Vec<String> {
+/// The programs attached to cgroup `root`, as `bpftool cgroup show` lists them: (id, name).
+fn attached_programs(root: &std::path::Path) -> Vec<(u64, String)> {
     let output = common::run(
         Command::new("bpftool")
             .args(["-j", "cgroup", "show"])
@@ -205,7 +205,10 @@ fn attached_programs(root: &std::path::Path) -> Vec<String> {
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
     listed
         .iter()
-        .filter_map(|program| program["name"].as_str().map(str::to_owned))
+        .filter_map(|program| {
+            let id = program["id"].as_u64()?;
+            Some((id, program["name"].as_str()?.to_owned()))
+        })
         .collect()
 }
 
@@ -221,17 +224,21 @@ async fn the_daemon_detaches_its_programs_on_sigterm_and_sigint() {
     let _serial = SERIAL.lock().await;
     let root = kernel_hook::detect_cgroup_root().unwrap();
     let ours = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
-    let count_ours = || {
-        attached_programs(&root)
-            .iter()
-            .filter(|name| ours.contains(&name.as_str()))
-            .count()
-    };
-    assert_eq!(count_ours(), 0, "programs attached before the test");
     for signal in [libc::SIGTERM, libc::SIGINT] {
+        // Programs attached before the daemon starts are another agent's (a Cilium, a second
+        // metadata-agent): only the ones that appear with this daemon are counted, by id.
+        let before: Vec<u64> = attached_programs(&root).iter().map(|(id, _)| *id).collect();
+        let daemons = || -> Vec<u64> {
+            attached_programs(&root)
+                .into_iter()
+                .filter(|(id, name)| !before.contains(id) && ours.contains(&name.as_str()))
+                .map(|(id, _)| id)
+                .collect()
+        };
         let daemon = common::daemon::Daemon::start(&["--listen", "127.0.0.1:0"]);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while count_ours() < ours.len() {
+        let mut attached = daemons();
+        while attached.len() < ours.len() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "not attached: {:?}\n{}",
@@ -239,13 +246,19 @@ async fn the_daemon_detaches_its_programs_on_sigterm_and_sigint() {
                 daemon.log()
             );
             std::thread::sleep(Duration::from_millis(50));
+            attached = daemons();
         }
+        assert_eq!(attached.len(), ours.len(), "{attached:?}");
         let (status, _, log) = daemon.stop_with(signal);
         assert!(status.success(), "signal {signal}: {status:?}\n{log}");
-        assert_eq!(
-            count_ours(),
-            0,
-            "signal {signal} left programs attached\n{log}"
+        let left: Vec<u64> = attached_programs(&root)
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| attached.contains(id))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "signal {signal} left programs {left:?} attached\n{log}"
         );
     }
 }

@@ -82,10 +82,17 @@ async fn aws_config_is_refused_without_tokens_as_on_an_imdsv1_only_instance() {
         .get("/latest/meta-data/instance-id")
         .await
         .unwrap_err();
+    // The token request was refused with the mock's 405, and nothing was read without a token.
     let text = format!("{error:?}");
     assert!(
-        text.contains("405") || text.to_lowercase().contains("token"),
+        matches!(error, imds::client::error::ImdsError::FailedToLoadToken(_))
+            && text.contains("StatusCode(405)"),
         "{text}"
+    );
+    let requests = mock.requests();
+    assert!(
+        !requests.is_empty() && requests.iter().all(|r| r == "PUT /latest/api/token"),
+        "{requests:?}"
     );
 }
 

@@ -124,11 +124,12 @@ impl Agent {
                 Ok(())
             }
             Err(error) if config.enabled == Enabled::Auto => {
-                tracing::warn!("kernel hook not attached, running without it: {error}");
-                set_health(false, None, Some(error.to_string()));
+                let reason = collectors::error_chain(&error);
+                tracing::warn!("kernel hook not attached, running without it: {reason}");
+                set_health(false, None, Some(reason));
                 Ok(())
             }
-            Err(error) => Err(anyhow::anyhow!("cannot attach the kernel hook: {error}")),
+            Err(error) => Err(anyhow::Error::new(error).context("cannot attach the kernel hook")),
         }
     }
 

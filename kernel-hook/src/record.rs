@@ -1,0 +1,174 @@
+//! The ring buffer's records: [`RawEvent`], the Rust mirror of `struct hook_event` in
+//! `kernel-hook-ebpf/bpf/hook.h`, and their decoding into [`HookEvent`]s.
+//!
+//! The mirror is held to the C layout at compile time: its size and every field's offset must
+//! equal the `HOOK_EVENT_*` numbers the header exports (through `kernel_hook_ebpf::abi`), which
+//! the header's own `_Static_assert`s hold to the C struct.
+
+use std::mem::{offset_of, size_of};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use kernel_hook_ebpf::abi;
+
+use crate::event::{ConnectEvent, HookEvent, Protocol};
+
+/// `struct hook_event`, field for field, in host byte order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RawEvent {
+    /// `EVENT_*`.
+    pub kind: u32,
+    /// Thread-group id.
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Real user id.
+    pub uid: u32,
+    /// Real group id.
+    pub gid: u32,
+    /// `AF_INET` (2) or `AF_INET6` (10); 0 for exec and exit.
+    pub family: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub protocol: u8,
+    /// 1 allowed, 0 denied.
+    pub verdict: u8,
+    /// cgroup v2 id.
+    pub cgroup_id: u64,
+    /// Kernel monotonic time, nanoseconds.
+    pub timestamp_ns: u64,
+    /// IPv4 in the first 4 bytes, network order; or IPv6.
+    pub addr: [u8; 16],
+    /// Destination port, host order.
+    pub port: u16,
+    /// `comm`, NUL-padded.
+    pub comm: [u8; 16],
+    /// Padding to the struct's alignment.
+    pub pad: [u8; 6],
+}
+
+const _: () = {
+    assert!(size_of::<RawEvent>() == abi::HOOK_EVENT_SIZE);
+    assert!(offset_of!(RawEvent, kind) == abi::HOOK_EVENT_OFF_KIND);
+    assert!(offset_of!(RawEvent, tgid) == abi::HOOK_EVENT_OFF_TGID);
+    assert!(offset_of!(RawEvent, tid) == abi::HOOK_EVENT_OFF_TID);
+    assert!(offset_of!(RawEvent, uid) == abi::HOOK_EVENT_OFF_UID);
+    assert!(offset_of!(RawEvent, gid) == abi::HOOK_EVENT_OFF_GID);
+    assert!(offset_of!(RawEvent, family) == abi::HOOK_EVENT_OFF_FAMILY);
+    assert!(offset_of!(RawEvent, protocol) == abi::HOOK_EVENT_OFF_PROTOCOL);
+    assert!(offset_of!(RawEvent, verdict) == abi::HOOK_EVENT_OFF_VERDICT);
+    assert!(offset_of!(RawEvent, cgroup_id) == abi::HOOK_EVENT_OFF_CGROUP_ID);
+    assert!(offset_of!(RawEvent, timestamp_ns) == abi::HOOK_EVENT_OFF_TIMESTAMP_NS);
+    assert!(offset_of!(RawEvent, addr) == abi::HOOK_EVENT_OFF_ADDR);
+    assert!(offset_of!(RawEvent, port) == abi::HOOK_EVENT_OFF_PORT);
+    assert!(offset_of!(RawEvent, comm) == abi::HOOK_EVENT_OFF_COMM);
+    assert!(offset_of!(RawEvent, pad) == abi::HOOK_EVENT_OFF_PAD);
+};
+
+impl RawEvent {
+    /// The record in `bytes`, or `None` when it is too short to be one.
+    pub fn read(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: `bytes` holds at least `size_of::<Self>()` bytes; every field is an integer
+        // or an array of integers, so any bit pattern is a valid value; `read_unaligned` does
+        // not require the ring buffer's alignment.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+
+    /// The record's bytes, as the BPF programs write them.
+    pub fn to_bytes(&self) -> [u8; size_of::<RawEvent>()] {
+        // SAFETY: `RawEvent` is `repr(C)` with no padding between or after its fields (the
+        // assertions above place every field, and `pad` fills the tail), so each of its bytes
+        // is initialized.
+        unsafe { std::mem::transmute_copy(self) }
+    }
+}
+
+/// Decodes one ring buffer record; `None` for a record too short or of an unknown kind.
+pub fn parse_event(record: &[u8]) -> Option<HookEvent> {
+    let raw = RawEvent::read(record)?;
+    match raw.kind {
+        abi::EVENT_EXEC => Some(HookEvent::Exec {
+            tgid: raw.tgid,
+            timestamp_ns: raw.timestamp_ns,
+        }),
+        abi::EVENT_EXIT => Some(HookEvent::Exit { tgid: raw.tgid }),
+        abi::EVENT_CONNECT => {
+            let destination = match i32::from(raw.family) {
+                libc::AF_INET => IpAddr::V4(Ipv4Addr::new(
+                    raw.addr[0],
+                    raw.addr[1],
+                    raw.addr[2],
+                    raw.addr[3],
+                )),
+                libc::AF_INET6 => IpAddr::V6(Ipv6Addr::from(raw.addr)),
+                _ => return None,
+            };
+            let comm_end = raw.comm.iter().position(|b| *b == 0).unwrap_or(16);
+            Some(HookEvent::Connect(ConnectEvent {
+                tgid: raw.tgid,
+                tid: raw.tid,
+                uid: raw.uid,
+                gid: raw.gid,
+                cgroup_id: raw.cgroup_id,
+                comm: String::from_utf8_lossy(&raw.comm[..comm_end]).into_owned(),
+                protocol: if u32::from(raw.protocol) == abi::PROTO_UDP {
+                    Protocol::Udp
+                } else {
+                    Protocol::Tcp
+                },
+                destination,
+                port: raw.port,
+                timestamp_ns: raw.timestamp_ns,
+                allowed: raw.verdict != 0,
+            }))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_a_connect_record() {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        let mut raw = RawEvent {
+            kind: abi::EVENT_CONNECT,
+            tgid: 4242,
+            tid: 4243,
+            uid: 1000,
+            family: libc::AF_INET6 as u16,
+            protocol: abi::PROTO_UDP as u8,
+            verdict: 1,
+            cgroup_id: 77,
+            addr: Ipv6Addr::LOCALHOST.octets(),
+            port: 8443,
+            comm,
+            ..RawEvent::default()
+        };
+        let record = raw.to_bytes();
+        assert_eq!(RawEvent::read(&record), Some(raw));
+        let Some(HookEvent::Connect(event)) = parse_event(&record) else {
+            panic!("not a connect");
+        };
+        assert_eq!(event.tgid, 4242);
+        assert_eq!(event.tid, 4243);
+        assert_eq!(event.uid, 1000);
+        assert_eq!(event.cgroup_id, 77);
+        assert_eq!(event.protocol, Protocol::Udp);
+        assert_eq!(event.destination, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(event.port, 8443);
+        assert_eq!(event.comm, "curl");
+        assert!(event.allowed);
+        assert!(parse_event(&record[..40]).is_none());
+        raw.kind = abi::EVENT_EXIT;
+        assert_eq!(
+            parse_event(&raw.to_bytes()),
+            Some(HookEvent::Exit { tgid: 4242 })
+        );
+    }
+}
