@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Registry;
 use crate::collector::Collector;
 use crate::config::Section;
 use crate::error::{BoxError, BuildError};
 use crate::host::HostRoots;
-use crate::{Registry, cloud, docker, kubernetes, linuxos, procfs, sysfsdmi};
 
 /// A collector the agent builds from its configuration section.
 pub trait Builtin: Collector + Sized + 'static {
@@ -58,21 +58,21 @@ macro_rules! builtin_collectors {
 
 builtin_collectors! {
     /// `process:*` labels from procfs.
-    procfs: procfs::ProcfsCollector,
+    procfs: crate::procfs::ProcfsCollector,
     /// `docker:*` labels from the Docker Engine.
-    docker: docker::DockerCollector,
+    docker: crate::docker::DockerCollector,
     /// `k8s:*` labels from the kubelet.
-    kubernetes: kubernetes::KubernetesCollector,
+    kubernetes: crate::kubernetes::KubernetesCollector,
     /// `linuxos:*` labels: the distribution and the kernel.
-    linuxos: linuxos::LinuxOsCollector,
+    linuxos: crate::linuxos::LinuxOsCollector,
     /// `sysfsdmi:*` labels: the firmware's DMI tables.
-    sysfsdmi: sysfsdmi::SysfsDmiCollector,
+    sysfsdmi: crate::sysfsdmi::SysfsDmiCollector,
     /// `ec2:*` labels from the EC2 instance metadata service.
-    ec2: cloud::ec2::Ec2Collector,
+    ec2: crate::cloud::ec2::Ec2Collector,
     /// `azure:*` labels from the Azure instance metadata service.
-    azure: cloud::azure::AzureCollector,
+    azure: crate::cloud::azure::AzureCollector,
     /// `gcp:*` labels from the GCP metadata server.
-    gcp: cloud::gcp::GcpCollector,
+    gcp: crate::cloud::gcp::GcpCollector,
 }
 
 fn add<C: Builtin>(

@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use collectors::cloud::CloudSource;
 use collectors::cloud::azure::AzureCollector;
 use collectors::cloud::azure::AzureConfig;
 use collectors::cloud::ec2::Ec2Collector;

@@ -16,10 +16,8 @@ use super::{
     Approach, Cloud, CloudSettings, CloudSource, DEFAULT_TIMEOUT, EndpointSource, LINK_LOCAL,
     MetadataHttp, SetupError, insert_value, scalar_text,
 };
-use crate::builtin::Builtin;
 use crate::collector::{CollectError, Collected};
 use crate::config::{Enabled, duration, section};
-use crate::error::BoxError;
 use crate::host::HostRoots;
 use labels::{LabelSet, escape_key};
 
@@ -113,28 +111,6 @@ pub struct AzureCollector {
 }
 
 impl AzureCollector {
-    /// A collector for `config`, reading DMI through `roots`. Fails on an invalid endpoint.
-    pub fn new(config: &AzureConfig, roots: &HostRoots) -> Result<Self, SetupError> {
-        Self::with_env(config, roots, super::process_env)
-    }
-
-    /// [`AzureCollector::new`] with an injectable environment, for tests.
-    pub fn with_env(
-        config: &AzureConfig,
-        roots: &HostRoots,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, SetupError> {
-        let (settings, http) = CloudSettings::new(
-            &ENDPOINT_SOURCE,
-            config.enabled,
-            config.timeout,
-            &config.endpoint,
-            roots,
-            env,
-        )?;
-        Ok(Self { http, settings })
-    }
-
     async fn document(
         &self,
         path_and_query: &str,
@@ -239,18 +215,27 @@ pub fn labels_of(instance: &Value, loadbalancer: Option<&Value>) -> LabelSet {
     labels
 }
 
-impl Builtin for AzureCollector {
-    type Config = AzureConfig;
-
-    fn build(config: &AzureConfig, roots: &HostRoots) -> Result<Self, BoxError> {
-        Ok(Self::new(config, roots)?)
-    }
-}
-
 #[async_trait]
 impl CloudSource for AzureCollector {
     const CLOUD: Cloud = Cloud::Azure;
     const LABEL_KEYS: &'static [&'static str] = LABEL_KEYS;
+    type Config = AzureConfig;
+
+    fn with_env(
+        config: &AzureConfig,
+        roots: &HostRoots,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, SetupError> {
+        let (settings, http) = CloudSettings::new(
+            &ENDPOINT_SOURCE,
+            config.enabled,
+            config.timeout,
+            &config.endpoint,
+            roots,
+            env,
+        )?;
+        Ok(Self { http, settings })
+    }
 
     fn settings(&self) -> &CloudSettings {
         &self.settings

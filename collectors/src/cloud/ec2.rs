@@ -19,10 +19,8 @@ use super::{
     Approach, Cloud, CloudSettings, CloudSource, DEFAULT_TIMEOUT, EndpointSource, LINK_LOCAL,
     MetadataHttp, PROBE_TIMEOUT, RequestError, SetupError, insert_value,
 };
-use crate::builtin::Builtin;
 use crate::collector::{CollectError, Collected};
 use crate::config::{Enabled, duration, section};
-use crate::error::BoxError;
 use crate::host::HostRoots;
 use labels::{LabelSet, escape_key};
 
@@ -143,43 +141,6 @@ enum Auth {
 }
 
 impl Ec2Collector {
-    /// A collector for `config`, reading DMI through `roots`. Fails on an invalid endpoint or
-    /// token lifetime.
-    pub fn new(config: &Ec2Config, roots: &HostRoots) -> Result<Self, SetupError> {
-        Self::with_env(config, roots, super::process_env)
-    }
-
-    /// [`Ec2Collector::new`] with an injectable environment, for tests.
-    pub fn with_env(
-        config: &Ec2Config,
-        roots: &HostRoots,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, SetupError> {
-        let (settings, http) = CloudSettings::new(
-            &ENDPOINT_SOURCE,
-            config.enabled,
-            config.timeout,
-            &config.endpoint,
-            roots,
-            env,
-        )?;
-        let ttl = config.token_ttl;
-        if ttl < Duration::from_secs(1) || ttl > DEFAULT_TOKEN_TTL {
-            return Err(SetupError::OutOfRange {
-                field: "collectors.ec2.tokenTtl",
-                value: humantime::format_duration(ttl).to_string(),
-                accepted: "IMDS accepts 1s to 6h",
-            });
-        }
-        Ok(Self {
-            http,
-            settings,
-            v1_fallback: config.imds_v1_fallback,
-            token_ttl_secs: ttl.as_secs(),
-            token: tokio::sync::Mutex::new(None),
-        })
-    }
-
     /// A token still good for a while, or a new one; `V1` when IMDSv2 is refused and fallback
     /// is allowed.
     async fn auth(&self, timeout: Duration, approach: &Approach) -> Result<Auth, CollectError> {
@@ -445,18 +406,41 @@ fn account_of(document: &str) -> Option<String> {
     parsed.get("accountId")?.as_str().map(str::to_owned)
 }
 
-impl Builtin for Ec2Collector {
-    type Config = Ec2Config;
-
-    fn build(config: &Ec2Config, roots: &HostRoots) -> Result<Self, BoxError> {
-        Ok(Self::new(config, roots)?)
-    }
-}
-
 #[async_trait]
 impl CloudSource for Ec2Collector {
     const CLOUD: Cloud = Cloud::Ec2;
     const LABEL_KEYS: &'static [&'static str] = LABEL_KEYS;
+    type Config = Ec2Config;
+
+    fn with_env(
+        config: &Ec2Config,
+        roots: &HostRoots,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, SetupError> {
+        let (settings, http) = CloudSettings::new(
+            &ENDPOINT_SOURCE,
+            config.enabled,
+            config.timeout,
+            &config.endpoint,
+            roots,
+            env,
+        )?;
+        let ttl = config.token_ttl;
+        if ttl < Duration::from_secs(1) || ttl > DEFAULT_TOKEN_TTL {
+            return Err(SetupError::OutOfRange {
+                field: "collectors.ec2.tokenTtl",
+                value: humantime::format_duration(ttl).to_string(),
+                accepted: "IMDS accepts 1s to 6h",
+            });
+        }
+        Ok(Self {
+            http,
+            settings,
+            v1_fallback: config.imds_v1_fallback,
+            token_ttl_secs: ttl.as_secs(),
+            token: tokio::sync::Mutex::new(None),
+        })
+    }
 
     fn settings(&self) -> &CloudSettings {
         &self.settings

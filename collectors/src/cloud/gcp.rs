@@ -19,10 +19,8 @@ use super::{
     Approach, Cloud, CloudSettings, CloudSource, DEFAULT_TIMEOUT, EndpointSource, MetadataHttp,
     SetupError, insert_value, scalar_text,
 };
-use crate::builtin::Builtin;
 use crate::collector::{CollectError, Collected};
 use crate::config::{Enabled, duration, section};
-use crate::error::BoxError;
 use crate::host::HostRoots;
 use labels::{LabelSet, escape_key};
 
@@ -114,34 +112,6 @@ pub struct GcpCollector {
     settings: CloudSettings,
     http: MetadataHttp,
     export_attributes: Vec<String>,
-}
-
-impl GcpCollector {
-    /// A collector for `config`, reading DMI through `roots`. Fails on an invalid endpoint.
-    pub fn new(config: &GcpConfig, roots: &HostRoots) -> Result<Self, SetupError> {
-        Self::with_env(config, roots, super::process_env)
-    }
-
-    /// [`GcpCollector::new`] with an injectable environment, for tests.
-    pub fn with_env(
-        config: &GcpConfig,
-        roots: &HostRoots,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, SetupError> {
-        let (settings, http) = CloudSettings::new(
-            &ENDPOINT_SOURCE,
-            config.enabled,
-            config.timeout,
-            &config.endpoint,
-            roots,
-            env,
-        )?;
-        Ok(Self {
-            http,
-            settings,
-            export_attributes: config.export_attributes.clone(),
-        })
-    }
 }
 
 /// Whether an attribute may be exported without being named in `exportAttributes`.
@@ -272,18 +242,31 @@ pub fn labels_of(instance: &Value, export_attributes: &[String]) -> Result<Label
     Ok(labels)
 }
 
-impl Builtin for GcpCollector {
-    type Config = GcpConfig;
-
-    fn build(config: &GcpConfig, roots: &HostRoots) -> Result<Self, BoxError> {
-        Ok(Self::new(config, roots)?)
-    }
-}
-
 #[async_trait]
 impl CloudSource for GcpCollector {
     const CLOUD: Cloud = Cloud::Gcp;
     const LABEL_KEYS: &'static [&'static str] = LABEL_KEYS;
+    type Config = GcpConfig;
+
+    fn with_env(
+        config: &GcpConfig,
+        roots: &HostRoots,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, SetupError> {
+        let (settings, http) = CloudSettings::new(
+            &ENDPOINT_SOURCE,
+            config.enabled,
+            config.timeout,
+            &config.endpoint,
+            roots,
+            env,
+        )?;
+        Ok(Self {
+            http,
+            settings,
+            export_attributes: config.export_attributes.clone(),
+        })
+    }
 
     fn settings(&self) -> &CloudSettings {
         &self.settings

@@ -19,8 +19,9 @@ use async_trait::async_trait;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 
+use crate::builtin::Builtin;
 use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
-use crate::config::Enabled;
+use crate::config::{Enabled, Section};
 use crate::error::BoxError;
 use crate::host::HostRoots;
 use crate::sysfsdmi::read_dmi_file;
@@ -579,21 +580,39 @@ impl CloudSettings {
     }
 }
 
-/// What one cloud's collector brings; [`Collector`] is implemented once for the three of them:
-/// a disabled collector is `unavailable`, otherwise the collection is approached as its
-/// settings and DMI say.
+/// What one cloud's collector brings; [`Collector`] and [`Builtin`] are implemented once for
+/// the three of them: a disabled collector is `unavailable`, otherwise the collection is
+/// approached as its settings and DMI say.
 #[async_trait]
-pub trait CloudSource: Send + Sync {
+pub trait CloudSource: Send + Sync + Sized + 'static {
     /// Which cloud.
     const CLOUD: Cloud;
     /// Every key the collector can emit.
     const LABEL_KEYS: &'static [&'static str];
+    /// Its section, `collectors.<cloud>`.
+    type Config: Section;
+
+    /// The collector for `config`, reading DMI through `roots` and the endpoint's environment
+    /// variable through `env` (tests inject it). Fails on an invalid endpoint or setting.
+    fn with_env(
+        config: &Self::Config,
+        roots: &HostRoots,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, SetupError>;
 
     /// Its settings.
     fn settings(&self) -> &CloudSettings;
 
     /// One collection, approached as `approach` says.
     async fn collect_from(&self, approach: Approach) -> Result<Collected, CollectError>;
+}
+
+impl<S: CloudSource> Builtin for S {
+    type Config = S::Config;
+
+    fn build(config: &S::Config, roots: &HostRoots) -> Result<Self, BoxError> {
+        Ok(S::with_env(config, roots, process_env)?)
+    }
 }
 
 #[async_trait]
