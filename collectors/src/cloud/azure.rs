@@ -18,17 +18,10 @@ use super::{
 };
 use crate::collector::{CollectError, Collected};
 use crate::config::{Enabled, duration, section};
-use crate::host::HostRoots;
 use labels::{LabelSet, escape_key};
 
 /// The environment variable that overrides the endpoint (the Azure SDKs have no common one).
 pub const ENDPOINT_VAR: &str = "AZURE_IMDS_ENDPOINT";
-
-const ENDPOINT_SOURCE: EndpointSource = EndpointSource {
-    config_field: "collectors.azure.endpoint",
-    env_var: ENDPOINT_VAR,
-    default: LINK_LOCAL,
-};
 
 /// `collectors.azure`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -219,21 +212,22 @@ pub fn labels_of(instance: &Value, loadbalancer: Option<&Value>) -> LabelSet {
 impl CloudSource for AzureCollector {
     const CLOUD: Cloud = Cloud::Azure;
     const LABEL_KEYS: &'static [&'static str] = LABEL_KEYS;
+    const ENDPOINT: EndpointSource = EndpointSource {
+        config_field: "collectors.azure.endpoint",
+        env_var: ENDPOINT_VAR,
+        default: LINK_LOCAL,
+    };
     type Config = AzureConfig;
 
-    fn with_env(
-        config: &AzureConfig,
-        roots: &HostRoots,
-        env: impl Fn(&str) -> Option<String>,
+    fn configured_endpoint(config: &AzureConfig) -> &str {
+        &config.endpoint
+    }
+
+    fn with_settings(
+        _config: &AzureConfig,
+        settings: CloudSettings,
+        http: MetadataHttp,
     ) -> Result<Self, SetupError> {
-        let (settings, http) = CloudSettings::new(
-            &ENDPOINT_SOURCE,
-            config.enabled,
-            config.timeout,
-            &config.endpoint,
-            roots,
-            env,
-        )?;
         Ok(Self { http, settings })
     }
 

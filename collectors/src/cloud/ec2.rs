@@ -21,17 +21,10 @@ use super::{
 };
 use crate::collector::{CollectError, Collected};
 use crate::config::{Enabled, duration, section};
-use crate::host::HostRoots;
 use labels::{LabelSet, escape_key};
 
 /// The environment variable the AWS SDKs read for the IMDS endpoint.
 pub const ENDPOINT_VAR: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT";
-
-const ENDPOINT_SOURCE: EndpointSource = EndpointSource {
-    config_field: "collectors.ec2.endpoint",
-    env_var: ENDPOINT_VAR,
-    default: LINK_LOCAL,
-};
 
 /// Lifetime asked for each token unless configured: the longest IMDS grants.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(21_600);
@@ -410,21 +403,22 @@ fn account_of(document: &str) -> Option<String> {
 impl CloudSource for Ec2Collector {
     const CLOUD: Cloud = Cloud::Ec2;
     const LABEL_KEYS: &'static [&'static str] = LABEL_KEYS;
+    const ENDPOINT: EndpointSource = EndpointSource {
+        config_field: "collectors.ec2.endpoint",
+        env_var: ENDPOINT_VAR,
+        default: LINK_LOCAL,
+    };
     type Config = Ec2Config;
 
-    fn with_env(
+    fn configured_endpoint(config: &Ec2Config) -> &str {
+        &config.endpoint
+    }
+
+    fn with_settings(
         config: &Ec2Config,
-        roots: &HostRoots,
-        env: impl Fn(&str) -> Option<String>,
+        settings: CloudSettings,
+        http: MetadataHttp,
     ) -> Result<Self, SetupError> {
-        let (settings, http) = CloudSettings::new(
-            &ENDPOINT_SOURCE,
-            config.enabled,
-            config.timeout,
-            &config.endpoint,
-            roots,
-            env,
-        )?;
         let ttl = config.token_ttl;
         if ttl < Duration::from_secs(1) || ttl > DEFAULT_TOKEN_TTL {
             return Err(SetupError::OutOfRange {
@@ -477,6 +471,7 @@ impl CloudSource for Ec2Collector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::HostRoots;
 
     #[test]
     fn an_out_of_range_token_lifetime_is_refused_by_name() {

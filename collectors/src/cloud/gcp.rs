@@ -21,18 +21,11 @@ use super::{
 };
 use crate::collector::{CollectError, Collected};
 use crate::config::{Enabled, duration, section};
-use crate::host::HostRoots;
 use labels::{LabelSet, escape_key};
 
 /// The environment variable Google's client libraries read for the metadata server
 /// (`host[:port]`).
 pub const ENDPOINT_VAR: &str = "GCE_METADATA_HOST";
-
-const ENDPOINT_SOURCE: EndpointSource = EndpointSource {
-    config_field: "collectors.gcp.endpoint",
-    env_var: ENDPOINT_VAR,
-    default: DEFAULT_ENDPOINT,
-};
 
 /// `collectors.gcp`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -246,21 +239,22 @@ pub fn labels_of(instance: &Value, export_attributes: &[String]) -> Result<Label
 impl CloudSource for GcpCollector {
     const CLOUD: Cloud = Cloud::Gcp;
     const LABEL_KEYS: &'static [&'static str] = LABEL_KEYS;
+    const ENDPOINT: EndpointSource = EndpointSource {
+        config_field: "collectors.gcp.endpoint",
+        env_var: ENDPOINT_VAR,
+        default: DEFAULT_ENDPOINT,
+    };
     type Config = GcpConfig;
 
-    fn with_env(
+    fn configured_endpoint(config: &GcpConfig) -> &str {
+        &config.endpoint
+    }
+
+    fn with_settings(
         config: &GcpConfig,
-        roots: &HostRoots,
-        env: impl Fn(&str) -> Option<String>,
+        settings: CloudSettings,
+        http: MetadataHttp,
     ) -> Result<Self, SetupError> {
-        let (settings, http) = CloudSettings::new(
-            &ENDPOINT_SOURCE,
-            config.enabled,
-            config.timeout,
-            &config.endpoint,
-            roots,
-            env,
-        )?;
         Ok(Self {
             http,
             settings,

@@ -589,8 +589,21 @@ pub trait CloudSource: Send + Sync + Sized + 'static {
     const CLOUD: Cloud;
     /// Every key the collector can emit.
     const LABEL_KEYS: &'static [&'static str];
+    /// Where its endpoint can come from.
+    const ENDPOINT: EndpointSource;
     /// Its section, `collectors.<cloud>`.
     type Config: Section;
+
+    /// The `endpoint` field of its section.
+    fn configured_endpoint(config: &Self::Config) -> &str;
+
+    /// The collector for `config`, given the settings and the HTTP client made from it. Fails
+    /// on a setting the service would not accept.
+    fn with_settings(
+        config: &Self::Config,
+        settings: CloudSettings,
+        http: MetadataHttp,
+    ) -> Result<Self, SetupError>;
 
     /// The collector for `config`, reading DMI through `roots` and the endpoint's environment
     /// variable through `env` (tests inject it). Fails on an invalid endpoint or setting.
@@ -598,7 +611,17 @@ pub trait CloudSource: Send + Sync + Sized + 'static {
         config: &Self::Config,
         roots: &HostRoots,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, SetupError>;
+    ) -> Result<Self, SetupError> {
+        let (settings, http) = CloudSettings::new(
+            &Self::ENDPOINT,
+            config.enabled(),
+            config.timeout(),
+            Self::configured_endpoint(config),
+            roots,
+            env,
+        )?;
+        Self::with_settings(config, settings, http)
+    }
 
     /// Its settings.
     fn settings(&self) -> &CloudSettings;
