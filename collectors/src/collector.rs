@@ -7,7 +7,57 @@ use crate::cgroup::{ContainerIdentity, ContainerMatch, parse_cgroup_file};
 use crate::error::BoxError;
 use crate::host::HostRoots;
 use crate::process::ProcessRef;
-use labels::LabelSet;
+use labels::{LabelSet, Trust};
+
+/// A label key a collector declares (`<KEY>` stands for a variable part), with the trust class
+/// of its values: who could have chosen them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySpec {
+    /// The key, e.g. `process:pid` or `process:env:<KEY>`.
+    pub key: &'static str,
+    /// Who could have chosen its values.
+    pub trust: Trust,
+}
+
+impl KeySpec {
+    /// A declaration of `key` whose values are of class `trust`.
+    pub const fn new(key: &'static str, trust: Trust) -> Self {
+        Self { key, trust }
+    }
+
+    /// Whether `key` is an instance of this declaration: the same key, or one that fills its
+    /// `<...>` part with anything non-empty.
+    ///
+    /// ```
+    /// use collectors::KeySpec;
+    /// use labels::Trust;
+    /// let env = KeySpec::new("process:env:<KEY>", Trust::SelfReported);
+    /// assert!(env.matches("process:env:HOME"));
+    /// assert!(!env.matches("process:env:"));
+    /// let account = KeySpec::new("gcp:serviceaccount:<ACCOUNT>:email", Trust::Node);
+    /// assert!(account.matches("gcp:serviceaccount:default:email"));
+    /// assert!(!account.matches("gcp:serviceaccount:default:scope"));
+    /// ```
+    pub fn matches(&self, key: &str) -> bool {
+        let Some(open) = self.key.find('<') else {
+            return self.key == key;
+        };
+        let close = self.key[open..]
+            .find('>')
+            .map_or(self.key.len(), |i| open + i + 1);
+        let (prefix, suffix) = (&self.key[..open], &self.key[close..]);
+        key.len() > prefix.len() + suffix.len() && key.starts_with(prefix) && key.ends_with(suffix)
+    }
+}
+
+/// `&[KeySpec]` for keys that all have one trust class: `key_specs![Trust::Node; "a", "b"]`.
+#[macro_export]
+macro_rules! key_specs {
+    ($trust:expr; $($key:literal),* $(,)?) => {{
+        const SPECS: &[$crate::KeySpec] = &[$($crate::KeySpec::new($key, $trust)),*];
+        SPECS
+    }};
+}
 
 /// What a collector's labels describe, and so how long they may be cached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -75,6 +125,10 @@ pub struct Collected {
     pub labels: LabelSet,
     /// Set when part of the data could not be read; the labels are still valid.
     pub partial: Option<String>,
+    /// Keys whose values are only [`Trust::SelfReported`] in this collection although the
+    /// collector declares a higher class (a binary path in a mount namespace of the process's
+    /// own, a hash of bytes a FUSE server could change).
+    pub untrusted: Vec<&'static str>,
 }
 
 impl Collected {
@@ -82,7 +136,7 @@ impl Collected {
     pub fn complete(labels: LabelSet) -> Self {
         Self {
             labels,
-            partial: None,
+            ..Self::default()
         }
     }
 }
@@ -159,8 +213,9 @@ pub trait Collector: Send + Sync {
     /// What the labels describe.
     fn scope(&self) -> Scope;
 
-    /// Every label key this collector can emit, as documented (`<KEY>` stands for a variable part).
-    fn label_keys(&self) -> &'static [&'static str];
+    /// Every label key this collector can emit, as documented (`<KEY>` stands for a variable
+    /// part), with the trust class of its values.
+    fn label_keys(&self) -> &'static [KeySpec];
 
     /// Collects the labels for `subject`.
     async fn collect(&self, subject: &Subject) -> Result<Collected, CollectError>;

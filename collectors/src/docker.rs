@@ -22,12 +22,12 @@ use tokio::sync::{OnceCell, broadcast};
 
 use crate::builtin::Builtin;
 use crate::cgroup::Runtime;
-use crate::collector::{CollectError, Collected, Collector, Invalidation, Scope, Subject};
+use crate::collector::{CollectError, Collected, Collector, Invalidation, KeySpec, Scope, Subject};
 use crate::config::{DEFAULT_TIMEOUT, Enabled, duration, section};
 use crate::error::BoxError;
 use crate::host::HostRoots;
 use crate::redaction::{REDACTED, Redactor, default_redact_patterns};
-use labels::{LabelSet, escape_bytes, escape_key};
+use labels::{LabelSet, Trust, escape_bytes, escape_key};
 
 /// Where the Docker socket is unless configured.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -65,7 +65,7 @@ impl Default for DockerConfig {
 section!(DockerConfig);
 
 /// Every key this collector can emit.
-pub const LABEL_KEYS: &[&str] = &[
+pub const LABEL_KEYS: &[KeySpec] = crate::key_specs![Trust::Runtime;
     "docker:id",
     "docker:name",
     "docker:cmdline",
@@ -176,7 +176,7 @@ impl Collector for DockerCollector {
         Scope::Container
     }
 
-    fn label_keys(&self) -> &'static [&'static str] {
+    fn label_keys(&self) -> &'static [KeySpec] {
         LABEL_KEYS
     }
 

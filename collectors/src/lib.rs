@@ -25,7 +25,7 @@ pub mod registry;
 pub mod sysfsdmi;
 
 pub use builtin::{Builtin, CollectorsConfig, SECTIONS, build_registry};
-pub use collector::{CollectError, Collected, Collector, Invalidation, Scope, Subject};
+pub use collector::{CollectError, Collected, Collector, Invalidation, KeySpec, Scope, Subject};
 pub use error::{BoxError, BuildError, error_chain};
 pub use host::{HostRoots, HostRootsConfig};
 pub use process::{ProcDir, ProcessError, ProcessRef};

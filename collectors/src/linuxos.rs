@@ -11,14 +11,14 @@ use std::path::Path;
 use async_trait::async_trait;
 
 use crate::builtin::Builtin;
-use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
+use crate::collector::{CollectError, Collected, Collector, KeySpec, Scope, Subject};
 use crate::config::BasicConfig;
 use crate::error::BoxError;
 use crate::host::HostRoots;
-use labels::LabelSet;
+use labels::{LabelSet, Trust};
 
 /// Every key this collector emits.
-pub const LABEL_KEYS: &[&str] = &[
+pub const LABEL_KEYS: &[KeySpec] = crate::key_specs![Trust::Node;
     "linuxos:name",
     "linuxos:version",
     "linuxos:kernel:release",
@@ -51,7 +51,11 @@ impl LinuxOsCollector {
                 self.roots.etc.display()
             )
         });
-        Ok(Collected { labels, partial })
+        Ok(Collected {
+            labels,
+            partial,
+            ..Default::default()
+        })
     }
 
     fn read_labels(&self) -> LabelSet {
@@ -106,7 +110,7 @@ impl Collector for LinuxOsCollector {
         Scope::Node
     }
 
-    fn label_keys(&self) -> &'static [&'static str] {
+    fn label_keys(&self) -> &'static [KeySpec] {
         LABEL_KEYS
     }
 

@@ -103,6 +103,28 @@ pub struct CollectorReport {
     /// Its labels (empty unless the status is ok or partial).
     #[serde(skip)]
     pub labels: LabelSet,
+    /// Keys of `labels` whose values are only `self` in this collection (see
+    /// [`Collected::untrusted`](crate::Collected::untrusted)).
+    #[serde(skip)]
+    pub untrusted: Vec<&'static str>,
+}
+
+impl CollectorReport {
+    /// The report of `collector` that ended in `status` with no labels.
+    pub fn without_labels(
+        collector: &dyn Collector,
+        status: CollectorStatus,
+        latency: Duration,
+    ) -> Self {
+        Self {
+            name: collector.name(),
+            scope: collector.scope(),
+            status,
+            latency,
+            labels: LabelSet::new(),
+            untrusted: Vec::new(),
+        }
+    }
 }
 
 fn serialize_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -166,13 +188,11 @@ impl Registry {
         let mut tasks = JoinSet::new();
         for (index, registered) in selected.iter().enumerate() {
             if !registered.enabled {
-                reports[index] = Some(CollectorReport {
-                    name: registered.collector.name(),
-                    scope: registered.collector.scope(),
-                    status: CollectorStatus::Disabled,
-                    latency: Duration::ZERO,
-                    labels: LabelSet::new(),
-                });
+                reports[index] = Some(CollectorReport::without_labels(
+                    &*registered.collector,
+                    CollectorStatus::Disabled,
+                    Duration::ZERO,
+                ));
                 continue;
             }
             let collector = Arc::clone(&registered.collector);
@@ -189,39 +209,41 @@ impl Registry {
                 continue; // a panic: its slot is filled as failed below
             };
             let registered = selected[index];
-            let (status, labels) = match outcome {
-                Err(_) => (
+            let collector = &*registered.collector;
+            reports[index] = Some(match outcome {
+                Err(_) => CollectorReport::without_labels(
+                    collector,
                     CollectorStatus::TimedOut {
                         after_ms: registered.timeout.as_millis() as u64,
                     },
-                    LabelSet::new(),
+                    latency,
                 ),
-                Ok(Ok(collected)) => match collected.partial {
-                    None => (CollectorStatus::Ok, collected.labels),
-                    Some(reason) => (CollectorStatus::Partial { reason }, collected.labels),
+                Ok(Ok(collected)) => CollectorReport {
+                    status: match collected.partial {
+                        None => CollectorStatus::Ok,
+                        Some(reason) => CollectorStatus::Partial { reason },
+                    },
+                    labels: collected.labels,
+                    untrusted: collected.untrusted,
+                    ..CollectorReport::without_labels(collector, CollectorStatus::Ok, latency)
                 },
-                Ok(Err(error)) => (status_of(error), LabelSet::new()),
-            };
-            reports[index] = Some(CollectorReport {
-                name: registered.collector.name(),
-                scope: registered.collector.scope(),
-                status,
-                latency,
-                labels,
+                Ok(Err(error)) => {
+                    CollectorReport::without_labels(collector, status_of(error), latency)
+                }
             });
         }
         reports
             .into_iter()
             .enumerate()
             .map(|(index, report)| {
-                report.unwrap_or_else(|| CollectorReport {
-                    name: selected[index].collector.name(),
-                    scope: selected[index].collector.scope(),
-                    status: CollectorStatus::Failed {
-                        error: "collector panicked".to_owned(),
-                    },
-                    latency: Duration::ZERO,
-                    labels: LabelSet::new(),
+                report.unwrap_or_else(|| {
+                    CollectorReport::without_labels(
+                        &*selected[index].collector,
+                        CollectorStatus::Failed {
+                            error: "collector panicked".to_owned(),
+                        },
+                        Duration::ZERO,
+                    )
                 })
             })
             .collect()
@@ -284,7 +306,7 @@ mod tests {
         fn scope(&self) -> Scope {
             Scope::Node
         }
-        fn label_keys(&self) -> &'static [&'static str] {
+        fn label_keys(&self) -> &'static [crate::KeySpec] {
             &[]
         }
         async fn collect(&self, _: &Subject) -> Result<Collected, CollectError> {
@@ -296,6 +318,7 @@ mod tests {
                     return Ok(Collected {
                         labels,
                         partial: Some("gone".into()),
+                        ..Default::default()
                     });
                 }
                 Behaviour::Sleep(d) => {

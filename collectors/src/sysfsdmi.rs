@@ -5,11 +5,11 @@
 use async_trait::async_trait;
 
 use crate::builtin::Builtin;
-use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
+use crate::collector::{CollectError, Collected, Collector, KeySpec, Scope, Subject};
 use crate::config::BasicConfig;
 use crate::error::BoxError;
 use crate::host::HostRoots;
-use labels::{LabelSet, escape_bytes};
+use labels::{LabelSet, Trust, escape_bytes};
 
 /// Each DMI file and the key it becomes.
 pub const DMI_FILES: &[(&str, &str)] = &[
@@ -30,7 +30,7 @@ pub const DMI_FILES: &[(&str, &str)] = &[
 ];
 
 /// Every key this collector emits.
-pub const LABEL_KEYS: &[&str] = &[
+pub const LABEL_KEYS: &[KeySpec] = crate::key_specs![Trust::Node;
     "sysfsdmi:bios:date",
     "sysfsdmi:bios:release",
     "sysfsdmi:bios:vendor",
@@ -84,7 +84,7 @@ impl Collector for SysfsDmiCollector {
         Scope::Node
     }
 
-    fn label_keys(&self) -> &'static [&'static str] {
+    fn label_keys(&self) -> &'static [KeySpec] {
         LABEL_KEYS
     }
 
@@ -113,6 +113,7 @@ mod tests {
     #[test]
     fn declared_keys_are_the_dmi_file_keys() {
         let from_files: Vec<&str> = DMI_FILES.iter().map(|(_, key)| *key).collect();
-        assert_eq!(from_files, LABEL_KEYS);
+        let declared: Vec<&str> = LABEL_KEYS.iter().map(|spec| spec.key).collect();
+        assert_eq!(from_files, declared);
     }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use kernel_hook::{ConnectEvent, HookEvent};
-use labels::LabelSet;
+use labels::{LabelSet, TrustMap};
 use selectors::{Action, PolicyMatch, PolicyStore};
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
@@ -30,10 +30,10 @@ const RESOLUTION_CONCURRENCY: usize = 64;
 pub struct ConnectReport {
     /// The kernel's event.
     pub event: ConnectEvent,
-    /// The process's labels (empty when it could not be resolved): those of its resolution,
-    /// shared with the resolver's kept answer.
-    #[serde(rename = "labels", serialize_with = "serialize_labels")]
-    pub resolution: Option<Arc<Resolution>>,
+    /// The process's `labels` and their `trust` classes (empty when it could not be resolved):
+    /// those of its resolution, shared with the resolver's kept answer.
+    #[serde(flatten)]
+    pub resolution: ResolvedLabels,
     /// Why the process could not be resolved (it may have exited already).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolution_error: Option<String>,
@@ -45,13 +45,28 @@ pub struct ConnectReport {
     pub default_applied: bool,
 }
 
-fn serialize_labels<S: serde::Serializer>(
-    resolution: &Option<Arc<Resolution>>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match resolution {
-        Some(resolution) => labels::serialize_map(&resolution.labels, serializer),
-        None => labels::serialize_map(&LabelSet::new(), serializer),
+/// A resolution's labels and trust map, written as the `labels` and `trust` fields of an event.
+#[derive(Debug, Clone)]
+pub struct ResolvedLabels(pub Option<Arc<Resolution>>);
+
+impl Serialize for ResolvedLabels {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Labels<'a>(&'a LabelSet);
+        impl Serialize for Labels<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                labels::serialize_map(self.0, s)
+            }
+        }
+        let (no_labels, no_trust) = (LabelSet::new(), TrustMap::new());
+        let (labels, trust) = match &self.0 {
+            Some(resolution) => (&resolution.labels, &resolution.trust),
+            None => (&no_labels, &no_trust),
+        };
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("labels", &Labels(labels))?;
+        map.serialize_entry("trust", trust)?;
+        map.end()
     }
 }
 
@@ -239,7 +254,7 @@ pub async fn report_connect(
     let evaluation = policies.current().evaluate(labels);
     ConnectReport {
         event,
-        resolution,
+        resolution: ResolvedLabels(resolution),
         resolution_error,
         policies: evaluation.matches,
         verdict: evaluation.verdict,

@@ -122,6 +122,8 @@ async fn serves_labels_verdicts_and_clear_errors_for_real_processes() {
     assert_eq!(labels["process:binary:hash"][0], hash);
     assert!(labels["linuxos:kernel:release"][0].is_string(), "{labels}");
     let collectors = body["collectors"].as_array().unwrap();
+    assert_eq!(body["trust"]["process:pid"], "kernel", "{body}");
+    assert_eq!(body["trust"]["process:cmdline"], "self", "{body}");
     let procfs = collectors.iter().find(|c| c["name"] == "procfs").unwrap();
     assert_eq!(procfs["status"]["state"], "ok", "{procfs}");
     assert!(body["resolved_at"].as_str().unwrap().ends_with('Z'));
@@ -139,6 +141,18 @@ async fn serves_labels_verdicts_and_clear_errors_for_real_processes() {
     assert_eq!(status, 200);
     assert!(content_type.starts_with("text/plain"), "{content_type}");
     assert!(text.contains(&format!("process:pid: {pid}\n")), "{text}");
+    // The trust classes as comments, which parsers of the rendering skip.
+    let kernel = text
+        .lines()
+        .find(|line| line.starts_with("# trust kernel: "))
+        .unwrap_or_else(|| panic!("no kernel trust line: {text}"));
+    assert!(
+        kernel.split(' ').any(|key| key == "process:pid"),
+        "{kernel}"
+    );
+    assert!(text.contains("# trust self: "), "{text}");
+    let parsed = labels::LabelSet::from_text(&text).unwrap();
+    assert_eq!(parsed.first("process:pid"), Some(pid.to_string().as_str()));
     let by_accept = client
         .get(daemon.url(&format!("/metadata/{pid}")))
         .header("accept", "text/plain")

@@ -16,9 +16,9 @@ use super::{
     Approach, Cloud, CloudSettings, CloudSource, DEFAULT_TIMEOUT, EndpointSource, LINK_LOCAL,
     MetadataHttp, SetupError, insert_value, scalar_text,
 };
-use crate::collector::{CollectError, Collected};
+use crate::collector::{CollectError, Collected, KeySpec};
 use crate::config::{Enabled, duration, section};
-use labels::{LabelSet, escape_key};
+use labels::{LabelSet, Trust, escape_key};
 
 /// The environment variable that overrides the endpoint (the Azure SDKs have no common one).
 pub const ENDPOINT_VAR: &str = "AZURE_IMDS_ENDPOINT";
@@ -75,7 +75,7 @@ const COMPUTE: &[(&str, &str)] = &[
 ];
 
 /// Every key this collector emits (`<KEY>`: a tag's name).
-pub const LABEL_KEYS: &[&str] = &[
+pub const LABEL_KEYS: &[KeySpec] = crate::key_specs![Trust::Node;
     "azure:name",
     "azure:network:mac",
     "azure:network:private-ipv4",
@@ -211,7 +211,7 @@ pub fn labels_of(instance: &Value, loadbalancer: Option<&Value>) -> LabelSet {
 #[async_trait]
 impl CloudSource for AzureCollector {
     const CLOUD: Cloud = Cloud::Azure;
-    const LABEL_KEYS: &'static [&'static str] = LABEL_KEYS;
+    const LABEL_KEYS: &'static [KeySpec] = LABEL_KEYS;
     const ENDPOINT: EndpointSource = EndpointSource {
         config_field: "collectors.azure.endpoint",
         env_var: ENDPOINT_VAR,
@@ -266,6 +266,7 @@ impl CloudSource for AzureCollector {
         Ok(Collected {
             labels: labels_of(&instance, loadbalancer.as_ref()),
             partial,
+            ..Default::default()
         })
     }
 }

@@ -19,9 +19,9 @@ use super::{
     Approach, Cloud, CloudSettings, CloudSource, DEFAULT_TIMEOUT, EndpointSource, LINK_LOCAL,
     MetadataHttp, PROBE_TIMEOUT, RequestError, SetupError, insert_value,
 };
-use crate::collector::{CollectError, Collected};
+use crate::collector::{CollectError, Collected, KeySpec};
 use crate::config::{Enabled, duration, section};
-use labels::{LabelSet, escape_key};
+use labels::{LabelSet, Trust, escape_key};
 
 /// The environment variable the AWS SDKs read for the IMDS endpoint.
 pub const ENDPOINT_VAR: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT";
@@ -93,7 +93,7 @@ const LEAVES: &[(&str, &str)] = &[
 ];
 
 /// Every key this collector emits (`<KEY>`: an instance tag's name).
-pub const LABEL_KEYS: &[&str] = &[
+pub const LABEL_KEYS: &[KeySpec] = crate::key_specs![Trust::Node;
     "ec2:account:id",
     "ec2:ami:id",
     "ec2:instance:id",
@@ -335,6 +335,7 @@ impl Ec2Collector {
         Ok(Collected {
             labels,
             partial: (!missing.is_empty()).then(|| missing.join("; ")),
+            ..Default::default()
         })
     }
 
@@ -402,7 +403,7 @@ fn account_of(document: &str) -> Option<String> {
 #[async_trait]
 impl CloudSource for Ec2Collector {
     const CLOUD: Cloud = Cloud::Ec2;
-    const LABEL_KEYS: &'static [&'static str] = LABEL_KEYS;
+    const LABEL_KEYS: &'static [KeySpec] = LABEL_KEYS;
     const ENDPOINT: EndpointSource = EndpointSource {
         config_field: "collectors.ec2.endpoint",
         env_var: ENDPOINT_VAR,

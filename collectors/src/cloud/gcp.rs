@@ -19,9 +19,9 @@ use super::{
     Approach, Cloud, CloudSettings, CloudSource, DEFAULT_TIMEOUT, EndpointSource, MetadataHttp,
     SetupError, insert_value, scalar_text,
 };
-use crate::collector::{CollectError, Collected};
+use crate::collector::{CollectError, Collected, KeySpec};
 use crate::config::{Enabled, duration, section};
-use labels::{LabelSet, escape_key};
+use labels::{LabelSet, Trust, escape_key};
 
 /// The environment variable Google's client libraries read for the metadata server
 /// (`host[:port]`).
@@ -76,7 +76,7 @@ const SECRET_ATTRIBUTES: &[&str] = &[
 
 /// Every key this collector emits (`<KEY>`: an attribute's name; `<ACCOUNT>`: a key of
 /// `serviceAccounts`).
-pub const LABEL_KEYS: &[&str] = &[
+pub const LABEL_KEYS: &[KeySpec] = crate::key_specs![Trust::Node;
     "gcp:attributes:<KEY>",
     "gcp:cpu-platform",
     "gcp:id",
@@ -238,7 +238,7 @@ pub fn labels_of(instance: &Value, export_attributes: &[String]) -> Result<Label
 #[async_trait]
 impl CloudSource for GcpCollector {
     const CLOUD: Cloud = Cloud::Gcp;
-    const LABEL_KEYS: &'static [&'static str] = LABEL_KEYS;
+    const LABEL_KEYS: &'static [KeySpec] = LABEL_KEYS;
     const ENDPOINT: EndpointSource = EndpointSource {
         config_field: "collectors.gcp.endpoint",
         env_var: ENDPOINT_VAR,

@@ -20,7 +20,7 @@ use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 
 use crate::builtin::Builtin;
-use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
+use crate::collector::{CollectError, Collected, Collector, KeySpec, Scope, Subject};
 use crate::config::{Enabled, Section};
 use crate::error::BoxError;
 use crate::host::HostRoots;
@@ -588,7 +588,7 @@ pub trait CloudSource: Send + Sync + Sized + 'static {
     /// Which cloud.
     const CLOUD: Cloud;
     /// Every key the collector can emit.
-    const LABEL_KEYS: &'static [&'static str];
+    const LABEL_KEYS: &'static [KeySpec];
     /// Where its endpoint can come from.
     const ENDPOINT: EndpointSource;
     /// Its section, `collectors.<cloud>`.
@@ -648,7 +648,7 @@ impl<S: CloudSource> Collector for S {
         Scope::Node
     }
 
-    fn label_keys(&self) -> &'static [&'static str] {
+    fn label_keys(&self) -> &'static [KeySpec] {
         S::LABEL_KEYS
     }
 

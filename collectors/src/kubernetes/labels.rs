@@ -2,10 +2,11 @@
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
-use labels::{LabelSet, escape_bytes, escape_key};
+use crate::collector::KeySpec;
+use labels::{LabelSet, Trust, escape_bytes, escape_key};
 
 /// Every key the collector can emit.
-pub const LABEL_KEYS: &[&str] = &[
+pub const LABEL_KEYS: &[KeySpec] = crate::key_specs![Trust::Runtime;
     "k8s:pod:name",
     "k8s:pod:namespace",
     "k8s:pod:uid",

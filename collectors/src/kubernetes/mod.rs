@@ -257,7 +257,7 @@ impl Collector for KubernetesCollector {
         Scope::Container
     }
 
-    fn label_keys(&self) -> &'static [&'static str] {
+    fn label_keys(&self) -> &'static [crate::KeySpec] {
         LABEL_KEYS
     }
 
@@ -302,6 +302,7 @@ impl Collector for KubernetesCollector {
                     "pod {uid} has no status for container {} yet: container labels are missing",
                     container.id
                 )),
+                ..Default::default()
             },
         })
     }

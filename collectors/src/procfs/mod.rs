@@ -22,7 +22,7 @@ pub use capabilities::capability_names;
 
 use crate::builtin::Builtin;
 use crate::cgroup::parse_cgroup_file;
-use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
+use crate::collector::{CollectError, Collected, Collector, KeySpec, Scope, Subject};
 use crate::config::{DEFAULT_TIMEOUT, Enabled, duration, section};
 use crate::error::BoxError;
 use crate::host::HostRoots;
@@ -31,6 +31,7 @@ use crate::process::{
 };
 use crate::redaction::{REDACTED, Redactor, default_redact_patterns};
 use accounts::IdNames;
+use labels::Trust::{Kernel, SelfReported};
 use labels::{LabelSet, escape_bytes, escape_bytes_limited};
 
 /// Default cut-off for `process:cmdline` and each `process:env:*` value, in bytes.
@@ -86,31 +87,34 @@ impl Default for ProcfsConfig {
 
 section!(ProcfsConfig);
 
-/// Every key this collector emits.
-pub const LABEL_KEYS: &[&str] = &[
-    "process:pid",
-    "process:name",
-    "process:cmdline",
-    "process:uid",
-    "process:uid:real",
-    "process:uid:effective",
-    "process:gid",
-    "process:gid:real",
-    "process:gid:effective",
-    "process:gid:additional",
-    "process:binary:path",
-    "process:binary:hash",
-    "process:env:<KEY>",
-    "process:ppid",
-    "process:start-time",
-    "process:cwd",
-    "process:user:name",
-    "process:group:name",
-    "process:container:id",
-    "process:cgroup",
-    "process:capabilities:effective",
-    "process:parent:name",
-    "process:parent:binary:path",
+/// Every key this collector emits, with the trust class of its values.
+pub const LABEL_KEYS: &[KeySpec] = &[
+    KeySpec::new("process:pid", Kernel),
+    KeySpec::new("process:name", SelfReported),
+    KeySpec::new("process:cmdline", SelfReported),
+    KeySpec::new("process:uid", Kernel),
+    KeySpec::new("process:uid:real", Kernel),
+    KeySpec::new("process:uid:effective", Kernel),
+    KeySpec::new("process:gid", Kernel),
+    KeySpec::new("process:gid:real", Kernel),
+    KeySpec::new("process:gid:effective", Kernel),
+    KeySpec::new("process:gid:additional", Kernel),
+    // `self` for a process in a mount namespace of its own, where it chooses what a path names.
+    KeySpec::new("process:binary:path", Kernel),
+    // `self` when the bytes hashed may differ from the ones executed (FUSE, network filesystems).
+    KeySpec::new("process:binary:hash", Kernel),
+    KeySpec::new("process:env:<KEY>", SelfReported),
+    KeySpec::new("process:ppid", Kernel),
+    KeySpec::new("process:start-time", Kernel),
+    KeySpec::new("process:cwd", SelfReported),
+    KeySpec::new("process:user:name", Kernel),
+    KeySpec::new("process:group:name", Kernel),
+    // `runtime` once a container runtime confirmed the process is in that container.
+    KeySpec::new("process:container:id", SelfReported),
+    KeySpec::new("process:cgroup", Kernel),
+    KeySpec::new("process:capabilities:effective", Kernel),
+    KeySpec::new("process:parent:name", SelfReported),
+    KeySpec::new("process:parent:binary:path", Kernel),
 ];
 
 /// Reads `process:*` labels from procfs.
@@ -201,7 +205,7 @@ impl Collector for ProcfsCollector {
         Scope::Process
     }
 
-    fn label_keys(&self) -> &'static [&'static str] {
+    fn label_keys(&self) -> &'static [KeySpec] {
         LABEL_KEYS
     }
 
@@ -393,7 +397,11 @@ impl Inner {
             }
         }
         let partial = self.explain_gaps(process, gaps);
-        Ok(Collected { labels, partial })
+        Ok(Collected {
+            labels,
+            partial,
+            ..Default::default()
+        })
     }
 
     /// Turns what went missing into a status: "exited during collection" when the process is

@@ -103,7 +103,10 @@ pub async fn metadata(
     let pid = parse_pid(pid)?;
     let Query(query) = query?;
     if wants_text(query.format, &headers) {
-        return Ok(text(state.resolver.resolve(pid).await?.labels.to_text()));
+        let resolution = state.resolver.resolve(pid).await?;
+        let mut body = resolution.labels.to_text();
+        body.push_str(&resolution.trust.to_text_comments());
+        return Ok(text(body));
     }
     let json = state.resolver.resolve_json(pid).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())

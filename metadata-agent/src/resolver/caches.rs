@@ -24,12 +24,15 @@ pub struct ScopeEntry {
     pub labels: LabelSet,
     /// When they were collected.
     pub resolved_at: SystemTime,
+    /// Keys whose values are only `self` in this collection.
+    pub untrusted: Vec<&'static str>,
 }
 
 impl ScopeEntry {
     pub(super) fn new(reports: Vec<CollectorReport>) -> Self {
         Self {
             labels: merge_labels(&reports),
+            untrusted: untrusted_keys(&reports),
             reports,
             resolved_at: SystemTime::now(),
         }
@@ -39,13 +42,16 @@ impl ScopeEntry {
     /// process and container entries need (node entries keep them, for stale labels).
     pub(super) fn merged(mut reports: Vec<CollectorReport>) -> Self {
         let labels = merge_labels(&reports);
+        let untrusted = untrusted_keys(&reports);
         for report in &mut reports {
             report.labels = LabelSet::new();
+            report.untrusted = Vec::new();
         }
         Self {
             labels,
             reports,
             resolved_at: SystemTime::now(),
+            untrusted,
         }
     }
 
@@ -65,6 +71,14 @@ impl ScopeEntry {
     }
 }
 
+/// The keys some report says are only `self` in this collection.
+fn untrusted_keys(reports: &[CollectorReport]) -> Vec<&'static str> {
+    reports
+        .iter()
+        .flat_map(|report| report.untrusted.iter().copied())
+        .collect()
+}
+
 /// A cached process. Its labels are frozen: the cache may hold tens of thousands.
 #[derive(Debug)]
 pub(super) struct ProcessEntry {
@@ -77,6 +91,8 @@ pub(super) struct ProcessEntry {
     pub container: Option<ContainerIdentity>,
     /// Why there is no container, when there is none.
     pub container_note: Option<String>,
+    /// Keys whose values are only `self` for this process (usually none).
+    pub untrusted: Box<[&'static str]>,
     /// The `/proc/<pid>/exe` target when collected; a different one means the process exec'd.
     pub exe: Option<PathBuf>,
     /// When the collection started, on the kernel's monotonic clock (that of hook events).

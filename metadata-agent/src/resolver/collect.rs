@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use collectors::cgroup::ContainerIdentity;
 use collectors::{CollectorReport, CollectorStatus, ProcessError, ProcessRef, Scope, Subject};
-use labels::LabelSet;
 
 use super::caches::{ProcessEntry, ProcessKey, ScopeEntry};
 use super::{ResolveError, Resolver};
@@ -46,6 +45,7 @@ impl Resolver {
             resolved_at: scope.resolved_at,
             container: subject.container,
             container_note: subject.container_note,
+            untrusted: scope.untrusted.into_boxed_slice(),
             exe,
             collected_ns,
         });
@@ -105,10 +105,8 @@ impl Resolver {
             .collectors()
             .iter()
             .filter(|r| r.collector.scope() == Scope::Container)
-            .map(|r| CollectorReport {
-                name: r.collector.name(),
-                scope: Scope::Container,
-                status: if r.enabled {
+            .map(|r| {
+                let status = if r.enabled {
                     CollectorStatus::NotApplicable {
                         reason: why
                             .unwrap_or("the process is not in a container")
@@ -116,9 +114,8 @@ impl Resolver {
                     }
                 } else {
                     CollectorStatus::Disabled
-                },
-                latency: Duration::ZERO,
-                labels: LabelSet::new(),
+                };
+                CollectorReport::without_labels(&*r.collector, status, Duration::ZERO)
             })
             .collect()
     }

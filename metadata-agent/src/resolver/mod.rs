@@ -21,12 +21,13 @@ mod node;
 mod prestart;
 #[cfg(test)]
 mod tests;
+mod trust;
 
 use std::sync::{Arc, RwLock};
 
 use collectors::cgroup::ContainerIdentity;
 use collectors::{CollectorReport, HostRoots, ProcessError, ProcessRef, Registry, Scope};
-use labels::LabelSet;
+use labels::{LabelSet, TrustMap};
 use quick_cache::sync::Cache;
 use serde::Serialize;
 
@@ -36,6 +37,7 @@ pub use caches::{ResolverLimits, ScopeEntry};
 use history::CollectorHistory;
 pub use history::CollectorState;
 use kept::{KeptAnswer, kept_answer_capacity};
+use trust::TrustTable;
 
 /// Why a PID could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,8 @@ pub struct Resolution {
     /// Labels of every scope, merged.
     #[serde(serialize_with = "labels::serialize_map")]
     pub labels: LabelSet,
+    /// The trust class of each key of `labels`: who could have chosen its values.
+    pub trust: TrustMap,
     /// Each collector's outcome: process scope, then container, then node.
     pub collectors: Vec<CollectorReport>,
     /// When the process labels were collected (RFC 3339).
@@ -90,6 +94,7 @@ pub struct Resolver {
     node: RwLock<Arc<ScopeEntry>>,
     node_ready: std::sync::atomic::AtomicBool,
     history: CollectorHistory,
+    trust: TrustTable,
 }
 
 impl Resolver {
@@ -107,6 +112,7 @@ impl Resolver {
             node: RwLock::new(Arc::new(ScopeEntry::empty())),
             node_ready: std::sync::atomic::AtomicBool::new(false),
             history: CollectorHistory::new(&registry),
+            trust: TrustTable::new(&registry),
             roots,
             registry,
             metrics,
@@ -150,19 +156,28 @@ impl Resolver {
         let (entry, node) = (&found.entry, &found.node);
         let mut labels = entry.labels.thaw();
         let mut reports = entry.reports.clone();
+        let mut untrusted = entry.untrusted.to_vec();
         if let Some(container) = &found.container {
             labels.merge(&container.labels);
             reports.extend(container.reports.iter().cloned());
+            untrusted.extend(&container.untrusted);
         } else {
             reports.extend(self.not_in_container(entry.container_note.as_deref()));
         }
         labels.merge(&node.labels);
         reports.extend(node.reports.iter().cloned());
+        // A runtime vouched for the container when one of its collectors gave labels for it.
+        let confirmed = found
+            .container
+            .as_ref()
+            .is_some_and(|container| !container.labels.is_empty());
+        let trust = self.trust.classify(&labels, &untrusted, confirmed);
         Resolution {
             pid: found.process.pid,
             start_time_ticks: found.process.start_ticks,
             container: entry.container.clone(),
             labels,
+            trust,
             collectors: reports,
             resolved_at: humantime::format_rfc3339_millis(entry.resolved_at).to_string(),
             cached: found.cached,

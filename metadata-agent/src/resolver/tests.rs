@@ -219,8 +219,8 @@ impl collectors::Collector for Flaky {
     fn scope(&self) -> Scope {
         Scope::Node
     }
-    fn label_keys(&self) -> &'static [&'static str] {
-        &["flaky:id"]
+    fn label_keys(&self) -> &'static [collectors::KeySpec] {
+        collectors::key_specs![labels::Trust::Node; "flaky:id"]
     }
     async fn collect(
         &self,
@@ -273,8 +273,8 @@ impl collectors::Collector for LateStatus {
     fn scope(&self) -> Scope {
         Scope::Container
     }
-    fn label_keys(&self) -> &'static [&'static str] {
-        &["late:name"]
+    fn label_keys(&self) -> &'static [collectors::KeySpec] {
+        collectors::key_specs![labels::Trust::Runtime; "late:name", "late:pod"]
     }
     async fn collect(
         &self,
@@ -287,6 +287,7 @@ impl collectors::Collector for LateStatus {
             return Ok(collectors::Collected {
                 labels,
                 partial: Some("no status for the container yet".into()),
+                ..Default::default()
             });
         }
         labels.insert("late:name", "app");
@@ -454,4 +455,26 @@ async fn a_thread_id_resolves_to_its_cached_process() {
     let thread = resolver.resolve(51).await.unwrap();
     assert_eq!((thread.pid, thread.cached), (50, true));
     assert_eq!(resolver.cached_pids(), vec![50]);
+}
+
+#[tokio::test]
+async fn every_key_of_an_answer_has_its_trust_class() {
+    let proc = FakeProc::new();
+    proc.process(70, 100, "/usr/bin/server", "server --port 1");
+    let resolver = proc.resolver();
+    resolver.refresh_node().await;
+    let resolution = resolver.resolve(70).await.unwrap();
+    let keys: Vec<&str> = resolution.labels.iter().map(|(key, _)| key).collect();
+    let classified: Vec<&str> = resolution.trust.iter().map(|(key, _)| key).collect();
+    assert_eq!(keys, classified);
+    let trust = |key: &str| resolution.trust.get(key).as_str();
+    assert_eq!(trust("process:pid"), "kernel");
+    assert_eq!(trust("process:uid"), "kernel");
+    assert_eq!(trust("process:binary:path"), "kernel");
+    assert_eq!(trust("process:cmdline"), "self");
+    assert_eq!(trust("process:name"), "self");
+    assert_eq!(trust("linuxos:kernel:release"), "node");
+    let json = serde_json::to_value(&*resolution).unwrap();
+    assert_eq!(json["trust"]["process:cmdline"], "self");
+    assert_eq!(json["trust"]["process:pid"], "kernel");
 }
