@@ -7,8 +7,12 @@
 //! one file are reported as a conflict, never guessed between.
 
 use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::host::HostRoots;
 
 /// The runtime a container id was found under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -38,7 +42,7 @@ impl fmt::Display for Runtime {
     }
 }
 
-/// A container a process runs in.
+/// A container a process runs in, as its cgroup paths name it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct ContainerIdentity {
     /// The 64-hex container id.
@@ -47,6 +51,20 @@ pub struct ContainerIdentity {
     pub runtime: Runtime,
     /// The Kubernetes pod UID (with dashes), when the path is under `kubepods`.
     pub pod_uid: Option<String>,
+    /// The container's cgroup: the path up to and including the segment naming the id (a
+    /// process in a sub-cgroup of the container has the same), in the v2 hierarchy when it names
+    /// the container there, else in the first v1 hierarchy that does.
+    pub cgroup: String,
+    /// That path's hierarchy: empty for cgroup v2, else its v1 controllers (`memory`,
+    /// `name=systemd`, `cpu,cpuacct`).
+    pub hierarchy: String,
+}
+
+impl ContainerIdentity {
+    /// Whether `other` names the same container in the same cgroup.
+    pub fn same_cgroup(&self, other: &ContainerIdentity) -> bool {
+        self.id == other.id && self.cgroup == other.cgroup && self.hierarchy == other.hierarchy
+    }
 }
 
 /// What a process's cgroup file says about its container.
@@ -133,13 +151,19 @@ pub fn parse_cgroup_file(content: &str) -> CgroupInfo {
         else {
             continue;
         };
-        if hierarchy == "0" && controllers.is_empty() {
+        let v2 = hierarchy == "0" && controllers.is_empty();
+        if v2 {
             v2_path = Some(path.to_owned());
         }
-        match parse_path(path) {
+        match parse_path(path, controllers) {
             PathMatch::Container(identity) => match &mut found {
                 None => found = Some(identity),
                 Some(existing) => {
+                    if v2 {
+                        // The unified hierarchy is where the container is checked.
+                        existing.cgroup = identity.cgroup.clone();
+                        existing.hierarchy = identity.hierarchy.clone();
+                    }
                     if existing.id != identity.id {
                         return conflict(
                             v2_path,
@@ -211,7 +235,7 @@ const FOREIGN_MARKERS: &[&str] = &[
     "kubepods",
 ];
 
-fn parse_path(path: &str) -> PathMatch {
+fn parse_path(path: &str, hierarchy: &str) -> PathMatch {
     let mut pod_uid = None;
     let mut identity: Option<(String, Runtime)> = None;
     let mut previous = "";
@@ -249,10 +273,15 @@ fn parse_path(path: &str) -> PathMatch {
     }
     match identity {
         Some((id, runtime)) if runtime != Runtime::Unknown || pod_uid.is_some() => {
+            // The container's cgroup ends with the segment that names its id.
+            let at = path.rfind(id.as_str()).unwrap_or(0) + id.len();
+            let end = path[at..].find('/').map_or(path.len(), |i| at + i);
             PathMatch::Container(ContainerIdentity {
                 id,
                 runtime,
                 pod_uid,
+                cgroup: path[..end].to_owned(),
+                hierarchy: hierarchy.to_owned(),
             })
         }
         // A bare id outside kubepods, under no known parent (e.g. `/ecs/<task>/<id>`).
@@ -298,6 +327,87 @@ fn is_uuid(text: &str) -> bool {
             .all(|(g, len)| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// `containers:`: which cgroups may hold containers.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ContainersConfig {
+    /// Uids of rootless container runtimes (rootless Docker or Podman). Containers in the
+    /// subtree systemd delegates to such a user (`user@<uid>.service`), owned by that user, are
+    /// recognized; in any other user's subtree a container-shaped cgroup is not a container.
+    /// Default: none.
+    pub rootless_uids: Vec<u32>,
+}
+
+/// The directory of `identity`'s cgroup on the host: under `<sys>/fs/cgroup`, in its hierarchy.
+pub fn cgroup_dir(roots: &HostRoots, identity: &ContainerIdentity) -> PathBuf {
+    let base = roots.sys.join("fs/cgroup");
+    let hierarchy = if identity.hierarchy.is_empty() {
+        // cgroup v2 alone at the root, or beside v1 as `unified`.
+        if base.join("cgroup.controllers").exists() {
+            base
+        } else {
+            base.join("unified")
+        }
+    } else {
+        let name = identity
+            .hierarchy
+            .strip_prefix("name=")
+            .unwrap_or(&identity.hierarchy);
+        let joined = base.join(name);
+        match name.split_once(',') {
+            // `cpu,cpuacct` is often mounted as `cpu,cpuacct` with links, sometimes apart.
+            Some((first, _)) if !joined.exists() => base.join(first),
+            _ => joined,
+        }
+    };
+    hierarchy.join(identity.cgroup.trim_start_matches('/'))
+}
+
+/// Checks that `identity`'s cgroup is one only a container runtime could have made: owned by
+/// root and outside any user's delegated subtree (`user@<uid>.service`), or, for a rootless
+/// runtime's uid named in `config`, owned by that user inside that user's subtree.
+///
+/// A user can create cgroups of any name in the subtree systemd delegates to it
+/// (`systemd-run --user --scope -u docker-<id>`), so a container-shaped path alone proves
+/// nothing. The error says why the cgroup does not qualify.
+pub fn check_placement(
+    roots: &HostRoots,
+    identity: &ContainerIdentity,
+    config: &ContainersConfig,
+) -> Result<(), String> {
+    let dir = cgroup_dir(roots, identity);
+    let owner = std::fs::metadata(&dir)
+        .map_err(|e| {
+            format!(
+                "cannot check who owns cgroup {} ({}): {e}",
+                identity.cgroup,
+                dir.display()
+            )
+        })?
+        .uid();
+    let delegated_to = identity.cgroup.split('/').find_map(|segment| {
+        segment
+            .strip_prefix("user@")?
+            .strip_suffix(".service")?
+            .parse()
+            .ok()
+    });
+    match delegated_to {
+        None if owner == 0 => Ok(()),
+        None => Err(format!(
+            "cgroup {} is owned by uid {owner}, not by root: a container runtime did not make it",
+            identity.cgroup
+        )),
+        Some(uid) if config.rootless_uids.contains(&uid) && (owner == uid || owner == 0) => Ok(()),
+        Some(uid) => Err(format!(
+            "cgroup {} (owned by uid {owner}) is in the subtree delegated to uid {uid} \
+             (user@{uid}.service), where that user names cgroups as it likes; list {uid} in \
+             containers.rootlessUids if a rootless runtime runs there",
+            identity.cgroup
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,8 +417,16 @@ mod tests {
     const UID: &str = "6d4e1f2a-8b3c-4d5e-9f60-718293a4b5c6";
     const UID_: &str = "6d4e1f2a_8b3c_4d5e_9f60_718293a4b5c6";
 
+    /// What the file says about a container, without where its cgroup is (tested apart).
     fn container(content: &str) -> ContainerMatch {
-        parse_cgroup_file(content).container
+        match parse_cgroup_file(content).container {
+            ContainerMatch::Container(identity) => ContainerMatch::Container(ContainerIdentity {
+                cgroup: String::new(),
+                hierarchy: String::new(),
+                ..identity
+            }),
+            other => other,
+        }
     }
 
     fn expect(runtime: Runtime, pod: bool) -> ContainerMatch {
@@ -316,7 +434,33 @@ mod tests {
             id: ID.to_owned(),
             runtime,
             pod_uid: pod.then(|| UID.to_owned()),
+            cgroup: String::new(),
+            hierarchy: String::new(),
         })
+    }
+
+    #[test]
+    fn the_container_cgroup_is_the_path_up_to_its_id_preferably_in_v2() {
+        let identity = |content: String| parse_cgroup_file(&content).identity().cloned().unwrap();
+        let v1_and_v2 = identity(format!(
+            "9:name=systemd:/docker/{ID}\n4:memory:/docker/{ID}\n0::/docker/{ID}/init.scope\n"
+        ));
+        assert_eq!(v1_and_v2.cgroup, format!("/docker/{ID}"));
+        assert_eq!(v1_and_v2.hierarchy, "");
+        let v1_only = identity(format!("9:name=systemd:/docker/{ID}\n0::/\n"));
+        assert_eq!(
+            (v1_only.cgroup.as_str(), v1_only.hierarchy.as_str()),
+            (format!("/docker/{ID}").as_str(), "name=systemd")
+        );
+        let scope = identity(format!(
+            "0::/kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{ID}.scope/sub\n"
+        ));
+        assert_eq!(
+            scope.cgroup,
+            format!("/kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{ID}.scope")
+        );
+        assert!(scope.same_cgroup(&scope.clone()));
+        assert!(!scope.same_cgroup(&v1_and_v2));
     }
 
     #[test]
@@ -504,6 +648,90 @@ mod tests {
         assert_eq!(
             container(&format!("0::/docker/{upper}")),
             ContainerMatch::None
+        );
+    }
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use std::os::unix::fs::chown;
+
+    use super::*;
+
+    const ID: &str = "3ac7ed50c6087bb468fd70d37a6e3ee8d5b554bcbde20bd83f9a9dfa14f0431e";
+
+    /// A cgroup `path` (v2, as `unified` beside v1) under a temporary sys root, owned by `uid`.
+    fn placed(sys: &std::path::Path, path: &str, uid: u32) -> ContainerIdentity {
+        let dir = sys.join("fs/cgroup/unified").join(&path[1..]);
+        std::fs::create_dir_all(&dir).unwrap();
+        chown(&dir, Some(uid), Some(uid)).unwrap();
+        parse_cgroup_file(&format!("0::{path}\n"))
+            .identity()
+            .cloned()
+            .unwrap()
+    }
+
+    #[test]
+    fn only_root_owned_cgroups_outside_user_subtrees_hold_containers() {
+        if !test_support::require(test_support::is_root(), "root, to give cgroups owners") {
+            return;
+        }
+        let sys = tempfile::tempdir().unwrap();
+        let roots = HostRoots {
+            sys: sys.path().to_owned(),
+            ..HostRoots::default()
+        };
+        let none = ContainersConfig::default();
+        let rootless = ContainersConfig {
+            rootless_uids: vec![1000],
+        };
+        let check =
+            |identity: &ContainerIdentity, config| check_placement(&roots, identity, config);
+
+        let docker = placed(sys.path(), &format!("/docker/{ID}"), 0);
+        assert_eq!(check(&docker, &none), Ok(()));
+        assert!(cgroup_dir(&roots, &docker).ends_with(format!("unified/docker/{ID}")));
+
+        // What `systemd-run --user --scope -u docker-<id>` makes: the user's own cgroup.
+        let user_scope =
+            format!("/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{ID}.scope");
+        let forged = placed(sys.path(), &user_scope, 1000);
+        let why = check(&forged, &none).unwrap_err();
+        assert!(
+            why.contains("user@1000.service") && why.contains("uid 1000"),
+            "{why}"
+        );
+        // A rootless runtime's uid, named in the configuration: its containers are recognized.
+        assert_eq!(check(&forged, &rootless), Ok(()));
+        // Another user's subtree is not that runtime's.
+        let other = placed(
+            sys.path(),
+            &format!("/user.slice/user-1001.slice/user@1001.service/docker-{ID}.scope"),
+            1001,
+        );
+        assert!(check(&other, &rootless).is_err());
+
+        // Owned by a user outside any delegated subtree: not made by a runtime.
+        let chowned = placed(
+            sys.path(),
+            &format!("/system.slice/docker-{ID}.scope"),
+            1000,
+        );
+        let why = check(&chowned, &none).unwrap_err();
+        assert!(why.contains("owned by uid 1000, not by root"), "{why}");
+
+        // A cgroup that is not there (the process left it, or a recorded tree).
+        let missing = parse_cgroup_file(&format!(
+            "0::/kubepods/pod{}/{ID}\n",
+            "0a1b2c3d-4e5f-6789-abcd-ef0123456789"
+        ))
+        .identity()
+        .cloned()
+        .unwrap();
+        assert!(
+            check(&missing, &none)
+                .unwrap_err()
+                .contains("cannot check who owns")
         );
     }
 }

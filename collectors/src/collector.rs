@@ -3,7 +3,9 @@
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::cgroup::{ContainerIdentity, ContainerMatch, parse_cgroup_file};
+use crate::cgroup::{
+    ContainerIdentity, ContainerMatch, ContainersConfig, check_placement, parse_cgroup_file,
+};
 use crate::error::BoxError;
 use crate::host::HostRoots;
 use crate::process::ProcessRef;
@@ -100,13 +102,22 @@ impl Subject {
         Self::default()
     }
 
-    /// `process` and the container its cgroups name (read from `<proc>/<pid>/cgroup`), or why
-    /// there is none.
-    pub fn of_process(roots: &HostRoots, process: ProcessRef) -> Self {
+    /// `process` and the container its cgroups name (read from `<proc>/<pid>/cgroup`), when
+    /// that cgroup is one a container runtime made ([`check_placement`]); else why there is none.
+    pub fn of_process(
+        roots: &HostRoots,
+        process: ProcessRef,
+        containers: &ContainersConfig,
+    ) -> Self {
         let cgroup = std::fs::read(roots.proc_file(process.pid, "cgroup"))
             .map(|content| parse_cgroup_file(&String::from_utf8_lossy(&content)).container);
         let (container, container_note) = match cgroup {
-            Ok(ContainerMatch::Container(identity)) => (Some(identity), None),
+            Ok(ContainerMatch::Container(identity)) => {
+                match check_placement(roots, &identity, containers) {
+                    Ok(()) => (Some(identity), None),
+                    Err(why) => (None, Some(why)),
+                }
+            }
             Ok(other) => (None, other.why_not_a_container()),
             Err(error) => (None, Some(format!("cannot read its cgroups: {error}"))),
         };

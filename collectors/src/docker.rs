@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, broadcast};
 
 use crate::builtin::Builtin;
-use crate::cgroup::Runtime;
+use crate::cgroup::{ContainerIdentity, Runtime, parse_cgroup_file};
 use crate::collector::{CollectError, Collected, Collector, Invalidation, KeySpec, Scope, Subject};
 use crate::config::{DEFAULT_TIMEOUT, Enabled, duration, section};
 use crate::error::BoxError;
@@ -83,6 +83,8 @@ const STALE_AFTER: &[&str] = &["die", "destroy", "rename", "update"];
 
 /// `docker:*` labels from the Docker Engine.
 pub struct DockerCollector {
+    /// To read the cgroups of a container's own process.
+    roots: HostRoots,
     socket: PathBuf,
     enabled: Enabled,
     timeout: Duration,
@@ -95,10 +97,11 @@ pub struct DockerCollector {
 impl DockerCollector {
     /// A collector for the socket of `config` (a path or a `unix://` URL); its timeout bounds
     /// every request to the engine.
-    pub fn new(config: &DockerConfig) -> Self {
+    pub fn new(config: &DockerConfig, roots: &HostRoots) -> Self {
         let socket = config.socket_path.as_str();
         let socket = socket.strip_prefix("unix://").unwrap_or(socket);
         Self {
+            roots: roots.clone(),
             socket: PathBuf::from(socket),
             enabled: config.enabled,
             timeout: config.timeout,
@@ -127,11 +130,11 @@ impl DockerCollector {
         }
     }
 
-    /// Labels of container `id`, or `None` when the engine does not know it.
-    async fn inspect(&self, id: &str) -> Result<Option<LabelSet>, CollectError> {
+    /// Container `id` as the engine describes it, or `None` when the engine does not know it.
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, CollectError> {
         let client = self.client().await?;
         match client.inspect_container(id, None).await {
-            Ok(container) => Ok(Some(labels_of(&container, &self.redactor))),
+            Ok(container) => Ok(Some(container)),
             Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(None),
@@ -158,11 +161,48 @@ async fn connect(socket: &Path, timeout: Duration) -> Result<Docker, CollectErro
     client.negotiate_version().await.map_err(failed)
 }
 
+impl DockerCollector {
+    /// Whether Docker vouches that the process named by `container` is in the container it
+    /// inspected: the container's own process (`State.Pid`) must be in the same cgroup. A
+    /// container id in a cgroup that Docker did not make proves nothing by itself.
+    fn confirm_membership(
+        &self,
+        container: &ContainerIdentity,
+        inspected: &ContainerInspectResponse,
+    ) -> Result<(), CollectError> {
+        let not_confirmed = |why: String| {
+            CollectError::NotApplicable(format!(
+                "Docker does not confirm the process is in container {}: {why}",
+                container.id
+            ))
+        };
+        let pid = inspected
+            .state
+            .as_ref()
+            .and_then(|state| state.pid)
+            .filter(|&pid| pid > 0)
+            .ok_or_else(|| not_confirmed("the container is not running".to_owned()))?;
+        let theirs = std::fs::read(self.roots.proc_file(pid as u32, "cgroup")).map_err(|e| {
+            not_confirmed(format!("cannot read the cgroups of its process {pid}: {e}"))
+        })?;
+        match parse_cgroup_file(&String::from_utf8_lossy(&theirs)).identity() {
+            Some(theirs) if theirs.same_cgroup(container) => Ok(()),
+            Some(theirs) => Err(not_confirmed(format!(
+                "Docker places container {} in cgroup {}, and this process is in {}",
+                container.id, theirs.cgroup, container.cgroup
+            ))),
+            None => Err(not_confirmed(format!(
+                "its process {pid} is in no container cgroup"
+            ))),
+        }
+    }
+}
+
 impl Builtin for DockerCollector {
     type Config = DockerConfig;
 
-    fn build(config: &DockerConfig, _roots: &HostRoots) -> Result<Self, BoxError> {
-        Ok(Self::new(config))
+    fn build(config: &DockerConfig, roots: &HostRoots) -> Result<Self, BoxError> {
+        Ok(Self::new(config, roots))
     }
 }
 
@@ -195,13 +235,14 @@ impl Collector for DockerCollector {
         if !self.socket.exists() {
             return Err(self.missing_socket());
         }
-        match self.inspect(&container.id).await? {
-            Some(labels) => Ok(Collected::complete(labels)),
-            None => Err(CollectError::NotApplicable(format!(
+        let Some(inspected) = self.inspect(&container.id).await? else {
+            return Err(CollectError::NotApplicable(format!(
                 "Docker does not know container {}",
                 container.id
-            ))),
-        }
+            )));
+        };
+        self.confirm_membership(container, &inspected)?;
+        Ok(Collected::complete(labels_of(&inspected, &self.redactor)))
     }
 
     fn invalidations(&self) -> Option<broadcast::Receiver<Invalidation>> {
@@ -373,7 +414,7 @@ mod tests {
             timeout: Duration::from_millis(200),
             ..Default::default()
         };
-        let collector = DockerCollector::new(&config);
+        let collector = DockerCollector::new(&config, &HostRoots::default());
         assert_eq!(collector.socket(), Path::new("/nonexistent/docker.sock"));
         let none = collector.collect(&Subject::default()).await.unwrap_err();
         assert!(matches!(none, CollectError::NotApplicable(_)), "{none:?}");
@@ -383,6 +424,8 @@ mod tests {
                 id: "a".repeat(64),
                 runtime: Runtime::Containerd,
                 pod_uid: None,
+                cgroup: String::new(),
+                hierarchy: String::new(),
             }),
             ..Default::default()
         };
@@ -396,10 +439,13 @@ mod tests {
                 if reason == "no Docker socket at /nonexistent/docker.sock"),
             "{missing:?}"
         );
-        let always = DockerCollector::new(&DockerConfig {
-            enabled: Enabled::Always,
-            ..config
-        });
+        let always = DockerCollector::new(
+            &DockerConfig {
+                enabled: Enabled::Always,
+                ..config
+            },
+            &HostRoots::default(),
+        );
         assert!(matches!(
             always.collect(&subject).await.unwrap_err(),
             CollectError::Failed { .. }
@@ -423,7 +469,7 @@ mod tests {
             timeout: Duration::from_millis(300),
             ..Default::default()
         };
-        let collector = Arc::new(DockerCollector::new(&config));
+        let collector = Arc::new(DockerCollector::new(&config, &HostRoots::default()));
         let mut registry = crate::Registry::new();
         registry.register(collector, true, Duration::from_millis(300));
         let subject = Subject {
@@ -432,6 +478,8 @@ mod tests {
                 id: "b".repeat(64),
                 runtime: Runtime::Docker,
                 pod_uid: None,
+                cgroup: String::new(),
+                hierarchy: String::new(),
             }),
             container_note: None,
         };

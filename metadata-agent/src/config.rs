@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use collectors::cgroup::ContainersConfig;
 use collectors::config::{Enabled, duration};
 use collectors::{CollectorsConfig, HostRootsConfig};
 use selectors::Action;
@@ -27,6 +28,8 @@ pub struct Config {
     pub hook: HookConfig,
     /// Where the host's `/proc`, `/sys` and `/etc` are.
     pub host: HostRootsConfig,
+    /// Which cgroups may hold containers.
+    pub containers: ContainersConfig,
     /// One section per collector.
     pub collectors: CollectorsConfig,
 }

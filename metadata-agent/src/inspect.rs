@@ -45,7 +45,7 @@ async fn print(args: InspectArgs) -> anyhow::Result<()> {
     let roots = HostRoots::resolve(&config.host);
     let pid = parse_pid(&args.pid, &roots)?;
     let registry = collectors::build_registry(&config.collectors, &roots)?;
-    let resolution = resolve_once(registry, roots, pid).await?;
+    let resolution = resolve_once(registry, roots, config.containers, pid).await?;
     let mut stdout = std::io::stdout().lock();
     if args.json {
         let mut text = serde_json::to_string_pretty(&resolution)?;

@@ -95,7 +95,9 @@ async fn test(args: TestArgs) -> anyhow::Result<()> {
             let roots = HostRoots::resolve(&config.host);
             let pid = collectors::process::parse_pid(pid, &roots)?;
             let registry = collectors::build_registry(&config.collectors, &roots)?;
-            resolve_once(registry, roots, pid).await?.labels
+            resolve_once(registry, roots, config.containers, pid)
+                .await?
+                .labels
         }
         (None, None) => bail!("give --labels FILE or --pid N"),
     };

@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use collectors::cgroup::{ContainerIdentity, Runtime};
@@ -65,6 +64,8 @@ fn subject(pod_uid: &str, container: &str) -> Subject {
             id: container_id(container),
             runtime: Runtime::Containerd,
             pod_uid: Some(pod_uid.to_owned()),
+            cgroup: String::new(),
+            hierarchy: String::new(),
         }),
         container_note: None,
     }
@@ -397,22 +398,23 @@ async fn a_deleted_pod_stays_resolvable_for_the_grace_period() {
 }
 
 #[tokio::test]
-async fn a_container_missing_from_the_statuses_gives_partial_pod_labels() {
+async fn a_container_the_pod_does_not_list_gets_no_pod_labels() {
     let kubelet = Kubelet::start(behaviour()).await;
     let collector = collector(&config_for(&kubelet, TOKEN));
-    // The container the status's lastState names: an earlier one, not matched.
+    // The container the status's lastState names: an earlier one, not matched. A pod UID in a
+    // cgroup path is not enough: the pod must list the container (issue 18). Partial, so the
+    // next lookup asks again (the kubelet's status may lag a container that just started).
     let earlier = subject(METRICS_SERVER_UID, "metrics-server-previous");
     let collected = collector.collect(&earlier).await.unwrap();
     assert!(
         collected
             .partial
             .as_deref()
-            .is_some_and(|p| p.contains("has no status for container")),
+            .is_some_and(|p| p.contains("does not list container")),
         "{:?}",
         collected.partial
     );
-    assert_eq!(collected.labels.get("k8s:pod:namespace"), ["kube-system"]);
-    assert!(!collected.labels.contains_key("k8s:container:name"));
+    assert!(collected.labels.is_empty(), "{}", collected.labels);
 }
 
 #[tokio::test]
@@ -432,50 +434,6 @@ async fn processes_outside_pods_never_reach_the_kubelet() {
         "{plain:?}"
     );
     assert_eq!(kubelet.pod_lists_served(), 0);
-}
-
-/// Cgroups made for one test and removed afterwards (deepest first), with the process moved
-/// into them killed.
-struct Cgroups {
-    made: Vec<PathBuf>,
-    child: std::process::Child,
-}
-
-impl Cgroups {
-    /// Spawns a process and moves it into `leaf` under `root`, creating every level.
-    fn spawn_into(root: &Path, leaf: &str) -> Self {
-        let mut made = Vec::new();
-        let mut dir = root.to_path_buf();
-        for part in leaf.split('/') {
-            dir.push(part);
-            if !dir.exists() {
-                std::fs::create_dir(&dir)
-                    .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
-                made.push(dir.clone());
-            }
-        }
-        let child = Command::new("sleep").arg("60").spawn().unwrap();
-        let procs = dir.join("cgroup.procs");
-        std::fs::write(&procs, child.id().to_string())
-            .unwrap_or_else(|e| panic!("moving {} into {}: {e}", child.id(), procs.display()));
-        Self { made, child }
-    }
-}
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for dir in self.made.iter().rev() {
-            // A cgroup is removable once its last process is gone, which can take a moment.
-            for _ in 0..50 {
-                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
 }
 
 /// `metadata-agent inspect <pid> --json` with `config`.
@@ -543,7 +501,10 @@ async fn real_cgroups_shaped_like_a_kubelets_resolve_to_their_pods() {
 
     // cgroupfs driver, cgroup v1: kubepods/<qos>/pod<uid>/<id>; the web pod's proxy container.
     let proxy = container_id("proxy");
-    let cgroupfs = Cgroups::spawn_into(v1, &format!("kubepods/besteffort/pod{WEB_UID}/{proxy}"));
+    let cgroupfs = common::cgroups::Cgroups::spawn_into(
+        v1,
+        &format!("kubepods/besteffort/pod{WEB_UID}/{proxy}"),
+    );
     let resolution = inspect(&config, cgroupfs.child.id()).await;
     let expected = collectors::kubernetes::labels::labels_of(
         &pods[1],
@@ -561,7 +522,7 @@ async fn real_cgroups_shaped_like_a_kubelets_resolve_to_their_pods() {
     // systemd driver, cgroup v2: the reference's metrics-server pod, run by containerd.
     let id = container_id("metrics-server");
     let slice = METRICS_SERVER_UID.replace('-', "_");
-    let systemd = Cgroups::spawn_into(
+    let systemd = common::cgroups::Cgroups::spawn_into(
         v2,
         &format!(
             "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{slice}.slice/\
@@ -577,6 +538,34 @@ async fn real_cgroups_shaped_like_a_kubelets_resolve_to_their_pods() {
     let statuses = resolution["collectors"].as_array().unwrap();
     let kubernetes = statuses.iter().find(|c| c["name"] == "kubernetes").unwrap();
     assert_eq!(kubernetes["status"]["state"], "ok", "{kubernetes:#}");
+    assert_eq!(resolution["trust"]["k8s:pod:name"], "runtime");
+    assert_eq!(resolution["trust"]["process:container:id"], "runtime");
+
+    // The same pod and container named by an unprivileged user's cgroups, in the subtree systemd
+    // delegates to it (what `systemd-run --user --scope` gives): no pod identity.
+    let delegated = "user.slice/user-1000.slice/user@1000.service";
+    let forged = common::cgroups::Cgroups::spawn_delegated(
+        v2,
+        &format!(
+            "{delegated}/app.slice/kubepods-besteffort-pod{slice}.slice/cri-containerd-{id}.scope"
+        ),
+        Some((delegated, 1000)),
+    );
+    let resolution = inspect(&config, forged.child.id()).await;
+    assert_eq!(k8s_labels(&resolution), "", "{resolution:#}");
+    assert!(resolution["container"].is_null(), "{resolution:#}");
+    assert_eq!(resolution["labels"]["process:container:id"][0], id.as_str());
+    assert_eq!(resolution["trust"]["process:container:id"], "self");
+    assert_eq!(resolution["labels"]["process:uid"][0], "1000");
+    let statuses = resolution["collectors"].as_array().unwrap();
+    let kubernetes = statuses.iter().find(|c| c["name"] == "kubernetes").unwrap();
+    assert_eq!(
+        kubernetes["status"]["state"], "not_applicable",
+        "{kubernetes:#}"
+    );
+    let reason = kubernetes["status"]["reason"].as_str().unwrap();
+    assert!(reason.contains("user@1000.service"), "{reason}");
+    drop(forged);
     let made = systemd.made.clone();
     drop(systemd);
     assert!(
@@ -617,4 +606,106 @@ async fn a_changed_pod_invalidates_its_containers_cached_labels() {
     );
     let labels = labels_of(&collector, &subject(METRICS_SERVER_UID, "metrics-server")).await;
     assert_eq!(labels.get("k8s:label:k8s-app"), ["metrics"]);
+}
+
+/// The fixture's pod list with `annotations` added to the web pod, placed first or last.
+fn pods_json_with_web_annotations(annotations: serde_json::Value, web_first: bool) -> String {
+    let mut list: serde_json::Value = serde_json::from_str(&pods_json()).unwrap();
+    let items = list["items"].as_array_mut().unwrap();
+    let at = items
+        .iter()
+        .position(|pod| pod["metadata"]["uid"] == WEB_UID)
+        .unwrap();
+    let mut web = items.remove(at);
+    let existing = web["metadata"]["annotations"].take();
+    let mut merged = existing.as_object().cloned().unwrap_or_default();
+    merged.extend(annotations.as_object().unwrap().clone());
+    web["metadata"]["annotations"] = serde_json::Value::Object(merged);
+    if web_first {
+        items.insert(0, web);
+    } else {
+        items.push(web);
+    }
+    list.to_string()
+}
+
+#[tokio::test]
+async fn a_config_hash_annotation_never_takes_another_pods_identity() {
+    let subject = subject(METRICS_SERVER_UID, "metrics-server");
+    // Any pod can set `kubernetes.io/config.hash`; the web pod names the metrics-server's UID,
+    // listed before and after it, as an API pod and claiming to be a static pod's mirror.
+    for (annotations, web_first) in [
+        (
+            serde_json::json!({"kubernetes.io/config.hash": METRICS_SERVER_UID}),
+            true,
+        ),
+        (
+            serde_json::json!({"kubernetes.io/config.hash": METRICS_SERVER_UID}),
+            false,
+        ),
+        (
+            serde_json::json!({"kubernetes.io/config.hash": METRICS_SERVER_UID,
+                               "kubernetes.io/config.mirror": METRICS_SERVER_UID,
+                               "kubernetes.io/config.source": "file"}),
+            true,
+        ),
+        (
+            serde_json::json!({"kubernetes.io/config.hash": METRICS_SERVER_UID,
+                               "kubernetes.io/config.mirror": METRICS_SERVER_UID}),
+            false,
+        ),
+    ] {
+        let kubelet = Kubelet::start(Behaviour {
+            pods: pods_json_with_web_annotations(annotations.clone(), web_first),
+            ..behaviour()
+        })
+        .await;
+        let labels = labels_of(&collector(&config_for(&kubelet, TOKEN)), &subject).await;
+        assert_eq!(
+            labels.to_text(),
+            expected_metrics_server(),
+            "{annotations} (web first: {web_first})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_static_pod_is_found_by_its_config_hash() {
+    // The kubelet names a static pod's cgroup after its config hash; the mirror pod the API
+    // server holds has another UID.
+    let hash = "0f0f0f0f-1111-2222-3333-444455556666";
+    let kubelet = Kubelet::start(Behaviour {
+        pods: pods_json_with_web_annotations(
+            serde_json::json!({"kubernetes.io/config.hash": hash,
+                               "kubernetes.io/config.mirror": hash,
+                               "kubernetes.io/config.source": "file"}),
+            false,
+        ),
+        ..behaviour()
+    })
+    .await;
+    let collector = collector(&config_for(&kubelet, TOKEN));
+    let labels = labels_of(&collector, &subject(hash, "proxy")).await;
+    assert_eq!(labels.get("k8s:pod:uid"), [WEB_UID]);
+    assert_eq!(labels.get("k8s:container:name"), ["proxy"]);
+    // Without the static pod's annotations, the hash names nobody.
+    let api = Kubelet::start(Behaviour {
+        pods: pods_json_with_web_annotations(
+            serde_json::json!({"kubernetes.io/config.hash": hash}),
+            false,
+        ),
+        ..behaviour()
+    })
+    .await;
+    let result = collector_for_api(&api)
+        .collect(&subject(hash, "proxy"))
+        .await;
+    assert!(
+        matches!(&result, Err(CollectError::Failed { .. })),
+        "{result:?}"
+    );
+}
+
+fn collector_for_api(kubelet: &Kubelet) -> KubernetesCollector {
+    collector(&config_for(kubelet, TOKEN))
 }

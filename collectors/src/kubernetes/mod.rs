@@ -86,6 +86,22 @@ section!(KubernetesConfig);
 pub const MIN_REFRESH_GAP: Duration = Duration::from_millis(500);
 /// Annotation holding a static pod's UID as the kubelet computes it.
 const CONFIG_HASH: &str = "kubernetes.io/config.hash";
+/// Annotation the kubelet puts on the API server's copy (mirror) of a static pod.
+const CONFIG_MIRROR: &str = "kubernetes.io/config.mirror";
+/// Annotation naming where the kubelet got a pod: `api`, or `file` and `http` for static pods.
+const CONFIG_SOURCE: &str = "kubernetes.io/config.source";
+
+/// Whether `pod` is a static pod (from a file or URL the kubelet reads, or its mirror): the
+/// only pods whose config hash names them in cgroup paths.
+fn is_static(pod: &Pod) -> bool {
+    let Some(annotations) = pod.metadata.annotations.as_ref() else {
+        return false;
+    };
+    annotations.contains_key(CONFIG_MIRROR)
+        || annotations
+            .get(CONFIG_SOURCE)
+            .is_some_and(|source| source == "file" || source == "http")
+}
 
 /// A pod as last listed.
 struct Known {
@@ -100,6 +116,22 @@ struct PodCache {
     fetched: Option<Instant>,
     /// Counts fetches, so that lookups waiting on one fetch do not start another.
     generation: u64,
+}
+
+impl PodCache {
+    /// Makes `pod` the pod of `key`, listed at `now`; a pod it replaces that changed goes into
+    /// `changed`.
+    fn index(&mut self, key: &str, pod: &Arc<Pod>, now: Instant, changed: &mut Vec<Arc<Pod>>) {
+        let known = Known {
+            pod: Arc::clone(pod),
+            listed: now,
+        };
+        if let Some(old) = self.pods.insert(key.to_owned(), known)
+            && old.pod.metadata.resource_version != pod.metadata.resource_version
+        {
+            changed.push(old.pod);
+        }
+    }
 }
 
 /// `k8s:*` labels from the kubelet.
@@ -191,27 +223,31 @@ impl Inner {
         let now = Instant::now();
         let mut cache = self.cache.lock().unwrap();
         let mut changed = Vec::new();
-        for pod in pods {
-            let pod = Arc::new(pod);
-            let mut keys = vec![pod.metadata.uid.clone().unwrap_or_default()];
-            if let Some(hash) = pod
+        let pods: Vec<Arc<Pod>> = pods.into_iter().map(Arc::new).collect();
+        for pod in &pods {
+            if let Some(uid) = pod.metadata.uid.as_deref().filter(|uid| !uid.is_empty()) {
+                cache.index(uid, pod, now, &mut changed);
+            }
+        }
+        // A static pod is also found by its config hash (the UID the kubelet gives it in cgroup
+        // paths), never in place of a pod indexed by that UID: any pod can carry a
+        // `kubernetes.io/config.hash` annotation naming another pod's UID.
+        for pod in pods.iter().filter(|pod| is_static(pod)) {
+            let Some(hash) = pod
                 .metadata
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get(CONFIG_HASH))
-            {
-                keys.push(hash.clone());
-            }
-            for key in keys.into_iter().filter(|k| !k.is_empty()) {
-                let known = Known {
-                    pod: Arc::clone(&pod),
-                    listed: now,
-                };
-                if let Some(old) = cache.pods.insert(key, known)
-                    && old.pod.metadata.resource_version != pod.metadata.resource_version
-                {
-                    changed.push(old.pod);
-                }
+                .filter(|hash| !hash.is_empty())
+            else {
+                continue;
+            };
+            let taken = cache
+                .pods
+                .get(hash)
+                .is_some_and(|known| known.pod.metadata.uid.as_deref() == Some(hash.as_str()));
+            if !taken {
+                cache.index(hash, pod, now, &mut changed);
             }
         }
         let grace = self.config.deleted_pod_grace;
@@ -292,19 +328,23 @@ impl Collector for KubernetesCollector {
                 container.id
             )));
         };
-        let status = labels::find_status(&pod, &container.id);
-        let labels = labels::labels_of(&pod, &container.id, status);
-        Ok(match status {
-            Some(_) => Collected::complete(labels),
-            None => Collected {
-                labels,
+        // The pod must list the container: a pod UID in a cgroup path is not enough to hand out
+        // the pod's identity. Partial (so not cached): the kubelet's status may lag a container
+        // that just started, and the next lookup asks again.
+        let Some(status) = labels::find_status(&pod, &container.id) else {
+            return Ok(Collected {
                 partial: Some(format!(
-                    "pod {uid} has no status for container {} yet: container labels are missing",
+                    "pod {uid} does not list container {} (yet): no pod labels until it does",
                     container.id
                 )),
                 ..Default::default()
-            },
-        })
+            });
+        };
+        Ok(Collected::complete(labels::labels_of(
+            &pod,
+            &container.id,
+            Some(status),
+        )))
     }
 
     fn invalidations(&self) -> Option<broadcast::Receiver<Invalidation>> {

@@ -102,6 +102,15 @@ pub(super) struct ProcessEntry {
 /// A process cache key: (pid, start time in ticks).
 pub(super) type ProcessKey = (u32, Option<u64>);
 
+/// A container cache key: the container id and its cgroup. A process that names a container
+/// from another cgroup (one it made itself) gets its own entry, never the container's.
+pub(super) type ContainerKey = (String, String);
+
+/// The container cache key of `identity`.
+pub(super) fn container_key(identity: &ContainerIdentity) -> ContainerKey {
+    (identity.id.clone(), identity.cgroup.clone())
+}
+
 /// Counts evictions of a cache into a metric.
 #[derive(Clone)]
 pub(super) struct EvictionCounter {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use collectors::cgroup::ContainerIdentity;
 use collectors::{CollectorReport, CollectorStatus, ProcessError, ProcessRef, Scope, Subject};
 
-use super::caches::{ProcessEntry, ProcessKey, ScopeEntry};
+use super::caches::{ProcessEntry, ProcessKey, ScopeEntry, container_key};
 use super::{ResolveError, Resolver};
 
 impl Resolver {
@@ -29,7 +29,7 @@ impl Resolver {
         self.metrics.cache_miss(Scope::Process);
         let collected_ns = kernel_hook::monotonic_ns();
         let exe = process.executable(&self.roots);
-        let subject = Subject::of_process(&self.roots, process);
+        let subject = Subject::of_process(&self.roots, process, &self.placement);
         let reports = self.run(Scope::Process, &subject).await;
         if reports
             .iter()
@@ -73,7 +73,8 @@ impl Resolver {
         {
             return None;
         }
-        let guard = match self.containers.get_value_or_guard_async(&identity.id).await {
+        let key = container_key(identity);
+        let guard = match self.containers.get_value_or_guard_async(&key).await {
             Ok(entry) => {
                 self.metrics.cache_hit(Scope::Container);
                 return Some(entry);

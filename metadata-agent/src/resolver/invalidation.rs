@@ -27,11 +27,13 @@ impl Resolver {
         self.count_removals(before);
     }
 
-    /// Drops the cached labels of container `id` (it died, was removed or renamed).
+    /// Drops the cached labels of container `id` (it died, was removed or renamed), in every
+    /// cgroup it was looked up from.
     pub fn forget_container(&self, id: &str) {
-        if self.containers.remove(id).is_some() {
-            self.metrics.cache_removed(Scope::Container, 1);
-        }
+        let before = self.containers.len();
+        self.containers.retain(|(cached, _), _| cached != id);
+        let removed = before.saturating_sub(self.containers.len());
+        self.metrics.cache_removed(Scope::Container, removed as u64);
         self.update_entry_gauges();
     }
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use collectors::{ProcDir, Scope};
 
+use super::caches::container_key;
 use super::{Found, Resolution, ResolveError, Resolver, ScopeEntry};
 
 /// Serialized answers kept at most (each about 3 KiB and an open proc directory), for the
@@ -105,7 +106,7 @@ impl Resolver {
         let same_container = match (&found.entry.container, &found.container) {
             (Some(identity), Some(kept)) => self
                 .containers
-                .get(&identity.id)
+                .get(&container_key(identity))
                 .is_some_and(|now| Arc::ptr_eq(&now, kept)),
             // No container collector runs (the registry does not change), or no container.
             (Some(_), None) | (None, _) => true,

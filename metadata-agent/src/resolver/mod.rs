@@ -25,14 +25,14 @@ mod trust;
 
 use std::sync::{Arc, RwLock};
 
-use collectors::cgroup::ContainerIdentity;
+use collectors::cgroup::{ContainerIdentity, ContainersConfig};
 use collectors::{CollectorReport, HostRoots, ProcessError, ProcessRef, Registry, Scope};
 use labels::{LabelSet, TrustMap};
 use quick_cache::sync::Cache;
 use serde::Serialize;
 
 use crate::metrics::Metrics;
-use caches::{ProcessEntry, ProcessKey, ScopedCache, scoped_cache};
+use caches::{ContainerKey, ProcessEntry, ProcessKey, ScopedCache, scoped_cache};
 pub use caches::{ResolverLimits, ScopeEntry};
 use history::CollectorHistory;
 pub use history::CollectorState;
@@ -88,7 +88,9 @@ pub struct Resolver {
     registry: Registry,
     metrics: Arc<Metrics>,
     processes: ScopedCache<ProcessKey, Arc<ProcessEntry>>,
-    containers: ScopedCache<String, Arc<ScopeEntry>>,
+    containers: ScopedCache<ContainerKey, Arc<ScopeEntry>>,
+    /// Which cgroups may hold containers.
+    placement: ContainersConfig,
     /// Serialized answers of recently looked-up cached processes.
     answers: Cache<u32, Arc<KeptAnswer>>,
     node: RwLock<Arc<ScopeEntry>>,
@@ -113,10 +115,18 @@ impl Resolver {
             node_ready: std::sync::atomic::AtomicBool::new(false),
             history: CollectorHistory::new(&registry),
             trust: TrustTable::new(&registry),
+            placement: ContainersConfig::default(),
             roots,
             registry,
             metrics,
         }
+    }
+
+    /// The resolver with `placement` deciding which cgroups may hold containers (by default,
+    /// only root's, outside users' delegated subtrees).
+    pub fn with_container_placement(mut self, placement: ContainersConfig) -> Self {
+        self.placement = placement;
+        self
     }
 
     /// The host roots the resolver reads.
@@ -237,13 +247,15 @@ impl Resolver {
 pub async fn resolve_once(
     registry: Registry,
     roots: HostRoots,
+    placement: ContainersConfig,
     pid: u32,
 ) -> Result<Resolution, ResolveError> {
     let limits = ResolverLimits {
         process_entries: 1,
         container_entries: 1,
     };
-    let resolver = Resolver::new(roots, registry, limits, Arc::new(Metrics::new()));
+    let resolver = Resolver::new(roots, registry, limits, Arc::new(Metrics::new()))
+        .with_container_placement(placement);
     resolver.refresh_node().await;
     resolver.resolve(pid).await.map(Arc::unwrap_or_clone)
 }

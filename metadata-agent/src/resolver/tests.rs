@@ -2,6 +2,7 @@
 
 use super::caches::scoped_cache;
 use super::*;
+use collectors::cgroup::ContainersConfig;
 use collectors::{HostRootsConfig, Subject};
 use std::path::Path;
 use std::time::Duration;
@@ -49,12 +50,32 @@ impl FakeProc {
         Resolver::new(
             HostRoots::resolve(&HostRootsConfig {
                 proc_root: self.root().to_owned(),
+                sys_root: self.root().join("sys"),
                 ..Default::default()
             }),
             registry,
             ResolverLimits::default(),
             Arc::new(Metrics::new()),
         )
+        .with_container_placement(ContainersConfig {
+            rootless_uids: vec![rustix::process::geteuid().as_raw()],
+        })
+    }
+
+    /// Puts process `pid` into a container-shaped cgroup of this tree's cgroupfs (under
+    /// `<sys>/fs/cgroup/unified`), in the subtree of the uid running the test, which
+    /// `resolver_with` lists as a rootless runtime's: a placement that passes the check whether
+    /// the test runs as root or not.
+    fn in_container(&self, pid: u32, id: &str) {
+        let uid = rustix::process::geteuid().as_raw();
+        let cgroup = format!("/user.slice/user-{uid}.slice/user@{uid}.service/docker-{id}.scope");
+        std::fs::create_dir_all(self.root().join("sys/fs/cgroup/unified").join(&cgroup[1..]))
+            .unwrap();
+        std::fs::write(
+            self.root().join(format!("{pid}/cgroup")),
+            format!("0::{cgroup}\n"),
+        )
+        .unwrap();
     }
 
     fn resolver(&self) -> Resolver {
@@ -299,12 +320,7 @@ impl collectors::Collector for LateStatus {
 async fn a_partial_container_entry_is_collected_again_and_a_complete_one_is_kept() {
     let proc = FakeProc::new();
     proc.process(77, 100, "/usr/bin/app", "app");
-    let id = "c".repeat(64);
-    std::fs::write(
-        proc.root().join("77/cgroup"),
-        format!("0::/system.slice/docker-{id}.scope\n"),
-    )
-    .unwrap();
+    proc.in_container(77, &"c".repeat(64));
     let late = Arc::new(LateStatus(Default::default()));
     let mut registry = Registry::new();
     registry.register(late.clone(), true, Duration::from_millis(500));

@@ -42,7 +42,10 @@ impl Agent {
         let roots = HostRoots::resolve(&config.host);
         let registry = collectors::build_registry(&config.collectors, &roots)?;
         let limits = ResolverLimits::from(&config.resolver);
-        let resolver = Arc::new(Resolver::new(roots, registry, limits, Arc::clone(&metrics)));
+        let resolver = Arc::new(
+            Resolver::new(roots, registry, limits, Arc::clone(&metrics))
+                .with_container_placement(config.containers.clone()),
+        );
         let default_action = config.policies.default_action;
         let policies = match &config.policies.path {
             Some(path) => PolicyStore::load(vec![path.clone()], default_action)

@@ -40,6 +40,7 @@ pub fn http_client() -> reqwest::Client {
 #[allow(unused_imports)]
 pub use test_support::{in_ci, is_root, require};
 
+pub mod cgroups;
 pub mod daemon;
 pub mod docker;
 pub mod kubelet;
