@@ -140,6 +140,9 @@ pub struct Collected {
     /// collector declares a higher class (a binary path in a mount namespace of the process's
     /// own, a hash of bytes a FUSE server could change).
     pub untrusted: Vec<&'static str>,
+    /// A later collection may complete what this one lacks (a binary hash still being
+    /// computed): the answer is given, but not kept.
+    pub provisional: bool,
 }
 
 impl Collected {

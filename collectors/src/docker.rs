@@ -164,29 +164,36 @@ async fn connect(socket: &Path, timeout: Duration) -> Result<Docker, CollectErro
 impl DockerCollector {
     /// Whether Docker vouches that the process named by `container` is in the container it
     /// inspected: the container's own process (`State.Pid`) must be in the same cgroup. A
-    /// container id in a cgroup that Docker did not make proves nothing by itself.
+    /// container id in a cgroup that Docker did not make proves nothing by itself. `Ok(Some)`:
+    /// not yet known (the container is starting, or stopped), why.
     fn confirm_membership(
         &self,
         container: &ContainerIdentity,
         inspected: &ContainerInspectResponse,
-    ) -> Result<(), CollectError> {
+    ) -> Result<Option<String>, CollectError> {
         let not_confirmed = |why: String| {
             CollectError::NotApplicable(format!(
                 "Docker does not confirm the process is in container {}: {why}",
                 container.id
             ))
         };
-        let pid = inspected
+        let Some(pid) = inspected
             .state
             .as_ref()
             .and_then(|state| state.pid)
             .filter(|&pid| pid > 0)
-            .ok_or_else(|| not_confirmed("the container is not running".to_owned()))?;
+        else {
+            return Ok(Some(format!(
+                "Docker reports no process for container {} (starting or stopped): no labels \
+                 until it does",
+                container.id
+            )));
+        };
         let theirs = std::fs::read(self.roots.proc_file(pid as u32, "cgroup")).map_err(|e| {
             not_confirmed(format!("cannot read the cgroups of its process {pid}: {e}"))
         })?;
         match parse_cgroup_file(&String::from_utf8_lossy(&theirs)).identity() {
-            Some(theirs) if theirs.same_cgroup(container) => Ok(()),
+            Some(theirs) if theirs.same_cgroup(container) => Ok(None),
             Some(theirs) => Err(not_confirmed(format!(
                 "Docker places container {} in cgroup {}, and this process is in {}",
                 container.id, theirs.cgroup, container.cgroup
@@ -241,7 +248,14 @@ impl Collector for DockerCollector {
                 container.id
             )));
         };
-        self.confirm_membership(container, &inspected)?;
+        if let Some(not_yet) = self.confirm_membership(container, &inspected)? {
+            // Docker has not recorded the container's process yet (it is starting): no labels
+            // now, and, being partial, nothing kept: the next lookup asks again.
+            return Ok(Collected {
+                partial: Some(not_yet),
+                ..Default::default()
+            });
+        }
         Ok(Collected::complete(labels_of(&inspected, &self.redactor)))
     }
 

@@ -28,7 +28,7 @@ pub use builtin::{Builtin, CollectorsConfig, SECTIONS, build_registry};
 pub use collector::{CollectError, Collected, Collector, Invalidation, KeySpec, Scope, Subject};
 pub use error::{BoxError, BuildError, error_chain};
 pub use host::{HostRoots, HostRootsConfig};
-pub use process::{ProcDir, ProcessError, ProcessRef};
+pub use process::{ProcDir, ProcessError, ProcessImage, ProcessRef};
 pub use registry::{CollectorReport, CollectorStatus, Registry, merge_labels};
 
 /// Makes ring the process's TLS crypto provider (the one provider this project builds with);

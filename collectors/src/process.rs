@@ -4,6 +4,7 @@
 use std::io;
 
 use crate::host::HostRoots;
+use crate::procfs::FileIdentity;
 
 /// One process, identified by its thread-group id and start time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,11 +112,27 @@ impl ProcessRef {
 }
 
 impl ProcessRef {
-    /// The target of `<proc>/<pid>/exe`: the executable the process runs now (another one than
-    /// before means it called `execve`). `None` for kernel threads and processes gone.
-    pub fn executable(&self, roots: &HostRoots) -> Option<std::path::PathBuf> {
-        std::fs::read_link(roots.proc_file(self.pid, "exe")).ok()
+    /// What the process runs as now (see [`ProcessImage`]); `None` for kernel threads and
+    /// processes gone.
+    pub fn image(&self, roots: &HostRoots) -> Option<ProcessImage> {
+        ProcDir::open(roots, self.pid).ok()?.image()
     }
+}
+
+/// What a process runs as, in the sense that any change means its labels must be collected
+/// again: the executable it maps, by identity rather than path (a file replaced at the same path
+/// and exec'd again is another), its effective user and group (`setuid`), and its cgroups (a
+/// move to another cgroup, another container).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessImage {
+    /// The executable's identity (`None` where it cannot be read: a recorded tree), and a digest
+    /// of its path.
+    exe: (Option<FileIdentity>, u64),
+    /// The owner of `/proc/<pid>`: the kernel gives it the process's effective uid and gid at
+    /// every `stat` (root once the process is no longer dumpable, as after a `setuid`).
+    owner: (u32, u32),
+    /// A digest of `/proc/<pid>/cgroup`.
+    cgroups: u64,
 }
 
 /// The PIDs under the proc root: every process running now.
@@ -176,6 +193,27 @@ impl ProcDir {
     /// Reads the file `name` whole (see [`read_proc_file`]).
     pub fn read(&self, name: &str) -> io::Result<Vec<u8>> {
         read_whole(self.open_file(name)?)
+    }
+
+    /// What the process of this directory runs as now; `None` for a kernel thread (no
+    /// executable) and a process gone.
+    pub fn image(&self) -> Option<ProcessImage> {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        // Fixed keys: digests taken at different times must compare.
+        let digest = |value: &dyn Fn(&mut DefaultHasher)| {
+            let mut hasher = DefaultHasher::new();
+            value(&mut hasher);
+            hasher.finish()
+        };
+        let path = self.read_link("exe").ok()?;
+        let exe = FileIdentity::at(&self.fd, "exe").ok();
+        let owner = rustix::fs::fstat(&self.fd).ok()?;
+        let cgroups = self.read("cgroup").ok();
+        Some(ProcessImage {
+            exe: (exe, digest(&|h| path.hash(h))),
+            owner: (owner.st_uid, owner.st_gid),
+            cgroups: digest(&|h| cgroups.hash(h)),
+        })
     }
 
     /// The target of the link `name` (`exe`, `cwd`).

@@ -107,6 +107,10 @@ pub struct CollectorReport {
     /// [`Collected::untrusted`](crate::Collected::untrusted)).
     #[serde(skip)]
     pub untrusted: Vec<&'static str>,
+    /// Whether a later collection may complete what this one lacks (see
+    /// [`Collected::provisional`](crate::Collected::provisional)).
+    #[serde(skip)]
+    pub provisional: bool,
 }
 
 impl CollectorReport {
@@ -123,6 +127,7 @@ impl CollectorReport {
             latency,
             labels: LabelSet::new(),
             untrusted: Vec::new(),
+            provisional: false,
         }
     }
 }
@@ -225,6 +230,7 @@ impl Registry {
                     },
                     labels: collected.labels,
                     untrusted: collected.untrusted,
+                    provisional: collected.provisional,
                     ..CollectorReport::without_labels(collector, CollectorStatus::Ok, latency)
                 },
                 Ok(Err(error)) => {

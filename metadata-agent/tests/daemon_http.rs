@@ -116,10 +116,10 @@ async fn serves_labels_verdicts_and_clear_errors_for_real_processes() {
     let labels = &body["labels"];
     assert_eq!(labels["process:pid"][0], pid.to_string());
     assert_eq!(labels["process:binary:path"][0], binary.to_str().unwrap());
-    let sha256sum = common::run(Command::new("sha256sum").arg(&binary));
-    let sha256sum = String::from_utf8(sha256sum.stdout).unwrap();
-    let hash = format!("sha256:{}", sha256sum.split_whitespace().next().unwrap());
-    assert_eq!(labels["process:binary:hash"][0], hash);
+    assert_eq!(
+        labels["process:binary:hash"][0],
+        common::sha256sum(&binary).as_str()
+    );
     assert!(labels["linuxos:kernel:release"][0].is_string(), "{labels}");
     let collectors = body["collectors"].as_array().unwrap();
     assert_eq!(body["trust"]["process:pid"], "kernel", "{body}");

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::daemon::{Daemon, write};
@@ -45,12 +44,6 @@ fn status_field(pid: &str, field: &str) -> String {
         .unwrap()
         .trim()
         .to_owned()
-}
-
-fn sha256sum(path: &str) -> String {
-    let output = common::run(Command::new("sha256sum").arg(path));
-    let text = String::from_utf8(output.stdout).unwrap();
-    format!("sha256:{}", text.split_whitespace().next().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -159,7 +152,7 @@ async fn a_container_process_gets_exact_docker_and_process_labels() {
     ]
     .into_iter()
     .collect();
-    let hash = sha256sum(BUSYBOX);
+    let hash = common::sha256sum(BUSYBOX);
     expected_process.insert("process:binary:hash", vec![hash.as_str()]);
     let cgroup = format!("/docker/{id}");
     expected_process.insert("process:cgroup", vec![cgroup.as_str()]);

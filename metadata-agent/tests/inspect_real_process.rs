@@ -78,12 +78,6 @@ fn inspect(pid: &str, config: Option<&Path>) -> (String, String) {
     (String::from_utf8(output.stdout).unwrap(), stderr)
 }
 
-fn sha256sum(path: &Path) -> String {
-    let output = run(Command::new("sha256sum").arg(path));
-    let text = String::from_utf8(output.stdout).unwrap();
-    format!("sha256:{}", text.split_whitespace().next().unwrap())
-}
-
 fn getent(database: &str, id: u32) -> String {
     let output = run(Command::new("getent").arg(database).arg(id.to_string()));
     String::from_utf8(output.stdout)
@@ -159,7 +153,7 @@ fn every_process_key_of_a_child_with_chosen_credentials() {
     let test_exe = std::env::current_exe().unwrap();
     let test_exe_name = test_exe.file_name().unwrap().to_str().unwrap();
     let expected = [
-        format!("process:binary:hash: {}", sha256sum(&bin)),
+        format!("process:binary:hash: {}", common::sha256sum(&bin)),
         format!("process:binary:path: {}", bin.display()),
         format!("process:cgroup: {}", own_cgroup_v2_path()),
         format!("process:cmdline: {} 600 0", bin.display()),

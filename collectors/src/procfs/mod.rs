@@ -17,7 +17,9 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-pub use binary_hash::{BinaryHashCache, sha256_of};
+pub use binary_hash::{
+    BinaryHash, BinaryHasher, DEFAULT_MAX_HASH_BYTES, FileIdentity, HashFailure, Lookup, sha256_of,
+};
 pub use capabilities::capability_names;
 
 use crate::builtin::Builtin;
@@ -63,6 +65,8 @@ pub struct ProcfsConfig {
     pub max_value_bytes: usize,
     /// Number of binary hashes cached (default 4096).
     pub hash_cache_entries: usize,
+    /// Executables larger than this many bytes are not hashed (default 512 MiB).
+    pub max_hash_bytes: u64,
     /// How long a lookup waits for the hash of a binary not yet in the cache (default 350ms,
     /// below the collector's deadline). Past it the other labels are returned (status partial)
     /// and the hash goes on in the background into the cache.
@@ -80,6 +84,7 @@ impl Default for ProcfsConfig {
             allow_envs: Vec::new(),
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             hash_cache_entries: DEFAULT_HASH_CACHE_ENTRIES,
+            max_hash_bytes: DEFAULT_MAX_HASH_BYTES,
             hash_wait: DEFAULT_HASH_WAIT,
         }
     }
@@ -127,10 +132,12 @@ struct Inner {
     extract_envs: bool,
     redactor: Redactor,
     max_value_bytes: usize,
-    hashes: BinaryHashCache,
+    hashes: BinaryHasher,
     users: IdNames,
     groups: IdNames,
     boot_time: OnceLock<Option<u64>>,
+    /// The host's mount namespace (`None` on a recorded tree).
+    host_mount_namespace: OnceLock<Option<std::path::PathBuf>>,
     hash_wait: Duration,
 }
 
@@ -145,45 +152,26 @@ impl ProcfsCollector {
                 extract_envs: config.extract_envs,
                 redactor: Redactor::new(&config.redact_env_patterns, &config.allow_envs),
                 max_value_bytes: config.max_value_bytes,
-                hashes: BinaryHashCache::new(config.hash_cache_entries),
+                hashes: BinaryHasher::new(config.hash_cache_entries, config.max_hash_bytes),
                 boot_time: OnceLock::new(),
+                host_mount_namespace: OnceLock::new(),
                 hash_wait: config.hash_wait,
             }),
         }
     }
 
-    /// The binary hash cache (shared by all lookups of this collector).
-    pub fn hash_cache(&self) -> &BinaryHashCache {
+    /// The binary hashes (shared by all lookups of this collector).
+    pub fn hasher(&self) -> &BinaryHasher {
         &self.inner.hashes
     }
 
-    /// Collects the labels of `process` without an async runtime (blocking file I/O; waits for
-    /// the binary hash however long it takes).
+    /// Collects the labels of `process` without an async runtime (blocking file I/O; hashes
+    /// the binary in this thread, however long it takes).
     pub fn collect_blocking(&self, process: &ProcessRef) -> Result<Collected, CollectError> {
         let mut collected = self.inner.collect(process)?;
-        let hash = self.inner.hash_binary(process.pid);
+        let hash = self.inner.hashes.hash_now(&self.inner.exe(process));
         self.inner.add_hash(process, hash, &mut collected);
         Ok(collected)
-    }
-
-    /// Adds the hash of a binary not in the cache yet. Hashing a large binary the first time
-    /// can take longer than everything else: it runs in its own blocking task, and past
-    /// `hash_wait` the labels are returned without it while it goes on into the cache.
-    async fn hash_uncached(&self, process: ProcessRef, mut collected: Collected) -> Collected {
-        let inner = Arc::clone(&self.inner);
-        let hashing = tokio::task::spawn_blocking(move || inner.hash_binary(process.pid));
-        match tokio::time::timeout(self.inner.hash_wait, hashing).await {
-            Ok(Ok(hash)) => self.inner.add_hash(&process, hash, &mut collected),
-            Ok(Err(e)) => add_partial(&mut collected, format!("binary hash: task failed: {e}")),
-            Err(_) => add_partial(
-                &mut collected,
-                format!(
-                    "binary hash: not finished within {} ms (large binary; it is cached once done)",
-                    self.inner.hash_wait.as_millis()
-                ),
-            ),
-        }
-        collected
     }
 }
 
@@ -215,22 +203,30 @@ impl Collector for ProcfsCollector {
         };
         let inner = Arc::clone(&self.inner);
         // procfs reads are blocking syscalls: one blocking task per process, not one per file.
-        // It also looks the binary up in the hash cache (a stat).
-        let (mut collected, cached) = tokio::task::spawn_blocking(move || {
+        // It also looks the binary up among the hashes (a statx, which never waits for a FUSE
+        // or network server); a miss is hashed on the hashing pool.
+        let (mut collected, lookup) = tokio::task::spawn_blocking(move || {
             let collected = inner.collect(&process)?;
-            let cached = inner
-                .hashes
-                .cached(&inner.roots.proc_file(process.pid, "exe"));
-            Ok::<_, CollectError>((collected, cached))
+            let lookup = inner.hashes.lookup(&inner.exe(&process));
+            Ok::<_, CollectError>((collected, lookup))
         })
         .await
         .map_err(|e| CollectError::failed("procfs task").because(e))??;
-        let cached = match cached {
-            Ok(Some(hash)) => Ok(hash),
-            Ok(None) => return Ok(self.hash_uncached(process, collected).await),
-            Err(e) => Err(e),
+        let hash = match lookup {
+            Lookup::Done(outcome) => outcome,
+            // Past `hash_wait` the labels are given without the hash, and not kept: the next
+            // lookup finds it in the cache once the pool is done.
+            Lookup::Pending(pending) => {
+                match tokio::time::timeout(self.inner.hash_wait, pending.wait()).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(HashFailure::Later(format!(
+                        "not finished within {} ms; it is asked again later",
+                        self.inner.hash_wait.as_millis()
+                    ))),
+                }
+            }
         };
-        self.inner.add_hash(&process, cached, &mut collected);
+        self.inner.add_hash(&process, hash, &mut collected);
         Ok(collected)
     }
 }
@@ -290,14 +286,24 @@ impl Inner {
         // A kernel thread has no arguments and no executable: nothing to read.
         let kernel_thread = stat.as_deref().is_ok_and(is_kernel_thread);
         let cmdline = if kernel_thread {
-            (Vec::new(), false)
+            Some((Vec::new(), false))
         } else {
-            read_capped(dir.open_file("cmdline")).unwrap_or_else(|e| {
-                gaps.note("cmdline", &e);
-                (Vec::new(), false)
-            })
+            match read_capped(dir.open_file("cmdline")) {
+                Ok(cmdline) => Some(cmdline),
+                Err(e) => {
+                    gaps.note("cmdline", &e);
+                    None
+                }
+            }
         };
-        let args = split_args(&cmdline.0);
+        let args = split_args(cmdline.as_ref().map_or(&[][..], |(bytes, _)| bytes));
+        // Read, and no arguments at all: an exec in progress (the kernel has switched the
+        // executable but not yet set up the new arguments) or a process exec'd with none.
+        // Given, not kept.
+        let no_arguments = cmdline.is_some()
+            && args.is_empty()
+            && !kernel_thread
+            && stat.as_deref().is_ok_and(|stat| !is_zombie(stat));
         if let Some(comm) = status_comm(&status) {
             labels.insert("process:name", process_name(&comm, &args));
         }
@@ -396,12 +402,45 @@ impl Inner {
                 Err(e) => gaps.note("environment", &e),
             }
         }
+        if no_arguments {
+            gaps.unreadable.push(
+                "arguments: none (an exec in progress, or exec'd without any); asked again later"
+                    .to_owned(),
+            );
+        }
         let partial = self.explain_gaps(process, gaps);
+        let mut untrusted = Vec::new();
+        if self.own_mount_namespace(&dir) {
+            untrusted.push("process:binary:path");
+        }
+        if let Some(ppid) = ppid.filter(|&p| p > 0)
+            && ProcDir::open(&self.roots, ppid).is_ok_and(|dir| self.own_mount_namespace(&dir))
+        {
+            untrusted.push("process:parent:binary:path");
+        }
         Ok(Collected {
             labels,
             partial,
-            ..Default::default()
+            untrusted,
+            provisional: no_arguments,
         })
+    }
+
+    /// Whether the process of `dir` sees another mount namespace than the host's: there a path
+    /// names what the namespace's maker chose, and a process in a user namespace of its own can
+    /// make one (`unshare -Urm`). The host's is PID 1's, or, where PID 1 cannot be inspected
+    /// (a sandbox whose init the agent may not trace), the agent's own. Unknown (unreadable)
+    /// counts as another, except on a recorded tree, which has no namespaces at all.
+    fn own_mount_namespace(&self, dir: &ProcDir) -> bool {
+        let host = self.host_mount_namespace.get_or_init(|| {
+            let namespace =
+                |pid: &str| std::fs::read_link(self.roots.proc.join(pid).join("ns/mnt"));
+            namespace("1").or_else(|_| namespace("self")).ok()
+        });
+        match host {
+            Some(host) => dir.read_link("ns/mnt").ok().as_ref() != Some(host),
+            None => false,
+        }
     }
 
     /// Turns what went missing into a status: "exited during collection" when the process is
@@ -434,20 +473,36 @@ impl Inner {
         (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
-    fn hash_binary(&self, pid: u32) -> io::Result<String> {
-        self.hashes.hash(&self.roots.proc_file(pid, "exe"))
+    /// `<proc>/<pid>/exe`: the executable the process maps, whatever its path.
+    fn exe(&self, process: &ProcessRef) -> std::path::PathBuf {
+        self.roots.proc_file(process.pid, "exe")
     }
 
     /// Adds the hash (or why there is none) to a collection.
-    fn add_hash(&self, process: &ProcessRef, hash: io::Result<String>, collected: &mut Collected) {
+    fn add_hash(
+        &self,
+        process: &ProcessRef,
+        hash: Result<BinaryHash, HashFailure>,
+        collected: &mut Collected,
+    ) {
         match hash {
-            Ok(hash) => collected.labels.insert("process:binary:hash", hash),
-            Err(e) => {
+            Ok(hash) => {
+                collected.labels.insert("process:binary:hash", hash.hash);
+                if let Some(why) = hash.unsound {
+                    collected.untrusted.push("process:binary:hash");
+                    add_partial(collected, why);
+                }
+            }
+            Err(HashFailure::Io(error)) => {
                 let mut gaps = Gaps::default();
-                gaps.note("binary hash", &e);
+                gaps.note("binary hash", &error);
                 if let Some(reason) = self.explain_gaps(process, gaps) {
                     add_partial(collected, reason);
                 }
+            }
+            Err(failure) => {
+                collected.provisional |= failure.is_transient();
+                add_partial(collected, format!("binary hash: {failure}"));
             }
         }
     }
@@ -515,6 +570,11 @@ impl Inner {
 }
 
 /// Whether `stat` flags (field 9) carry `PF_KTHREAD`.
+/// Whether `stat`'s state (field 3) is `Z`: the process exited and waits to be reaped.
+fn is_zombie(stat: &[u8]) -> bool {
+    stat_field(stat, 3) == Some("Z")
+}
+
 fn is_kernel_thread(stat: &[u8]) -> bool {
     const PF_KTHREAD: u64 = 0x0020_0000;
     stat_field(stat, 9)

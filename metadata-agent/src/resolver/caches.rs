@@ -1,12 +1,11 @@
 //! The scope caches: what a process and a container entry hold, the bounded caches that keep
 //! them (evictions counted in metrics), and their sizes.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use collectors::cgroup::ContainerIdentity;
-use collectors::{CollectorReport, CollectorStatus, Scope, merge_labels};
+use collectors::{CollectorReport, CollectorStatus, ProcessImage, Scope, merge_labels};
 use labels::{FrozenLabels, LabelSet};
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
@@ -93,8 +92,10 @@ pub(super) struct ProcessEntry {
     pub container_note: Option<String>,
     /// Keys whose values are only `self` for this process (usually none).
     pub untrusted: Box<[&'static str]>,
-    /// The `/proc/<pid>/exe` target when collected; a different one means the process exec'd.
-    pub exe: Option<PathBuf>,
+    /// What the process ran as when collected (executable, effective ids, cgroups); another
+    /// image means it exec'd, changed ids or moved: it is collected again. `None` for a kernel
+    /// thread.
+    pub image: Option<ProcessImage>,
     /// When the collection started, on the kernel's monotonic clock (that of hook events).
     pub collected_ns: u64,
 }

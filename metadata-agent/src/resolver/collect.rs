@@ -28,7 +28,7 @@ impl Resolver {
         };
         self.metrics.cache_miss(Scope::Process);
         let collected_ns = kernel_hook::monotonic_ns();
-        let exe = process.executable(&self.roots);
+        let image = process.image(&self.roots);
         let subject = Subject::of_process(&self.roots, process, &self.placement);
         let reports = self.run(Scope::Process, &subject).await;
         if reports
@@ -38,6 +38,9 @@ impl Resolver {
             // It exited, or its PID was reused, between the first look and the collection.
             return Err(ProcessError::NoSuchProcess(process.pid).into());
         }
+        // An answer a later collection may complete (a hash still being computed) is given but
+        // not kept; nor is one with a failed or timed-out collector.
+        let keep = !reports.iter().any(|r| r.provisional || r.status.is_error());
         let scope = ScopeEntry::merged(reports);
         let entry = Arc::new(ProcessEntry {
             labels: scope.labels.freeze(),
@@ -46,13 +49,13 @@ impl Resolver {
             container: subject.container,
             container_note: subject.container_note,
             untrusted: scope.untrusted.into_boxed_slice(),
-            exe,
+            image,
             collected_ns,
         });
-        if entry.reports.iter().any(|r| r.status.is_error()) {
-            drop(guard);
-        } else {
+        if keep {
             let _ = guard.insert(Arc::clone(&entry));
+        } else {
+            drop(guard);
         }
         self.update_entry_gauges();
         Ok(entry)

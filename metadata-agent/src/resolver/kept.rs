@@ -1,7 +1,8 @@
 //! Kept answers: the finished answer of a cached process, kept with its process's open
 //! `/proc/<pid>` directory and given again while the process, its container and the node are
-//! unchanged. A repeated lookup then costs one `readlink` through that directory, which fails
-//! once the process is gone, even when its PID has been reused.
+//! unchanged. A repeated lookup then checks the process's image through that directory (its
+//! executable's identity, its effective ids, its cgroups), which fails once the process is gone,
+//! even when its PID has been reused.
 
 use std::sync::{Arc, OnceLock};
 
@@ -78,7 +79,7 @@ impl Resolver {
         }
         // Opened after the lookup, so checked to be the same process before it is kept.
         let dir = ProcDir::open(&self.roots, pid).ok().filter(|dir| {
-            found.entry.exe.is_some()
+            found.entry.image.is_some()
                 && dir.pins_process()
                 && dir.start_ticks() == found.process.start_ticks
         });
@@ -99,8 +100,8 @@ impl Resolver {
         };
         let found = &answer.found;
         let key = (found.process.pid, found.process.start_ticks);
-        let same_image = match (&found.entry.exe, dir.read_link("exe")) {
-            (Some(exe), Ok(now)) => *exe == now,
+        let same_image = match (&found.entry.image, dir.image()) {
+            (Some(then), Some(now)) => *then == now,
             _ => false,
         };
         let same_container = match (&found.entry.container, &found.container) {

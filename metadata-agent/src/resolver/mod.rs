@@ -1,8 +1,10 @@
 //! The resolver: a PID's labels from three scoped caches.
 //!
 //! - **Process** entries are keyed by (pid, start time), so a reused PID never inherits another
-//!   process's labels. A hit is checked against the process's current executable, so a process
-//!   that called `execve` is collected again even before the kernel hook reports the exec.
+//!   process's labels. A hit is checked against the process's current image (the identity of
+//!   its executable, its effective ids, its cgroups), so a process that called `execve` (even of
+//!   a file replaced at the same path), `setuid` or moved to another cgroup is collected again,
+//!   even before the kernel hook reports an exec.
 //! - **Container** entries are keyed by container id.
 //! - **Node** labels are collected at start and refreshed in the background; a failed refresh
 //!   keeps the last good labels, marked stale.
@@ -211,11 +213,11 @@ impl Resolver {
         };
         let key = (process.pid, process.start_ticks);
         let cached_entry = match self.processes.get(&key) {
-            Some(entry) if entry.exe.is_none() || process.executable(&self.roots) == entry.exe => {
+            Some(entry) if entry.image.is_none() || process.image(&self.roots) == entry.image => {
                 Some(entry)
             }
             Some(_) => {
-                // Same process, new executable: it called execve since it was collected.
+                // Same process, another image: it exec'd, changed its ids or moved.
                 self.processes.remove(&key);
                 None
             }

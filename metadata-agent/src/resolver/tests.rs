@@ -494,3 +494,27 @@ async fn every_key_of_an_answer_has_its_trust_class() {
     assert_eq!(json["trust"]["process:cmdline"], "self");
     assert_eq!(json["trust"]["process:pid"], "kernel");
 }
+
+#[tokio::test]
+async fn an_answer_taken_in_the_middle_of_an_exec_is_not_kept() {
+    // The kernel has switched the executable but not yet set up the new arguments: the answer
+    // lacks them, and is collected again next time rather than kept for the process's life.
+    let proc = FakeProc::new();
+    proc.process(80, 100, "/usr/bin/new", "");
+    let resolver = proc.resolver();
+    let during = resolver.resolve(80).await.unwrap();
+    assert!(!during.labels.contains_key("process:cmdline"));
+    let procfs = &during.collectors[0];
+    assert_eq!(procfs.status.state(), "partial");
+    assert!(
+        procfs.status.detail().unwrap().contains("exec in progress"),
+        "{:?}",
+        procfs.status
+    );
+    assert_eq!(resolver.cached_processes(), 0);
+    proc.process(80, 100, "/usr/bin/new", "new --flag");
+    let after = resolver.resolve(80).await.unwrap();
+    assert!(!after.cached);
+    assert_eq!(after.labels.get("process:cmdline"), ["new --flag"]);
+    assert!(resolver.resolve(80).await.unwrap().cached);
+}

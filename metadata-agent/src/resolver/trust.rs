@@ -7,6 +7,10 @@ use std::collections::HashMap;
 use collectors::{KeySpec, Registry};
 use labels::{LabelSet, Trust, TrustMap};
 
+/// Keys lowered to `self` for a process in a mount namespace of its own, which a container's
+/// does not make.
+const PATHS_IN_CONTAINERS: &[&str] = &["process:binary:path", "process:parent:binary:path"];
+
 /// The declared class of every key the registered collectors can emit.
 pub(super) struct TrustTable {
     exact: HashMap<&'static str, Trust>,
@@ -43,7 +47,9 @@ impl TrustTable {
     }
 
     /// The class of every key of `labels`: as declared, except the `untrusted` keys (`self`)
-    /// and, when a runtime confirmed the container, `process:container:id` (`runtime`).
+    /// and, when a runtime confirmed the container, `process:container:id` (`runtime`) and the
+    /// binary paths, which a verified container's mount namespace does not make the process's
+    /// own choice.
     pub fn classify(
         &self,
         labels: &LabelSet,
@@ -53,7 +59,8 @@ impl TrustTable {
         labels
             .iter()
             .map(|(key, _)| {
-                let trust = if untrusted.contains(&key) {
+                let container_path = container_confirmed && PATHS_IN_CONTAINERS.contains(&key);
+                let trust = if untrusted.contains(&key) && !container_path {
                     Trust::SelfReported
                 } else if key == "process:container:id" && container_confirmed {
                     Trust::Runtime

@@ -75,6 +75,11 @@ impl Daemon {
         }
     }
 
+    /// The agent's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `http://ADDR<path>`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)

@@ -30,6 +30,15 @@ pub fn run(command: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
 }
 
+/// `sha256:<hex>` of the file at `path`, as `sha256sum` computes it: the reference the agent's
+/// `process:binary:hash` is checked against.
+pub fn sha256sum(path: impl AsRef<std::path::Path>) -> String {
+    let output = run(Command::new("sha256sum").arg(path.as_ref()));
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    format!("sha256:{}", text.split_whitespace().next().unwrap())
+}
+
 /// An HTTP client for talking to the agent under test.
 pub fn http_client() -> reqwest::Client {
     collectors::install_crypto_provider();
