@@ -9,6 +9,7 @@
 //! - [`cgroup`]: container identity from `/proc/<pid>/cgroup`, shared by container collectors.
 
 pub mod builtin;
+pub mod catalog;
 pub mod cgroup;
 pub mod cloud;
 pub mod collector;
@@ -25,6 +26,7 @@ pub mod registry;
 pub mod sysfsdmi;
 
 pub use builtin::{Builtin, CollectorsConfig, SECTIONS, build_registry};
+pub use catalog::KeyCatalog;
 pub use collector::{CollectError, Collected, Collector, Invalidation, KeySpec, Scope, Subject};
 pub use error::{BoxError, BuildError, error_chain};
 pub use host::{HostRoots, HostRootsConfig};

@@ -20,4 +20,4 @@ mod trust;
 pub use escape::{TRUNCATION_MARKER, escape_bytes, escape_bytes_limited, escape_key};
 pub use frozen::FrozenLabels;
 pub use set::{LabelParseError, LabelSet, serialize_map};
-pub use trust::{Trust, TrustMap};
+pub use trust::{Trust, TrustCatalog, TrustMap, UnknownKeys};

@@ -53,6 +53,22 @@ impl fmt::Display for Trust {
     }
 }
 
+/// What the collectors declare about label keys, as policies need it.
+pub trait TrustCatalog: Send + Sync {
+    /// The highest class the values of `key` can have, whatever the process; `None` when no
+    /// collector declares the key (its values would be `self`).
+    fn best(&self, key: &str) -> Option<Trust>;
+}
+
+/// A catalog that knows no key: every value is `self`.
+pub struct UnknownKeys;
+
+impl TrustCatalog for UnknownKeys {
+    fn best(&self, _key: &str) -> Option<Trust> {
+        None
+    }
+}
+
 /// The trust class of each key of a label set. A key it does not list is `self`: nothing vouches
 /// for it (labels given by a client, for instance).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

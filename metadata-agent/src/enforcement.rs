@@ -65,7 +65,8 @@ impl Enforcer {
         let set = policies.current();
         for pid in resolver.cached_pids() {
             if let Ok(resolution) = resolver.resolve(pid).await {
-                self.apply(pid, set.evaluate(&resolution.labels).verdict);
+                let verdict = set.evaluate_with(&resolution.labels, &resolution.trust);
+                self.apply(pid, verdict.verdict);
             }
         }
     }

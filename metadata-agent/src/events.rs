@@ -226,7 +226,10 @@ pub async fn run_pipeline(
                     if let Ok(resolution) = resolver.resolve(tgid).await
                         && let Some(enforcer) = &enforcer
                     {
-                        let verdict = policies.current().evaluate(&resolution.labels).verdict;
+                        let verdict = policies
+                            .current()
+                            .evaluate_with(&resolution.labels, &resolution.trust)
+                            .verdict;
                         enforcer.apply(tgid, verdict);
                     }
                 });
@@ -249,9 +252,12 @@ pub async fn report_connect(
         Ok(resolution) => (Some(resolution), None),
         Err(error) => (None, Some(error.to_string())),
     };
-    let no_labels = LabelSet::new();
-    let labels = resolution.as_ref().map_or(&no_labels, |r| &r.labels);
-    let evaluation = policies.current().evaluate(labels);
+    let evaluation = match &resolution {
+        Some(resolution) => policies
+            .current()
+            .evaluate_with(&resolution.labels, &resolution.trust),
+        None => policies.current().evaluate(&LabelSet::new()),
+    };
     ConnectReport {
         event,
         resolution: ResolvedLabels(resolution),

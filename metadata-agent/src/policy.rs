@@ -5,10 +5,10 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use collectors::HostRoots;
-use labels::LabelSet;
+use collectors::{CollectorsConfig, HostRoots, KeyCatalog};
+use labels::{LabelSet, TrustMap};
 use selectors::matcher::{Explanation, SelectorExplanation};
-use selectors::{Action, PolicySet, load_policies};
+use selectors::{Action, PolicySet, check_trust, load_policies};
 
 use crate::config::Config;
 use crate::resolver::resolve_once;
@@ -60,32 +60,45 @@ fn parse_action(text: &str) -> Result<Action, String> {
 /// Runs a `policy` subcommand; `Ok(false)` means "checked, with errors" (exit code 1).
 pub async fn run(command: PolicyCommand) -> anyhow::Result<bool> {
     match command {
-        PolicyCommand::Check { paths } => Ok(check(&paths)),
+        PolicyCommand::Check { paths } => check(&paths),
         PolicyCommand::Test(args) => test(args).await.map(|()| true),
     }
 }
 
-fn check(paths: &[PathBuf]) -> bool {
-    match load_policies(paths) {
+/// What the built-in collectors declare about label keys, for checking policies.
+fn key_catalog() -> anyhow::Result<KeyCatalog> {
+    let registry = collectors::build_registry(&CollectorsConfig::default(), &HostRoots::default())?;
+    Ok(KeyCatalog::new(&registry))
+}
+
+fn check(paths: &[PathBuf]) -> anyhow::Result<bool> {
+    let catalog = key_catalog()?;
+    let mut stderr = std::io::stderr().lock();
+    let errors = match load_policies(paths) {
         Ok(policies) => {
-            println!("ok: {} policies", policies.len());
-            true
-        }
-        Err(errors) => {
-            let mut stderr = std::io::stderr().lock();
-            for error in &errors.0 {
-                let _ = writeln!(stderr, "{error}");
+            let findings = check_trust(&policies, &catalog);
+            for warning in &findings.warnings {
+                let _ = writeln!(stderr, "{warning}");
             }
-            let _ = writeln!(stderr, "{} error(s)", errors.0.len());
-            false
+            if findings.errors.is_empty() {
+                println!("ok: {} policies", policies.len());
+                return Ok(true);
+            }
+            findings.errors
         }
+        Err(errors) => errors.0,
+    };
+    for error in &errors {
+        let _ = writeln!(stderr, "{error}");
     }
+    let _ = writeln!(stderr, "{} error(s)", errors.len());
+    Ok(false)
 }
 
 async fn test(args: TestArgs) -> anyhow::Result<()> {
     let policies = load_policies(&args.policies).map_err(|e| anyhow::anyhow!("{e}"))?;
     let set = PolicySet::new(policies, args.default_action);
-    let labels = match (&args.labels, &args.pid) {
+    let (labels, trust) = match (&args.labels, &args.pid) {
         (Some(path), _) => read_label_file(path)?,
         (None, Some(pid)) => {
             let config = match &args.config {
@@ -95,13 +108,12 @@ async fn test(args: TestArgs) -> anyhow::Result<()> {
             let roots = HostRoots::resolve(&config.host);
             let pid = collectors::process::parse_pid(pid, &roots)?;
             let registry = collectors::build_registry(&config.collectors, &roots)?;
-            resolve_once(registry, roots, config.containers, pid)
-                .await?
-                .labels
+            let resolution = resolve_once(registry, roots, config.containers, pid).await?;
+            (resolution.labels, resolution.trust)
         }
         (None, None) => bail!("give --labels FILE or --pid N"),
     };
-    let explanation = set.explain(&labels);
+    let explanation = set.explain_with(&labels, &trust);
     let mut out = String::new();
     if args.json {
         let value = if args.explain {
@@ -120,8 +132,18 @@ async fn test(args: TestArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Reads a label set in the JSON or the text rendering.
-fn read_label_file(path: &Path) -> anyhow::Result<LabelSet> {
+/// A label set in JSON, with the trust classes it vouches for (`{"labels": ..., "trust": ...}`,
+/// as `GET /metadata/{pid}` gives them).
+#[derive(serde::Deserialize)]
+struct LabelFile {
+    #[serde(flatten)]
+    labels: LabelSet,
+    #[serde(default)]
+    trust: TrustMap,
+}
+
+/// Reads a label set in the JSON or the text rendering (whose values are all `self`).
+fn read_label_file(path: &Path) -> anyhow::Result<(LabelSet, TrustMap)> {
     let mut text = String::new();
     if path == Path::new("-") {
         std::io::stdin()
@@ -132,14 +154,17 @@ fn read_label_file(path: &Path) -> anyhow::Result<LabelSet> {
             .with_context(|| format!("{}: cannot read", path.display()))?;
     }
     if text.trim_start().starts_with('{') {
-        serde_json::from_str::<LabelSet>(&text).with_context(|| {
-            format!(
-                "{}: not a JSON label set (expected {{\"labels\": {{\"key\": [\"value\", ...]}}}})",
-                path.display()
-            )
-        })
+        serde_json::from_str::<LabelFile>(&text)
+            .map(|file| (file.labels, file.trust))
+            .with_context(|| {
+                format!(
+                    "{}: not a JSON label set (expected {{\"labels\": {{\"key\": [\"value\", ...]}}}})",
+                    path.display()
+                )
+            })
     } else {
         LabelSet::from_text(&text)
+            .map(|labels| (labels, TrustMap::new()))
             .with_context(|| format!("{}: not a `key: value` label set", path.display()))
     }
 }

@@ -13,13 +13,26 @@ use metadata_agent::config::Config;
 use metadata_agent::resolver::Resolution;
 use metadata_agent::run::Agent;
 
-/// An agent with the hook off, reading the host and the private Docker daemon at `socket`.
-fn agent(socket: &Path) -> Agent {
+/// An agent with the hook off, reading the host and the private Docker daemon at `socket`,
+/// with the policies of `policies` (a file), denying what none allows.
+fn agent(socket: &Path, policies: &Path) -> Agent {
     let mut config = Config::default();
     config.hook.enabled = collectors::config::Enabled::Never;
     config.resolver.prestart = false;
     config.collectors.docker.socket_path = socket.to_str().unwrap().to_owned();
+    config.policies.path = Some(policies.to_owned());
+    config.policies.default_action = selectors::Action::Deny;
     Agent::build(config).unwrap()
+}
+
+/// The verdict the agent's policies give `resolution`, with its trust classes.
+fn verdict(agent: &Agent, resolution: &Resolution) -> selectors::Action {
+    agent
+        .state
+        .policies
+        .current()
+        .evaluate_with(&resolution.labels, &resolution.trust)
+        .verdict
 }
 
 fn docker_status(resolution: &Resolution) -> (&'static str, String) {
@@ -66,7 +79,18 @@ async fn a_look_alike_cgroup_never_gets_a_running_containers_identity() {
         .ok(&["inspect", "-f", "{{.State.Pid}}", &id])
         .parse()
         .unwrap();
-    let agent = agent(&docker.socket);
+    // The container may connect, by its id, only where the id is more than a claim.
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies.yaml");
+    std::fs::write(
+        &policies,
+        format!(
+            "policies:\n  - name: payments\n    action: allow\n    requireTrusted: true\n    \
+             selectors:\n      - process:container:id: {id}\n"
+        ),
+    )
+    .unwrap();
+    let agent = agent(&docker.socket, &policies);
     let resolver = &agent.state.resolver;
 
     // The container's own process: its labels, vouched for by Docker.
@@ -84,6 +108,9 @@ async fn a_look_alike_cgroup_never_gets_a_running_containers_identity() {
         real.container.as_ref().map(|c| c.id.as_str()),
         Some(id.as_str())
     );
+    // In its own mount namespace, but a verified container's: the binary path is trusted.
+    assert_eq!(real.trust.get("process:binary:path").as_str(), "kernel");
+    assert_eq!(verdict(&agent, &real), selectors::Action::Allow);
 
     // An unprivileged user names the container from its own delegated subtree (what
     // `systemd-run --user --scope -u docker-<id>` makes), while Docker's entry is cached.
@@ -104,6 +131,8 @@ async fn a_look_alike_cgroup_never_gets_a_running_containers_identity() {
     assert_eq!(answer.labels.get("process:container:id"), [id.as_str()]);
     assert_eq!(answer.trust.get("process:container:id").as_str(), "self");
     assert!(answer.container.is_none());
+    // The same container id, claimed: the trusted policy does not let it through.
+    assert_eq!(verdict(&agent, &answer), selectors::Action::Deny);
     let (state, reason) = docker_status(&answer);
     assert_eq!(state, "not_applicable", "{reason}");
     assert!(

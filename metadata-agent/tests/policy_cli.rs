@@ -14,6 +14,32 @@ fn check_accepts_the_example_and_lists_every_error_of_broken_files() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout), "ok: 3 policies\n");
+    // Warned about (not refused): policies a process can match or escape by its own choice.
+    let warnings = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        warnings.contains("warning: policy `no-root-shells` (deny) depends on labels a process chooses for itself (process:name)"),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("audit-everything-else"), "{warnings}");
+
+    // A policy that requires trusted labels, on a key the process chooses: refused.
+    let trusted = tempfile::tempdir().unwrap();
+    std::fs::write(
+        trusted.path().join("t.yaml"),
+        "policies:\n  - name: t\n    action: allow\n    requireTrusted: true\n    selectors:\n      \
+         - k8s:label:app: web\n        process:name: nginx\n",
+    )
+    .unwrap();
+    let output = run(agent().arg("policy").arg("check").arg(trusted.path()));
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:7:9: policy `t` requires trusted labels, but `process:name` can never be trusted",
+            trusted.path().join("t.yaml").display()
+        )),
+        "{stderr}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -77,7 +103,8 @@ fn test_with_json_labels_and_explain() {
     let labels = dir.path().join("labels.json");
     std::fs::write(
         &labels,
-        r#"{"labels": {"k8s:label:app": ["web"], "process:uid": ["0", "1001"]}}"#,
+        r#"{"labels": {"k8s:label:app": ["web"], "process:uid": ["0", "1001"]},
+            "trust": {"k8s:label:app": "runtime", "process:uid": "kernel"}}"#,
     )
     .unwrap();
     let output = run(agent()

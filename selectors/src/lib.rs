@@ -21,9 +21,11 @@ pub mod matcher;
 pub mod node;
 pub mod policy;
 pub mod store;
+pub mod trust;
 
 pub use error::{PolicyError, PolicyErrors};
 pub use load::{compile_texts, load_policies, policy_files};
 pub use matcher::{Evaluation, Explanation, PolicyMatch, PolicySet};
 pub use policy::{Action, Constraint, Operator, Policy, Selector};
 pub use store::{PolicyStore, ReloadStatus};
+pub use trust::{TrustFindings, check_trust};

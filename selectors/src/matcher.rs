@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use labels::LabelSet;
+use labels::{LabelSet, TrustMap};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
@@ -55,6 +55,10 @@ pub struct ConstraintResult {
     pub matched: bool,
     /// The label's values (empty: absent).
     pub found: Vec<String>,
+    /// Set when the policy requires trusted labels and the values are `self`: they did not
+    /// count.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub untrusted: bool,
 }
 
 /// One selector checked in full.
@@ -175,18 +179,44 @@ impl PolicySet {
         self.default_action
     }
 
-    /// The matching policies and the verdict: through the index, or by checking every selector
-    /// when there are so few that the index cannot pay off.
+    /// The matching policies and the verdict for labels nobody vouched for (a policy with
+    /// `requireTrusted` takes every present value as `self`): through the index, or by checking
+    /// every selector when there are so few that the index cannot pay off.
     pub fn evaluate(&self, labels: &LabelSet) -> Evaluation {
+        self.evaluate_trusted(labels, None)
+    }
+
+    /// [`PolicySet::evaluate`] for labels with their trust classes (an agent's answer).
+    pub fn evaluate_with(&self, labels: &LabelSet, trust: &TrustMap) -> Evaluation {
+        self.evaluate_trusted(labels, Some(trust))
+    }
+
+    fn evaluate_trusted(&self, labels: &LabelSet, trust: Option<&TrustMap>) -> Evaluation {
         if self.selectors.len() < INDEX_THRESHOLD {
-            self.evaluate_naive(labels)
+            self.naive(labels, trust)
         } else {
-            self.evaluate_indexed(labels)
+            self.indexed(labels, trust)
         }
+    }
+
+    /// Whether selector `s` of policy `p` matches.
+    fn selector_matches(
+        &self,
+        p: u32,
+        s: u32,
+        labels: &LabelSet,
+        trust: Option<&TrustMap>,
+    ) -> bool {
+        let policy = &self.policies[p as usize];
+        policy.selectors[s as usize].matches_with(labels, trust, policy.require_trusted)
     }
 
     /// [`PolicySet::evaluate`] through the index, whatever the number of selectors.
     pub fn evaluate_indexed(&self, labels: &LabelSet) -> Evaluation {
+        self.indexed(labels, None)
+    }
+
+    fn indexed(&self, labels: &LabelSet, trust: Option<&TrustMap>) -> Evaluation {
         let mut seen = vec![0u64; self.selectors.len().div_ceil(64)];
         let mut hits: Vec<(u32, u32, usize)> = Vec::new();
         let mut consider = |id: u32, hits: &mut Vec<(u32, u32, usize)>| {
@@ -196,8 +226,8 @@ impl PolicySet {
             }
             seen[word] |= 1 << bit;
             let (p, s) = self.selectors[id as usize];
-            let selector = &self.policies[p as usize].selectors[s as usize];
-            if selector.matches(labels) {
+            if self.selector_matches(p, s, labels, trust) {
+                let selector = &self.policies[p as usize].selectors[s as usize];
                 hits.push((p, s, selector.constraints.len()));
             }
         };
@@ -226,10 +256,14 @@ impl PolicySet {
 
     /// The same result as [`PolicySet::evaluate`], checking every selector of every policy.
     pub fn evaluate_naive(&self, labels: &LabelSet) -> Evaluation {
+        self.naive(labels, None)
+    }
+
+    fn naive(&self, labels: &LabelSet, trust: Option<&TrustMap>) -> Evaluation {
         let mut hits = Vec::new();
         for (p, policy) in self.policies.iter().enumerate() {
             for (s, selector) in policy.selectors.iter().enumerate() {
-                if selector.matches(labels) {
+                if self.selector_matches(p as u32, s as u32, labels, trust) {
                     hits.push((p as u32, s as u32, selector.constraints.len()));
                 }
             }
@@ -271,9 +305,18 @@ impl PolicySet {
     }
 
     /// The evaluation, every matching selector, and the selectors that came closest to matching
-    /// with the constraints that failed.
+    /// with the constraints that failed, for labels nobody vouched for.
     pub fn explain(&self, labels: &LabelSet) -> Explanation {
-        let evaluation = self.evaluate(labels);
+        self.explain_trusted(labels, None)
+    }
+
+    /// [`PolicySet::explain`] for labels with their trust classes.
+    pub fn explain_with(&self, labels: &LabelSet, trust: &TrustMap) -> Explanation {
+        self.explain_trusted(labels, Some(trust))
+    }
+
+    fn explain_trusted(&self, labels: &LabelSet, trust: Option<&TrustMap>) -> Explanation {
+        let evaluation = self.evaluate_trusted(labels, trust);
         let mut matched = Vec::new();
         let mut misses = Vec::new();
         for policy in &self.policies {
@@ -281,11 +324,16 @@ impl PolicySet {
                 let constraints: Vec<ConstraintResult> = selector
                     .constraints
                     .iter()
-                    .map(|c| ConstraintResult {
-                        key: c.key.clone(),
-                        test: c.operator.to_string(),
-                        matched: c.matches(labels),
-                        found: labels.get(&c.key).to_vec(),
+                    .map(|c| {
+                        let matched = c.matches(labels);
+                        let trusted = !policy.require_trusted || c.matches_trusted(labels, trust);
+                        ConstraintResult {
+                            key: c.key.clone(),
+                            test: c.operator.to_string(),
+                            matched: matched && trusted,
+                            found: labels.get(&c.key).to_vec(),
+                            untrusted: matched && !trusted,
+                        }
                     })
                     .collect();
                 let failed = constraints.iter().filter(|c| !c.matched).count();

@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use labels::LabelSet;
+use labels::{LabelSet, TrustMap};
 use serde::Serialize;
 
 use crate::error::PolicyError;
@@ -110,12 +110,25 @@ pub struct Constraint {
     pub key: String,
     /// The test.
     pub operator: Operator,
+    /// Where the key was written.
+    pub at: Position,
 }
 
 impl Constraint {
     /// Whether `labels` satisfy this constraint.
     pub fn matches(&self, labels: &LabelSet) -> bool {
         self.operator.matches(labels.get(&self.key))
+    }
+
+    /// Whether `labels` satisfy this constraint with values a process could not have chosen:
+    /// a present label whose class in `trust` is `self` satisfies nothing (an absent one is
+    /// tested as absent).
+    pub fn matches_trusted(&self, labels: &LabelSet, trust: Option<&TrustMap>) -> bool {
+        let values = labels.get(&self.key);
+        if !values.is_empty() && trust.is_none_or(|trust| trust.get(&self.key).is_self()) {
+            return false;
+        }
+        self.operator.matches(values)
     }
 }
 
@@ -133,6 +146,23 @@ impl Selector {
     pub fn matches(&self, labels: &LabelSet) -> bool {
         self.constraints.iter().all(|c| c.matches(labels))
     }
+
+    /// Whether every constraint holds for `labels`, with trusted values only when
+    /// `require_trusted` (see [`Constraint::matches_trusted`]).
+    pub fn matches_with(
+        &self,
+        labels: &LabelSet,
+        trust: Option<&TrustMap>,
+        require_trusted: bool,
+    ) -> bool {
+        if require_trusted {
+            self.constraints
+                .iter()
+                .all(|c| c.matches_trusted(labels, trust))
+        } else {
+            self.matches(labels)
+        }
+    }
 }
 
 /// A named policy: an action for processes matching any of its selectors (OR).
@@ -146,6 +176,9 @@ pub struct Policy {
     pub priority: i64,
     /// The selector maps.
     pub selectors: Vec<Selector>,
+    /// `requireTrusted: true`: its constraints are satisfied only by values the process could
+    /// not have chosen (trust class other than `self`).
+    pub require_trusted: bool,
     /// The file it came from.
     pub file: Arc<PathBuf>,
     /// The file's path as text, shared by every match report.
@@ -155,7 +188,7 @@ pub struct Policy {
 }
 
 /// Accepted fields of a policy entry.
-const POLICY_FIELDS: &str = "name, action, priority, selectors, description";
+const POLICY_FIELDS: &str = "name, action, priority, selectors, requireTrusted, description";
 /// Accepted operators of a selector value written as a mapping.
 const OPERATORS: &str = "in, notIn, exists, glob, regex";
 
@@ -227,6 +260,7 @@ fn compile_policy(
         return None;
     };
     let (mut name, mut action, mut priority, mut selectors) = (None, Action::default(), 0, None);
+    let mut require_trusted = false;
     let mut ok = true;
     for (key, value) in entries {
         match key.value.as_str() {
@@ -266,6 +300,19 @@ fn compile_policy(
                 }
             },
             "selectors" => selectors = Some(value),
+            "requireTrusted" => match value.value {
+                Node::Bool(wanted) => require_trusted = wanted,
+                _ => {
+                    error(
+                        value.at,
+                        format!(
+                            "`requireTrusted` takes true or false, found {}",
+                            value.value.kind()
+                        ),
+                    );
+                    ok = false;
+                }
+            },
             "description" => {}
             other => {
                 error(
@@ -300,6 +347,7 @@ fn compile_policy(
             action,
             priority,
             selectors,
+            require_trusted,
             file: Arc::clone(file),
             at: item.at,
         }),
@@ -422,6 +470,7 @@ fn compile_constraint(
     Ok(Constraint {
         key: key.value.clone(),
         operator,
+        at: key.at,
     })
 }
 

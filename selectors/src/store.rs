@@ -8,10 +8,13 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use labels::TrustCatalog;
+
 use crate::error::PolicyErrors;
 use crate::load::{load_policies, policy_files};
 use crate::matcher::PolicySet;
 use crate::policy::Action;
+use crate::trust::check_trust;
 
 /// The outcome of the reloads so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -33,6 +36,10 @@ type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
 pub struct PolicyStore {
     paths: Vec<PathBuf>,
     default_action: Action,
+    /// What the collectors declare about keys, when policies are checked against it.
+    catalog: Option<Arc<dyn TrustCatalog>>,
+    /// The warnings of the last good load.
+    warnings: Mutex<Vec<String>>,
     current: RwLock<Arc<PolicySet>>,
     status: Mutex<ReloadStatus>,
     fingerprint: Mutex<Option<Fingerprint>>,
@@ -41,10 +48,31 @@ pub struct PolicyStore {
 impl PolicyStore {
     /// Loads `paths`; the first load must succeed.
     pub fn load(paths: Vec<PathBuf>, default_action: Action) -> Result<Self, PolicyErrors> {
+        Self::load_with(paths, default_action, None)
+    }
+
+    /// Loads `paths` and checks them against `catalog` (see [`check_trust`]) at this load and
+    /// every reload: a `requireTrusted` constraint on a key that is always `self` is an error,
+    /// and other policies resting only on `self` labels give warnings.
+    pub fn load_checked(
+        paths: Vec<PathBuf>,
+        default_action: Action,
+        catalog: Arc<dyn TrustCatalog>,
+    ) -> Result<Self, PolicyErrors> {
+        Self::load_with(paths, default_action, Some(catalog))
+    }
+
+    fn load_with(
+        paths: Vec<PathBuf>,
+        default_action: Action,
+        catalog: Option<Arc<dyn TrustCatalog>>,
+    ) -> Result<Self, PolicyErrors> {
         let fingerprint = fingerprint(&paths);
-        let policies = load_policies(&paths)?;
+        let (policies, warnings) = load_and_check(&paths, catalog.as_deref())?;
         let set = PolicySet::new(policies, default_action);
         Ok(Self {
+            catalog,
+            warnings: Mutex::new(warnings),
             status: Mutex::new(ReloadStatus {
                 policies: set.policies().len(),
                 reloads: 1,
@@ -60,6 +88,8 @@ impl PolicyStore {
     /// A store with no policies (every verdict is the default).
     pub fn empty(default_action: Action) -> Self {
         Self {
+            catalog: None,
+            warnings: Mutex::new(Vec::new()),
             paths: Vec::new(),
             default_action,
             current: RwLock::new(Arc::new(PolicySet::new(Vec::new(), default_action))),
@@ -76,11 +106,12 @@ impl PolicyStore {
     /// Reloads now. On failure the previous policies stay in force.
     pub fn reload(&self) -> Result<usize, PolicyErrors> {
         let new_fingerprint = fingerprint(&self.paths);
-        let result = load_policies(&self.paths);
+        let result = load_and_check(&self.paths, self.catalog.as_deref());
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         *self.fingerprint.lock().unwrap_or_else(|e| e.into_inner()) = new_fingerprint;
         match result {
-            Ok(policies) => {
+            Ok((policies, warnings)) => {
+                *self.warnings.lock().unwrap_or_else(|e| e.into_inner()) = warnings;
                 let set = Arc::new(PolicySet::new(policies, self.default_action));
                 let count = set.policies().len();
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = set;
@@ -104,6 +135,15 @@ impl PolicyStore {
         changed.then(|| self.reload())
     }
 
+    /// The warnings of the last good load (`file:line:column: warning: ...`): policies that
+    /// rest only on labels a process chooses for itself.
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// What the reloads did so far.
     pub fn status(&self) -> ReloadStatus {
         self.status
@@ -111,6 +151,23 @@ impl PolicyStore {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+}
+
+/// The policies under `paths`, checked against `catalog` when there is one, and the warnings.
+fn load_and_check(
+    paths: &[PathBuf],
+    catalog: Option<&dyn TrustCatalog>,
+) -> Result<(Vec<crate::Policy>, Vec<String>), PolicyErrors> {
+    let policies = load_policies(paths)?;
+    let Some(catalog) = catalog else {
+        return Ok((policies, Vec::new()));
+    };
+    let findings = check_trust(&policies, catalog);
+    if !findings.errors.is_empty() {
+        return Err(PolicyErrors(findings.errors));
+    }
+    let warnings = findings.warnings.iter().map(ToString::to_string).collect();
+    Ok((policies, warnings))
 }
 
 fn fingerprint(paths: &[PathBuf]) -> Option<Fingerprint> {

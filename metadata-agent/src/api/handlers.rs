@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
-use labels::LabelSet;
+use labels::{LabelSet, TrustMap};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -121,7 +121,7 @@ pub async fn selectors_of_pid(
     let pid = parse_pid(pid)?;
     let Query(query) = query?;
     let resolution = state.resolver.resolve(pid).await?;
-    let mut answer = evaluation(&state, &resolution.labels, query.explain);
+    let mut answer = evaluation(&state, &resolution.labels, &resolution.trust, query.explain);
     answer["pid"] = json!(resolution.pid);
     Ok(Json(answer).into_response())
 }
@@ -135,11 +135,21 @@ pub async fn evaluate(
 ) -> Answer {
     let Query(query) = query?;
     let body = body?;
-    let labels = parse_label_body(&headers, &body)?;
-    Ok(Json(evaluation(&state, &labels, query.explain)).into_response())
+    let (labels, trust) = parse_label_body(&headers, &body)?;
+    Ok(Json(evaluation(&state, &labels, &trust, query.explain)).into_response())
 }
 
-fn parse_label_body(headers: &HeaderMap, body: &[u8]) -> Result<LabelSet, ApiError> {
+/// A JSON label set, with the trust classes the caller vouches for (none: every value is
+/// `self`).
+#[derive(serde::Deserialize)]
+struct LabelBody {
+    #[serde(flatten)]
+    labels: LabelSet,
+    #[serde(default)]
+    trust: TrustMap,
+}
+
+fn parse_label_body(headers: &HeaderMap, body: &[u8]) -> Result<(LabelSet, TrustMap), ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_labels",
@@ -172,33 +182,37 @@ fn parse_label_body(headers: &HeaderMap, body: &[u8]) -> Result<LabelSet, ApiErr
         }
     };
     if is_json {
-        serde_json::from_slice::<LabelSet>(body).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_labels",
-                format!(
-                    "body is not a JSON label set ({e}): expected {{\"labels\": {{\"key\": [\"value\", ...]}}}}"
-                ),
-            )
-        })
+        serde_json::from_slice::<LabelBody>(body)
+            .map(|body| (body.labels, body.trust))
+            .map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_labels",
+                    format!(
+                        "body is not a JSON label set ({e}): expected {{\"labels\": {{\"key\": [\"value\", ...]}}}}"
+                    ),
+                )
+            })
     } else {
         let text = std::str::from_utf8(body).map_err(|e| {
             ApiError::bad_request("invalid_labels", format!("body is not UTF-8: {e}"))
         })?;
-        LabelSet::from_text(text).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_labels",
-                format!("body is not a `key: value` label set: {e}"),
-            )
-        })
+        LabelSet::from_text(text)
+            .map(|labels| (labels, TrustMap::new()))
+            .map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_labels",
+                    format!("body is not a `key: value` label set: {e}"),
+                )
+            })
     }
 }
 
-fn evaluation(state: &AppState, labels: &LabelSet, explain: bool) -> Value {
+fn evaluation(state: &AppState, labels: &LabelSet, trust: &TrustMap, explain: bool) -> Value {
     let set = state.policies.current();
     let value = if explain {
-        serde_json::to_value(set.explain(labels))
+        serde_json::to_value(set.explain_with(labels, trust))
     } else {
-        serde_json::to_value(set.evaluate(labels))
+        serde_json::to_value(set.evaluate_with(labels, trust))
     };
     value.unwrap_or_else(|_| json!({}))
 }
@@ -356,10 +370,19 @@ mod tests {
     #[test]
     fn label_bodies_by_content_type() {
         let mut headers = HeaderMap::new();
-        let labels = parse_label_body(&headers, br#"{"labels": {"a": ["1", "2"]}}"#).unwrap();
+        let (labels, trust) =
+            parse_label_body(&headers, br#"{"labels": {"a": ["1", "2"]}}"#).unwrap();
         assert_eq!(labels.get("a"), ["1", "2"]);
-        let labels = parse_label_body(&headers, b"a: 1\nb: 2\n").unwrap();
+        assert!(trust.is_empty());
+        let (labels, _) = parse_label_body(&headers, b"a: 1\nb: 2\n").unwrap();
         assert_eq!(labels.get("b"), ["2"]);
+        // The classes a caller vouches for, for policies that require trusted labels.
+        let (_, trust) = parse_label_body(
+            &headers,
+            br#"{"labels": {"a": ["1"]}, "trust": {"a": "kernel"}}"#,
+        )
+        .unwrap();
+        assert_eq!(trust.get("a"), labels::Trust::Kernel);
         headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
         let error = parse_label_body(&headers, b"a: 1").unwrap_err();
         assert_eq!(error.code, "invalid_labels");

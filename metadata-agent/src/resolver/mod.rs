@@ -23,12 +23,13 @@ mod node;
 mod prestart;
 #[cfg(test)]
 mod tests;
-mod trust;
 
 use std::sync::{Arc, RwLock};
 
 use collectors::cgroup::{ContainerIdentity, ContainersConfig};
-use collectors::{CollectorReport, HostRoots, ProcessError, ProcessRef, Registry, Scope};
+use collectors::{
+    CollectorReport, HostRoots, KeyCatalog, ProcessError, ProcessRef, Registry, Scope,
+};
 use labels::{LabelSet, TrustMap};
 use quick_cache::sync::Cache;
 use serde::Serialize;
@@ -39,7 +40,6 @@ pub use caches::{ResolverLimits, ScopeEntry};
 use history::CollectorHistory;
 pub use history::CollectorState;
 use kept::{KeptAnswer, kept_answer_capacity};
-use trust::TrustTable;
 
 /// Why a PID could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +98,7 @@ pub struct Resolver {
     node: RwLock<Arc<ScopeEntry>>,
     node_ready: std::sync::atomic::AtomicBool,
     history: CollectorHistory,
-    trust: TrustTable,
+    catalog: Arc<KeyCatalog>,
 }
 
 impl Resolver {
@@ -116,7 +116,7 @@ impl Resolver {
             node: RwLock::new(Arc::new(ScopeEntry::empty())),
             node_ready: std::sync::atomic::AtomicBool::new(false),
             history: CollectorHistory::new(&registry),
-            trust: TrustTable::new(&registry),
+            catalog: Arc::new(KeyCatalog::new(&registry)),
             placement: ContainersConfig::default(),
             roots,
             registry,
@@ -158,6 +158,11 @@ impl Resolver {
         Ok(answer.json.get_or_init(|| json).clone())
     }
 
+    /// What the collectors declare about label keys (their trust classes), for policies.
+    pub fn key_catalog(&self) -> Arc<KeyCatalog> {
+        Arc::clone(&self.catalog)
+    }
+
     /// Each collector's history, in registration order.
     pub fn collector_states(&self) -> Vec<CollectorState> {
         self.history.snapshot()
@@ -183,7 +188,7 @@ impl Resolver {
             .container
             .as_ref()
             .is_some_and(|container| !container.labels.is_empty());
-        let trust = self.trust.classify(&labels, &untrusted, confirmed);
+        let trust = self.catalog.classify(&labels, &untrusted, confirmed);
         Resolution {
             pid: found.process.pid,
             start_time_ticks: found.process.start_ticks,

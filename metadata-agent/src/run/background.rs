@@ -132,6 +132,9 @@ fn reload_policies(policies: &PolicyStore, metrics: &Metrics) -> bool {
             metrics.policies.set(count as i64);
             metrics.policy_reload_failing.set(0);
             tracing::info!(policies = count, "policies reloaded");
+            for warning in policies.warnings() {
+                tracing::warn!("{warning}");
+            }
             true
         }
         Some(Err(errors)) => {

@@ -48,10 +48,16 @@ impl Agent {
         );
         let default_action = config.policies.default_action;
         let policies = match &config.policies.path {
-            Some(path) => PolicyStore::load(vec![path.clone()], default_action)
-                .map_err(|errors| anyhow::anyhow!("cannot load the policies:\n{errors}"))?,
+            Some(path) => {
+                let catalog = resolver.key_catalog();
+                PolicyStore::load_checked(vec![path.clone()], default_action, catalog)
+                    .map_err(|errors| anyhow::anyhow!("cannot load the policies:\n{errors}"))?
+            }
             None => PolicyStore::empty(default_action),
         };
+        for warning in policies.warnings() {
+            tracing::warn!("{warning}");
+        }
         let policies = Arc::new(policies);
         metrics.policies.set(policies.status().policies as i64);
         metrics.policy_reloads.inc_by(policies.status().reloads);
