@@ -368,3 +368,121 @@ async fn binary_paths_are_self_in_a_mount_namespace_of_the_process_own() {
     assert_eq!(answer.trust.get("process:uid").as_str(), "kernel");
     assert_eq!(answer.trust.get("process:pid").as_str(), "kernel");
 }
+
+/// The test FUSE filesystem (`clients/fuse_fs.py`) serving `source` at `mount`, unmounted and
+/// stopped when dropped.
+struct FuseMount {
+    server: Child,
+    mount: PathBuf,
+}
+
+impl FuseMount {
+    fn start(source: &Path, mount: &Path) -> Self {
+        let script = common::repo_root().join("metadata-agent/tests/clients/fuse_fs.py");
+        let server = Command::new("python3")
+            .arg(script)
+            .arg(source)
+            .arg(mount)
+            .spawn()
+            .unwrap();
+        let fuse = Self {
+            server,
+            mount: mount.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !mount.join("busybox").exists() {
+            assert!(Instant::now() < deadline, "the FUSE filesystem did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fuse
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        // Killing the server aborts its pending requests: a read waiting on it fails.
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_binary_on_fuse_has_a_self_hash_and_a_server_that_never_answers_stalls_nothing() {
+    if !prerequisites() {
+        return;
+    }
+    let fuse = Path::new("/dev/fuse").exists()
+        && Command::new("python3")
+            .args(["-c", "import fuse"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !common::require(
+        fuse,
+        "/dev/fuse and fusepy (Debian package libfuse2, PyPI fusepy)",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (source, mount) = (dir.path().join("source"), dir.path().join("mount"));
+    std::fs::create_dir(&source).unwrap();
+    std::fs::create_dir(&mount).unwrap();
+    let binary = busybox_copy(&source, false);
+    let other = source.join("other");
+    std::fs::create_dir(&other).unwrap();
+    busybox_copy(&other, true);
+    let fuse = FuseMount::start(&source, &mount);
+    let resolver = resolver();
+
+    // Served by FUSE: hashed, but its server could serve other bytes than were executed.
+    let on_fuse = Running(
+        Command::new(mount.join("busybox"))
+            .args(["sleep", "30"])
+            .spawn()
+            .unwrap(),
+    );
+    let answer = resolve(&resolver, on_fuse.0.id()).await;
+    assert_eq!(
+        answer.labels.get("process:binary:hash"),
+        [common::sha256sum(&binary).as_str()]
+    );
+    assert_eq!(answer.trust.get("process:binary:hash").as_str(), "self");
+    let procfs = &answer.collectors[0];
+    assert_eq!(procfs.status.state(), "partial");
+    assert!(procfs.status.detail().unwrap().contains("FUSE"), "{:?}", procfs.status);
+
+    // A server that stops answering once a binary runs: its hash never comes, the lookup still
+    // answers within its deadline (without the hash, not kept), and nothing else waits.
+    let stalled = Running(
+        Command::new(mount.join("other/busybox"))
+            .args(["sleep", "30"])
+            .spawn()
+            .unwrap(),
+    );
+    let stalled_pid = stalled.0.id();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read(format!("/proc/{stalled_pid}/cmdline")).is_ok_and(|c| c.is_empty()) {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    std::fs::write(source.join("hang"), "").unwrap();
+    let started = Instant::now();
+    let answer = resolver.resolve(stalled_pid).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(!answer.labels.contains_key("process:binary:hash"));
+    assert_eq!(answer.labels.first("process:name"), Some("busybox"));
+    let status = &answer.collectors[0].status;
+    assert!(status.detail().unwrap().contains("not finished"), "{status:?}");
+    // Asked again (not kept), and again without waiting on the server twice.
+    let again = resolver.resolve(stalled_pid).await.unwrap();
+    assert!(!again.cached);
+    for _ in 0..3 {
+        let normal = Running(Command::new("sleep").arg("30").spawn().unwrap());
+        let started = Instant::now();
+        let answer = resolve(&resolver, normal.0.id()).await;
+        assert!(answer.labels.contains_key("process:binary:hash"));
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    }
+    drop((stalled, on_fuse));
+    drop(fuse);
+}
