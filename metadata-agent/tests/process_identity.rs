@@ -391,7 +391,10 @@ impl FuseMount {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !mount.join("busybox").exists() {
-            assert!(Instant::now() < deadline, "the FUSE filesystem did not come up");
+            assert!(
+                Instant::now() < deadline,
+                "the FUSE filesystem did not come up"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         fuse
@@ -449,7 +452,11 @@ async fn a_binary_on_fuse_has_a_self_hash_and_a_server_that_never_answers_stalls
     assert_eq!(answer.trust.get("process:binary:hash").as_str(), "self");
     let procfs = &answer.collectors[0];
     assert_eq!(procfs.status.state(), "partial");
-    assert!(procfs.status.detail().unwrap().contains("FUSE"), "{:?}", procfs.status);
+    assert!(
+        procfs.status.detail().unwrap().contains("FUSE"),
+        "{:?}",
+        procfs.status
+    );
 
     // A server that stops answering once a binary runs: its hash never comes, the lookup still
     // answers within its deadline (without the hash, not kept), and nothing else waits.
@@ -468,11 +475,18 @@ async fn a_binary_on_fuse_has_a_self_hash_and_a_server_that_never_answers_stalls
     std::fs::write(source.join("hang"), "").unwrap();
     let started = Instant::now();
     let answer = resolver.resolve(stalled_pid).await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(!answer.labels.contains_key("process:binary:hash"));
     assert_eq!(answer.labels.first("process:name"), Some("busybox"));
     let status = &answer.collectors[0].status;
-    assert!(status.detail().unwrap().contains("not finished"), "{status:?}");
+    assert!(
+        status.detail().unwrap().contains("not finished"),
+        "{status:?}"
+    );
     // Asked again (not kept), and again without waiting on the server twice.
     let again = resolver.resolve(stalled_pid).await.unwrap();
     assert!(!again.cached);
@@ -481,7 +495,11 @@ async fn a_binary_on_fuse_has_a_self_hash_and_a_server_that_never_answers_stalls
         let started = Instant::now();
         let answer = resolve(&resolver, normal.0.id()).await;
         assert!(answer.labels.contains_key("process:binary:hash"));
-        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
     }
     drop((stalled, on_fuse));
     drop(fuse);
