@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use collectors::{CollectorsConfig, HostRoots, KeyCatalog};
 use labels::{LabelSet, TrustMap};
 use selectors::matcher::{Explanation, SelectorExplanation};
-use selectors::{Action, PolicySet, check_trust, load_policies};
+use selectors::{Action, PolicySet, Target, check_trust, load_policies};
 
 use crate::config::Config;
 use crate::resolver::resolve_once;
@@ -51,6 +51,10 @@ pub struct TestArgs {
     /// Also show each matching selector and the closest selectors that did not match.
     #[arg(long)]
     pub explain: bool,
+    /// The verdict of a connect to this destination: `ADDRESS:PORT[/tcp|/udp]` (TCP when not
+    /// given).
+    #[arg(long, value_name = "DEST", value_parser = Target::parse)]
+    pub to: Option<Target>,
 }
 
 fn parse_action(text: &str) -> Result<Action, String> {
@@ -113,7 +117,10 @@ async fn test(args: TestArgs) -> anyhow::Result<()> {
         }
         (None, None) => bail!("give --labels FILE or --pid N"),
     };
-    let explanation = set.explain_with(&labels, &trust);
+    let explanation = match &args.to {
+        Some(target) => set.explain_to(&labels, Some(&trust), target),
+        None => set.explain_with(&labels, &trust),
+    };
     let mut out = String::new();
     if args.json {
         let value = if args.explain {
@@ -172,7 +179,16 @@ fn read_label_file(path: &Path) -> anyhow::Result<(LabelSet, TrustMap)> {
 fn render_text(explanation: &Explanation, explain: bool, out: &mut String) {
     use std::fmt::Write as _;
     let evaluation = &explanation.evaluation;
-    match evaluation.matches.first() {
+    // The policy that decided: the first that applies to the destination (or everywhere).
+    let deciding = (!evaluation.default_applied)
+        .then(|| {
+            evaluation
+                .matches
+                .iter()
+                .find(|m| m.to.is_some() || !m.per_destination)
+        })
+        .flatten();
+    match deciding {
         Some(first) => {
             let _ = writeln!(
                 out,
@@ -189,9 +205,14 @@ fn render_text(explanation: &Explanation, explain: bool, out: &mut String) {
         }
     }
     for (rank, m) in evaluation.matches.iter().enumerate() {
+        let scope = match (m.to, m.per_destination) {
+            (Some(to), _) => format!(" to={to}"),
+            (None, true) => " (per destination)".to_owned(),
+            (None, false) => String::new(),
+        };
         let _ = writeln!(
             out,
-            "{:>3}. {} action={} priority={} specificity={} selector={} ({})",
+            "{:>3}. {} action={} priority={} specificity={} selector={}{scope} ({})",
             rank + 1,
             m.name,
             m.action,
@@ -231,5 +252,19 @@ fn render_text(explanation: &Explanation, explain: bool, out: &mut String) {
         };
         section(out, "matched selectors", &explanation.matched);
         section(out, "near misses", &explanation.near_misses);
+        if !explanation.destinations.is_empty() {
+            let _ = writeln!(out, "destinations:");
+            for to in &explanation.destinations {
+                let outcome = match &to.reason {
+                    None => "covers the destination".to_owned(),
+                    Some(reason) => format!("does not: {reason}"),
+                };
+                let _ = writeln!(
+                    out,
+                    "  {} to {} at {}: {outcome}",
+                    to.policy, to.to, to.location
+                );
+            }
+        }
     }
 }

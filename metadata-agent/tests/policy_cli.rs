@@ -63,8 +63,9 @@ fn check_accepts_the_example_and_lists_every_error_of_broken_files() {
             a.display()
         ),
         format!("{}:5:8: empty selector", a.display()),
+        format!("{}:2:5: duplicate policy name `x`", b.display()),
         format!("{}:4:20: invalid regex \"(\" for `k`", b.display()),
-        "3 error(s)".to_owned(),
+        "4 error(s)".to_owned(),
     ];
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), expected.len(), "{stderr}");
@@ -164,4 +165,62 @@ fn test_with_a_live_pid_and_bad_inputs() {
         .arg(&policy));
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid pid"));
+}
+
+#[test]
+fn test_with_a_destination_decides_per_destination_and_explains_the_to_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("p.yaml");
+    std::fs::write(
+        &policies,
+        "policies:\n  - name: web-to-db\n    action: allow\n    selectors: [{k8s:label:app: web}]\n    \
+         to:\n      - cidr: 10.0.0.0/8\n        ports: [5432]\n        protocol: tcp\n  \
+         - name: web-nowhere-else\n    action: deny\n    selectors: [{k8s:label:app: web}]\n",
+    )
+    .unwrap();
+    let labels = dir.path().join("labels.txt");
+    std::fs::write(&labels, "k8s:label:app: web\n").unwrap();
+    let test = |to: &str| {
+        let output = run(agent()
+            .args(["policy", "test", "--explain", "--to", to, "--policies"])
+            .arg(&policies)
+            .arg("--labels")
+            .arg(&labels));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let allowed = test("10.1.2.3:5432/tcp");
+    assert!(
+        allowed.starts_with("verdict: allow (policy web-to-db)"),
+        "{allowed}"
+    );
+    assert!(allowed.contains("web-to-db to 0 at"), "{allowed}");
+    assert!(allowed.contains("covers the destination"), "{allowed}");
+    let denied = test("10.1.2.3:5433/tcp");
+    assert!(
+        denied.starts_with("verdict: deny (policy web-nowhere-else)"),
+        "{denied}"
+    );
+    assert!(
+        denied.contains("does not: port 5433 is not in 5432"),
+        "{denied}"
+    );
+    let denied = test("10.1.2.3:5432/udp");
+    assert!(denied.starts_with("verdict: deny"), "{denied}");
+
+    let output = run(agent()
+        .args(["policy", "test", "--to", "10.1.2.3", "--policies"])
+        .arg(&policies)
+        .arg("--labels")
+        .arg(&labels));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("expected ADDRESS:PORT"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

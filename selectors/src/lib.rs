@@ -15,6 +15,7 @@
 //! assert_eq!(set.evaluate(&labels).verdict, Action::Allow);
 //! ```
 
+pub mod destination;
 pub mod error;
 pub mod load;
 pub mod matcher;
@@ -23,9 +24,10 @@ pub mod policy;
 pub mod store;
 pub mod trust;
 
+pub use destination::{Cidr, PortRange, Protocol, Target, To};
 pub use error::{PolicyError, PolicyErrors};
 pub use load::{compile_texts, load_policies, policy_files};
-pub use matcher::{Evaluation, Explanation, PolicyMatch, PolicySet};
+pub use matcher::{Evaluation, Explanation, PolicyMatch, PolicySet, ToExplanation};
 pub use policy::{Action, Constraint, Operator, Policy, Selector};
 pub use store::{PolicyStore, ReloadStatus};
 pub use trust::{TrustFindings, check_trust};

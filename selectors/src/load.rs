@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{PolicyError, PolicyErrors};
 use crate::node::Position;
-use crate::policy::{Policy, compile_file};
+use std::sync::Arc;
+
+use crate::policy::{Policy, compile_file_named};
 
 /// The policy files under `paths`: a file as is; a directory's `*.yaml` and `*.yml` files
 /// (not recursive), sorted by name so that file order is stable.
@@ -41,17 +43,15 @@ pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, PolicyErrors> {
 }
 
 /// Loads and validates every policy under `paths`. All errors of all files are returned
-/// together, including names used twice across files.
+/// together, including names used twice across files (also when one of the two policies has
+/// another error).
 pub fn load_policies(paths: &[PathBuf]) -> Result<Vec<Policy>, PolicyErrors> {
     let files = policy_files(paths)?;
-    let mut policies = Vec::new();
+    let mut texts = Vec::new();
     let mut errors = Vec::new();
     for file in &files {
         match std::fs::read_to_string(file) {
-            Ok(text) => match compile_file(&text, file) {
-                Ok(compiled) => policies.extend(compiled),
-                Err(found) => errors.extend(found),
-            },
+            Ok(text) => texts.push((file.as_path(), text)),
             Err(e) => errors.push(PolicyError::new(
                 file,
                 Position::default(),
@@ -59,50 +59,57 @@ pub fn load_policies(paths: &[PathBuf]) -> Result<Vec<Policy>, PolicyErrors> {
             )),
         }
     }
-    errors.extend(duplicate_names(&policies));
-    if errors.is_empty() {
-        Ok(policies)
-    } else {
-        Err(PolicyErrors(errors))
+    let texts: Vec<(&Path, &str)> = texts.iter().map(|(f, t)| (*f, t.as_str())).collect();
+    match compile_texts(&texts) {
+        Ok(policies) if errors.is_empty() => Ok(policies),
+        Ok(_) => Err(PolicyErrors(errors)),
+        Err(PolicyErrors(mut more)) => {
+            errors.append(&mut more);
+            Err(PolicyErrors(errors))
+        }
     }
 }
 
 /// Compiles policies from texts (for tests and dry runs): `(origin, text)` pairs in file order.
 pub fn compile_texts(texts: &[(&Path, &str)]) -> Result<Vec<Policy>, PolicyErrors> {
     let mut policies = Vec::new();
+    let mut names = Vec::new();
     let mut errors = Vec::new();
     for (origin, text) in texts {
-        match compile_file(text, origin) {
-            Ok(compiled) => policies.extend(compiled),
-            Err(found) => errors.extend(found),
-        }
+        let mut compiled = compile_file_named(text, origin);
+        policies.append(&mut compiled.policies);
+        names.append(&mut compiled.names);
+        errors.append(&mut compiled.errors);
     }
-    errors.extend(duplicate_names(&policies));
+    errors.extend(duplicate_names(&names));
     if errors.is_empty() {
         Ok(policies)
     } else {
+        errors.sort_by(|a, b| {
+            (&a.file, a.at.line, a.at.column).cmp(&(&b.file, b.at.line, b.at.column))
+        });
         Err(PolicyErrors(errors))
     }
 }
 
-fn duplicate_names(policies: &[Policy]) -> Vec<PolicyError> {
-    let mut first: HashMap<&str, &Policy> = HashMap::new();
+/// Names given to two policies, each reported at the later one.
+fn duplicate_names(names: &[(String, Arc<PathBuf>, Position)]) -> Vec<PolicyError> {
+    let mut first: HashMap<&str, (&Arc<PathBuf>, Position)> = HashMap::new();
     let mut errors = Vec::new();
-    for policy in policies {
-        if let Some(earlier) = first.get(&*policy.name) {
+    for (name, file, at) in names {
+        if let Some((earlier_file, earlier)) = first.get(name.as_str()) {
             errors.push(PolicyError::new(
-                &policy.file,
-                policy.at,
+                file,
+                *at,
                 format!(
-                    "duplicate policy name `{}` (first defined at {}:{}:{})",
-                    policy.name,
-                    earlier.file.display(),
-                    earlier.at.line,
-                    earlier.at.column
+                    "duplicate policy name `{name}` (first defined at {}:{}:{})",
+                    earlier_file.display(),
+                    earlier.line,
+                    earlier.column
                 ),
             ));
         } else {
-            first.insert(&policy.name, policy);
+            first.insert(name, (file, *at));
         }
     }
     errors

@@ -13,6 +13,7 @@ use labels::{LabelSet, TrustMap};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
+use crate::destination::Target;
 use crate::policy::{Action, Operator, Policy};
 
 /// A policy that matched, with why it ranks where it does.
@@ -30,6 +31,13 @@ pub struct PolicyMatch {
     pub selector: usize,
     /// The file the policy is in.
     pub file: Arc<str>,
+    /// Whether the policy applies only to some destinations (it has `to`). Without a
+    /// destination such a policy is listed but does not decide the verdict.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub per_destination: bool,
+    /// With a destination: the index (from 0) of the `to` entry that covers it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<usize>,
 }
 
 /// The matching policies in precedence order, and the verdict.
@@ -86,6 +94,26 @@ pub struct Explanation {
     pub matched: Vec<SelectorExplanation>,
     /// Selectors that did not match, fewest failed constraints first.
     pub near_misses: Vec<SelectorExplanation>,
+    /// With a destination: each `to` entry of the policies whose source matched, and whether
+    /// it covers the destination (or why not).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<ToExplanation>,
+}
+
+/// One `to` entry checked against a destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ToExplanation {
+    /// The policy.
+    pub policy: Arc<str>,
+    /// The entry's index in its `to` list.
+    pub to: usize,
+    /// `file:line:column` of the entry.
+    pub location: String,
+    /// Whether it covers the destination.
+    pub matched: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// How many near misses an explanation lists.
@@ -183,20 +211,38 @@ impl PolicySet {
     /// `requireTrusted` takes every present value as `self`): through the index, or by checking
     /// every selector when there are so few that the index cannot pay off.
     pub fn evaluate(&self, labels: &LabelSet) -> Evaluation {
-        self.evaluate_trusted(labels, None)
+        self.evaluate_trusted(labels, None, None)
     }
 
     /// [`PolicySet::evaluate`] for labels with their trust classes (an agent's answer).
     pub fn evaluate_with(&self, labels: &LabelSet, trust: &TrustMap) -> Evaluation {
-        self.evaluate_trusted(labels, Some(trust))
+        self.evaluate_trusted(labels, Some(trust), None)
     }
 
-    fn evaluate_trusted(&self, labels: &LabelSet, trust: Option<&TrustMap>) -> Evaluation {
-        if self.selectors.len() < INDEX_THRESHOLD {
+    /// The evaluation of one connect: the source's labels (with their trust classes, when
+    /// known) and its destination. A policy with `to` counts only when one of its entries
+    /// covers the destination.
+    pub fn evaluate_to(
+        &self,
+        labels: &LabelSet,
+        trust: Option<&TrustMap>,
+        target: &Target,
+    ) -> Evaluation {
+        self.evaluate_trusted(labels, trust, Some(target))
+    }
+
+    fn evaluate_trusted(
+        &self,
+        labels: &LabelSet,
+        trust: Option<&TrustMap>,
+        target: Option<&Target>,
+    ) -> Evaluation {
+        let hits = if self.selectors.len() < INDEX_THRESHOLD {
             self.naive(labels, trust)
         } else {
             self.indexed(labels, trust)
-        }
+        };
+        self.rank(hits, target)
     }
 
     /// Whether selector `s` of policy `p` matches.
@@ -213,10 +259,12 @@ impl PolicySet {
 
     /// [`PolicySet::evaluate`] through the index, whatever the number of selectors.
     pub fn evaluate_indexed(&self, labels: &LabelSet) -> Evaluation {
-        self.indexed(labels, None)
+        let hits = self.indexed(labels, None);
+        self.rank(hits, None)
     }
 
-    fn indexed(&self, labels: &LabelSet, trust: Option<&TrustMap>) -> Evaluation {
+    /// The selectors matching the source: (policy, selector, specificity).
+    fn indexed(&self, labels: &LabelSet, trust: Option<&TrustMap>) -> Vec<(u32, u32, usize)> {
         let mut seen = vec![0u64; self.selectors.len().div_ceil(64)];
         let mut hits: Vec<(u32, u32, usize)> = Vec::new();
         let mut consider = |id: u32, hits: &mut Vec<(u32, u32, usize)>| {
@@ -251,15 +299,16 @@ impl PolicySet {
         for &id in &self.index.always {
             consider(id, &mut hits);
         }
-        self.rank(hits)
+        hits
     }
 
     /// The same result as [`PolicySet::evaluate`], checking every selector of every policy.
     pub fn evaluate_naive(&self, labels: &LabelSet) -> Evaluation {
-        self.naive(labels, None)
+        let hits = self.naive(labels, None);
+        self.rank(hits, None)
     }
 
-    fn naive(&self, labels: &LabelSet, trust: Option<&TrustMap>) -> Evaluation {
+    fn naive(&self, labels: &LabelSet, trust: Option<&TrustMap>) -> Vec<(u32, u32, usize)> {
         let mut hits = Vec::new();
         for (p, policy) in self.policies.iter().enumerate() {
             for (s, selector) in policy.selectors.iter().enumerate() {
@@ -268,12 +317,13 @@ impl PolicySet {
                 }
             }
         }
-        self.rank(hits)
+        hits
     }
 
     /// Orders matching selectors into the evaluation: one entry per policy (its most specific
-    /// selector, the first on ties), then precedence.
-    fn rank(&self, mut hits: Vec<(u32, u32, usize)>) -> Evaluation {
+    /// selector, the first on ties), then precedence. With a `target`, a policy with `to`
+    /// stays only when an entry covers it; without one, such a policy does not decide.
+    fn rank(&self, mut hits: Vec<(u32, u32, usize)>, target: Option<&Target>) -> Evaluation {
         hits.sort_by(|a, b| a.0.cmp(&b.0).then(b.2.cmp(&a.2)).then(a.1.cmp(&b.1)));
         hits.dedup_by_key(|h| h.0);
         hits.sort_by(|a, b| {
@@ -283,23 +333,35 @@ impl PolicySet {
                 .then(b.2.cmp(&a.2))
                 .then(a.0.cmp(&b.0))
         });
-        let matches: Vec<PolicyMatch> = hits
-            .into_iter()
-            .map(|(p, s, specificity)| {
-                let policy = &self.policies[p as usize];
-                PolicyMatch {
-                    name: Arc::clone(&policy.name),
-                    action: policy.action,
-                    priority: policy.priority,
-                    specificity,
-                    selector: s as usize,
-                    file: Arc::clone(&policy.source),
-                }
-            })
-            .collect();
+        let matches: Vec<PolicyMatch> =
+            hits.into_iter()
+                .filter_map(|(p, s, specificity)| {
+                    let policy = &self.policies[p as usize];
+                    let to = match (target, policy.to.is_empty()) {
+                        (Some(target), false) => Some(policy.to.iter().position(|to| {
+                            to.mismatch(target, policy.require_trusted).is_none()
+                        })?),
+                        _ => None,
+                    };
+                    Some(PolicyMatch {
+                        name: Arc::clone(&policy.name),
+                        action: policy.action,
+                        priority: policy.priority,
+                        specificity,
+                        selector: s as usize,
+                        file: Arc::clone(&policy.source),
+                        per_destination: !policy.to.is_empty(),
+                        to,
+                    })
+                })
+                .collect();
+        // Without a destination, only the policies that apply everywhere decide.
+        let deciding = matches
+            .iter()
+            .find(|m| target.is_some() || !m.per_destination);
         Evaluation {
-            verdict: matches.first().map_or(self.default_action, |m| m.action),
-            default_applied: matches.is_empty(),
+            verdict: deciding.map_or(self.default_action, |m| m.action),
+            default_applied: deciding.is_none(),
             matches,
         }
     }
@@ -307,16 +369,31 @@ impl PolicySet {
     /// The evaluation, every matching selector, and the selectors that came closest to matching
     /// with the constraints that failed, for labels nobody vouched for.
     pub fn explain(&self, labels: &LabelSet) -> Explanation {
-        self.explain_trusted(labels, None)
+        self.explain_trusted(labels, None, None)
     }
 
     /// [`PolicySet::explain`] for labels with their trust classes.
     pub fn explain_with(&self, labels: &LabelSet, trust: &TrustMap) -> Explanation {
-        self.explain_trusted(labels, Some(trust))
+        self.explain_trusted(labels, Some(trust), None)
     }
 
-    fn explain_trusted(&self, labels: &LabelSet, trust: Option<&TrustMap>) -> Explanation {
-        let evaluation = self.evaluate_trusted(labels, trust);
+    /// [`PolicySet::evaluate_to`], explained: with each `to` entry of the matching policies.
+    pub fn explain_to(
+        &self,
+        labels: &LabelSet,
+        trust: Option<&TrustMap>,
+        target: &Target,
+    ) -> Explanation {
+        self.explain_trusted(labels, trust, Some(target))
+    }
+
+    fn explain_trusted(
+        &self,
+        labels: &LabelSet,
+        trust: Option<&TrustMap>,
+        target: Option<&Target>,
+    ) -> Explanation {
+        let evaluation = self.evaluate_trusted(labels, trust, target);
         let mut matched = Vec::new();
         let mut misses = Vec::new();
         for policy in &self.policies {
@@ -359,8 +436,30 @@ impl PolicySet {
         }
         // Fewest failures first; among equals, the selector that got furthest.
         misses.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        let mut destinations = Vec::new();
+        if let Some(target) = target {
+            let sources: Vec<&str> = matched.iter().map(|m| &*m.policy).collect();
+            for policy in self.policies.iter().filter(|p| sources.contains(&&*p.name)) {
+                for (index, to) in policy.to.iter().enumerate() {
+                    let reason = to.mismatch(target, policy.require_trusted);
+                    destinations.push(ToExplanation {
+                        policy: Arc::clone(&policy.name),
+                        to: index,
+                        location: format!(
+                            "{}:{}:{}",
+                            policy.file.display(),
+                            to.at.line,
+                            to.at.column
+                        ),
+                        matched: reason.is_none(),
+                        reason,
+                    });
+                }
+            }
+        }
         Explanation {
             evaluation,
+            destinations,
             matched,
             near_misses: misses
                 .into_iter()

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use labels::{LabelSet, TrustMap};
 use serde::Serialize;
 
+use crate::destination::{To, compile_to};
 use crate::error::PolicyError;
 use crate::node::{Located, Node, Position, parse_document};
 
@@ -179,6 +180,8 @@ pub struct Policy {
     /// `requireTrusted: true`: its constraints are satisfied only by values the process could
     /// not have chosen (trust class other than `self`).
     pub require_trusted: bool,
+    /// Where it applies (any of these destinations); empty: everywhere.
+    pub to: Vec<To>,
     /// The file it came from.
     pub file: Arc<PathBuf>,
     /// The file's path as text, shared by every match report.
@@ -188,17 +191,42 @@ pub struct Policy {
 }
 
 /// Accepted fields of a policy entry.
-const POLICY_FIELDS: &str = "name, action, priority, selectors, requireTrusted, description";
+const POLICY_FIELDS: &str = "name, action, priority, selectors, to, requireTrusted, description";
 /// Accepted operators of a selector value written as a mapping.
 const OPERATORS: &str = "in, notIn, exists, glob, regex";
 
 /// Compiles the policies of one file's text. `file` names it in errors.
 pub fn compile_file(text: &str, file: &Path) -> Result<Vec<Policy>, Vec<PolicyError>> {
+    let compiled = compile_file_named(text, file);
+    if compiled.errors.is_empty() {
+        Ok(compiled.policies)
+    } else {
+        Err(compiled.errors)
+    }
+}
+
+/// What one file compiled to: its valid policies, the name of every policy entry (valid or
+/// not, for duplicate names to be reported along with other errors), and its errors.
+pub(crate) struct CompiledFile {
+    pub policies: Vec<Policy>,
+    pub names: Vec<(String, Arc<PathBuf>, Position)>,
+    pub errors: Vec<PolicyError>,
+}
+
+/// Compiles one file's text, keeping every policy's name even when the policy has errors.
+pub(crate) fn compile_file_named(text: &str, file: &Path) -> CompiledFile {
     let file = Arc::new(file.to_owned());
     let mut errors = Vec::new();
+    let mut names = Vec::new();
     let document = match parse_document(text) {
         Ok(document) => document,
-        Err((at, message)) => return Err(vec![PolicyError::new(&file, at, message)]),
+        Err((at, message)) => {
+            return CompiledFile {
+                policies: Vec::new(),
+                names,
+                errors: vec![PolicyError::new(&file, at, message)],
+            };
+        }
     };
     let mut policies = Vec::new();
     let mut error =
@@ -226,6 +254,9 @@ pub fn compile_file(text: &str, file: &Path) -> Result<Vec<Policy>, Vec<PolicyEr
                     continue;
                 };
                 for item in items {
+                    if let Some(name) = policy_name(item) {
+                        names.push((name, Arc::clone(&file), item.at));
+                    }
                     if let Some(policy) = compile_policy(item, &file, &mut error) {
                         policies.push(policy);
                     }
@@ -240,11 +271,22 @@ pub fn compile_file(text: &str, file: &Path) -> Result<Vec<Policy>, Vec<PolicyEr
             ),
         ),
     }
-    if errors.is_empty() {
-        Ok(policies)
-    } else {
-        Err(errors)
+    CompiledFile {
+        policies,
+        names,
+        errors,
     }
+}
+
+/// The `name` of a policy entry, when it has a usable one.
+fn policy_name(item: &Located<Node>) -> Option<String> {
+    let Node::Map(entries) = &item.value else {
+        return None;
+    };
+    entries.iter().find_map(|(key, value)| match &value.value {
+        Node::Scalar(text) if key.value == "name" && !text.trim().is_empty() => Some(text.clone()),
+        _ => None,
+    })
 }
 
 fn compile_policy(
@@ -261,6 +303,7 @@ fn compile_policy(
     };
     let (mut name, mut action, mut priority, mut selectors) = (None, Action::default(), 0, None);
     let mut require_trusted = false;
+    let mut to = Vec::new();
     let mut ok = true;
     for (key, value) in entries {
         match key.value.as_str() {
@@ -300,6 +343,10 @@ fn compile_policy(
                 }
             },
             "selectors" => selectors = Some(value),
+            "to" => match compile_to(value, error) {
+                Some(compiled) => to = compiled,
+                None => ok = false,
+            },
             "requireTrusted" => match value.value {
                 Node::Bool(wanted) => require_trusted = wanted,
                 _ => {
@@ -348,6 +395,7 @@ fn compile_policy(
             priority,
             selectors,
             require_trusted,
+            to,
             file: Arc::clone(file),
             at: item.at,
         }),
@@ -355,7 +403,7 @@ fn compile_policy(
     }
 }
 
-fn compile_selectors(
+pub(crate) fn compile_selectors(
     selectors: &Located<Node>,
     error: &mut impl FnMut(Position, String),
 ) -> Option<Vec<Selector>> {

@@ -248,7 +248,7 @@ fn validation_errors_name_file_line_and_column() {
     let cases: &[(&str, &str)] = &[
         (
             "policies:\n  - name: a\n    actoin: deny\n    selectors: [{a: 1}]\n",
-            "p.yaml:3:5: unknown field `actoin`, expected one of name, action, priority, selectors, requireTrusted, description",
+            "p.yaml:3:5: unknown field `actoin`, expected one of name, action, priority, selectors, to, requireTrusted, description",
         ),
         (
             "policies:\n  - name: a\n    action: reject\n    selectors: [{a: 1}]\n",

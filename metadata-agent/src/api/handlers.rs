@@ -12,6 +12,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
 use labels::{LabelSet, TrustMap};
+use selectors::Target;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -44,6 +45,17 @@ pub struct MetadataQuery {
 pub struct ExplainQuery {
     #[serde(default, deserialize_with = "strict_bool")]
     explain: bool,
+    /// A destination, `ADDRESS:PORT[/tcp|/udp]`: the verdict of a connect there.
+    #[serde(default, deserialize_with = "target")]
+    to: Option<Target>,
+}
+
+/// `ADDRESS:PORT[/tcp|/udp]`; anything else is a 400 naming the value.
+fn target<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Target>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    Target::parse(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// `true` or `false`; anything else is a 400 naming the value.
@@ -121,7 +133,7 @@ pub async fn selectors_of_pid(
     let pid = parse_pid(pid)?;
     let Query(query) = query?;
     let resolution = state.resolver.resolve(pid).await?;
-    let mut answer = evaluation(&state, &resolution.labels, &resolution.trust, query.explain);
+    let mut answer = evaluation(&state, &resolution.labels, &resolution.trust, &query);
     answer["pid"] = json!(resolution.pid);
     Ok(Json(answer).into_response())
 }
@@ -136,7 +148,7 @@ pub async fn evaluate(
     let Query(query) = query?;
     let body = body?;
     let (labels, trust) = parse_label_body(&headers, &body)?;
-    Ok(Json(evaluation(&state, &labels, &trust, query.explain)).into_response())
+    Ok(Json(evaluation(&state, &labels, &trust, &query)).into_response())
 }
 
 /// A JSON label set, with the trust classes the caller vouches for (none: every value is
@@ -207,12 +219,18 @@ fn parse_label_body(headers: &HeaderMap, body: &[u8]) -> Result<(LabelSet, Trust
     }
 }
 
-fn evaluation(state: &AppState, labels: &LabelSet, trust: &TrustMap, explain: bool) -> Value {
+fn evaluation(
+    state: &AppState,
+    labels: &LabelSet,
+    trust: &TrustMap,
+    query: &ExplainQuery,
+) -> Value {
     let set = state.policies.current();
-    let value = if explain {
-        serde_json::to_value(set.explain_with(labels, trust))
-    } else {
-        serde_json::to_value(set.evaluate_with(labels, trust))
+    let value = match (&query.to, query.explain) {
+        (Some(target), true) => serde_json::to_value(set.explain_to(labels, Some(trust), target)),
+        (Some(target), false) => serde_json::to_value(set.evaluate_to(labels, Some(trust), target)),
+        (None, true) => serde_json::to_value(set.explain_with(labels, trust)),
+        (None, false) => serde_json::to_value(set.evaluate_with(labels, trust)),
     };
     value.unwrap_or_else(|_| json!({}))
 }
