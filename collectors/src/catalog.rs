@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use labels::{LabelSet, Trust, TrustCatalog, TrustMap};
 
-use crate::{KeySpec, Registry};
+use crate::{KeySpec, Registry, Scope};
 
 /// Keys lowered to `self` for a process in a mount namespace of its own, which a verified
 /// container's does not make the process's own choice.
@@ -22,6 +22,8 @@ pub struct KeyCatalog {
     exact: HashMap<&'static str, Trust>,
     /// Declarations with a variable part (`process:env:<KEY>`).
     patterns: Vec<KeySpec>,
+    /// The collector that declares each key (exact keys and patterns), and its scope.
+    owners: Vec<(KeySpec, &'static str, Scope)>,
 }
 
 impl KeyCatalog {
@@ -30,6 +32,10 @@ impl KeyCatalog {
         let mut catalog = Self::default();
         for registered in registry.collectors() {
             for spec in registered.collector.label_keys() {
+                let collector = &registered.collector;
+                catalog
+                    .owners
+                    .push((*spec, collector.name(), collector.scope()));
                 if spec.key.contains('<') {
                     catalog.patterns.push(*spec);
                 } else {
@@ -48,6 +54,22 @@ impl KeyCatalog {
                 .find(|spec| spec.matches(key))
                 .map(|spec| spec.trust)
         })
+    }
+
+    /// The collector that declares `key`, when one does.
+    pub fn owner(&self, key: &str) -> Option<&'static str> {
+        self.owners
+            .iter()
+            .find(|(spec, _, _)| spec.matches(key))
+            .map(|(_, owner, _)| *owner)
+    }
+
+    /// The scope of the collector that declares `key`, when one does.
+    pub fn scope(&self, key: &str) -> Option<Scope> {
+        self.owners
+            .iter()
+            .find(|(spec, _, _)| spec.matches(key))
+            .map(|(_, _, scope)| *scope)
     }
 
     /// The class of every key of `labels`: as declared (`self` when undeclared), except the
@@ -100,6 +122,11 @@ mod tests {
         assert_eq!(catalog.best("k8s:label:app"), Some(Trust::Runtime));
         assert_eq!(catalog.best("process:container:id"), Some(Trust::Runtime));
         assert_eq!(catalog.best("nobody:declares"), None);
+        assert_eq!(catalog.owner("k8s:label:app"), Some("kubernetes"));
+        assert_eq!(catalog.owner("process:uid"), Some("procfs"));
+        assert_eq!(catalog.owner("nobody:declares"), None);
+        assert_eq!(catalog.scope("docker:label:x"), Some(Scope::Container));
+        assert_eq!(catalog.scope("process:uid"), Some(Scope::Process));
 
         let mut labels = LabelSet::new();
         for key in [

@@ -16,6 +16,12 @@ pub fn object() -> &'static [u8] {
     &OBJECT_ALIGNED.0
 }
 
+/// The object's identity: the first 16 hex digits of its SHA-256. Pins are kept per object, so
+/// an agent never adopts maps another build laid out.
+pub fn object_id() -> &'static str {
+    env!("KERNEL_HOOK_EBPF_OBJECT_ID")
+}
+
 /// The clang that compiled [`object`] in this build, or `None` when the committed object was
 /// used.
 pub fn compiled_by() -> Option<&'static str> {
@@ -23,9 +29,10 @@ pub fn compiled_by() -> Option<&'static str> {
 }
 
 /// The numbers `bpf/hook.h` defines, generated from it at build time: event kinds
-/// (`EVENT_*`), protocols (`PROTO_*`), verdict map values (`VERDICT_*`), settings indexes
-/// (`SETTING_*`) and the layout of `struct hook_event` (`HOOK_EVENT_SIZE`,
-/// `HOOK_EVENT_OFF_<FIELD>`), which `_Static_assert`s in the header hold to the struct.
+/// (`EVENT_*`), protocols (`PROTO_*`), verdicts (`VERDICT_*`), decisions (`DECISION_*`), fixed
+/// rule set ids (`RULESET_*`), settings indexes (`SETTING_*`), map sizes (`MAX_*`) and the layout
+/// of every shared struct (`<STRUCT>_SIZE`, `<STRUCT>_OFF_<FIELD>`), which `_Static_assert`s in
+/// the header hold to the structs.
 pub mod abi {
     include!(concat!(env!("OUT_DIR"), "/abi.rs"));
 }
@@ -48,8 +55,9 @@ mod tests {
             "cgroup/connect6",
             "cgroup/sendmsg4",
             "cgroup/sendmsg6",
-            "tracepoint/sched/sched_process_exec",
-            "tracepoint/sched/sched_process_exit",
+            "raw_tracepoint/sched_process_fork",
+            "raw_tracepoint/sched_process_exec",
+            "raw_tracepoint/sched_process_exit",
             ".BTF",
         ] {
             assert!(text.contains(section), "missing {section}");
@@ -113,7 +121,11 @@ mod tests {
     fn the_header_numbers_are_exported() {
         assert_eq!(abi::EVENT_CONNECT, 1);
         assert_eq!(abi::VERDICT_DENY, 2);
-        assert_eq!(abi::SETTING_DEFAULT_VERDICT, 1);
-        assert_eq!(EVENT_SIZE, abi::HOOK_EVENT_OFF_PAD + 6);
+        assert_eq!(abi::SETTING_PENDING_VERDICT, 1);
+        assert_eq!(EVENT_SIZE, abi::HOOK_EVENT_OFF_PAD + 11);
+        assert_eq!(
+            abi::RULE_LIST_SIZE,
+            8 + abi::RULES_PER_PREFIX as usize * abi::RULE_SIZE
+        );
     }
 }

@@ -40,6 +40,43 @@ pub struct ConnectEvent {
     pub timestamp_ns: u64,
     /// Whether the kernel let the call through (always, in observe mode).
     pub allowed: bool,
+    /// How the kernel reached its verdict.
+    pub decision: Decision,
+    /// The rule set it judged by ([`crate::maps::ruleset`] ids, or one the agent gave).
+    pub ruleset: u32,
+    /// The deciding policy's number in the agent's policy table, when a policy decided.
+    pub policy: Option<u16>,
+}
+
+/// How the kernel decided a connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// Observe mode: nothing was judged.
+    Observe,
+    /// The agent's own process: never refused.
+    Exempt,
+    /// The process had no rule set yet: the pending verdict decided.
+    Pending,
+    /// A rule covering the destination decided.
+    Rule,
+    /// No rule covered the destination: the rule set's default decided.
+    Default,
+}
+
+impl Decision {
+    /// The `DECISION_*` number of the event record, `None` for an unknown one.
+    pub fn from_abi(value: u8) -> Option<Self> {
+        use kernel_hook_ebpf::abi;
+        Some(match u32::from(value) {
+            abi::DECISION_OBSERVE => Self::Observe,
+            abi::DECISION_EXEMPT => Self::Exempt,
+            abi::DECISION_PENDING => Self::Pending,
+            abi::DECISION_RULE => Self::Rule,
+            abi::DECISION_DEFAULT => Self::Default,
+            _ => return None,
+        })
+    }
 }
 
 /// Everything the hook reports.
@@ -54,6 +91,10 @@ pub enum HookEvent {
         tgid: u32,
         /// Kernel monotonic time of the exec, in nanoseconds since boot.
         timestamp_ns: u64,
+        /// The process's exec generation from now on (verdicts name it).
+        generation: u32,
+        /// The rule set the kernel found for the new image (0: none, pending).
+        ruleset: u32,
     },
     /// A process ended (its last thread exited).
     Exit {

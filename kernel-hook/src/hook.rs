@@ -1,21 +1,24 @@
 //! Loading, attaching and reading the BPF programs of `kernel-hook-ebpf` with aya.
 //!
 //! Requirements: root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON), a kernel with BPF ring buffers
-//! (5.8+), cgroup v2 mounted (alone at `/sys/fs/cgroup`, or beside v1 at
-//! `/sys/fs/cgroup/unified`) and tracefs for the sched tracepoints.
+//! and BTF (`/sys/kernel/btf/vmlinux`, for the few task fields the programs read), cgroup v2
+//! mounted (alone at `/sys/fs/cgroup`, or beside v1 at `/sys/fs/cgroup/unified`), and bpffs
+//! (`/sys/fs/bpf`) to pin the programs.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aya::Ebpf;
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, TracePoint};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, RawTracePoint};
+use aya::{Ebpf, EbpfLoader};
 use tokio::sync::mpsc;
 
 use kernel_hook_ebpf::abi;
 
 use crate::event::HookEvent;
+use crate::maps::{ImageKey, Prefix, ProcState, RuleKeyData, RuleList, RulesetEntry, VerdictEntry};
 use crate::record::parse_event;
 
 /// How often the ring buffer is drained. The programs submit without waking the reader (a
@@ -24,19 +27,12 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 const CONNECT_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
-const TRACEPOINTS: [(&str, &str); 2] = [
-    ("process_exec", "sched_process_exec"),
-    ("process_exit", "sched_process_exit"),
-];
 
 /// Why the hook could not be attached or driven.
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
     /// Not privileged enough to load BPF programs (the kernel answered `EPERM` or `EACCES`).
-    #[error(
-        "{what}: loading BPF programs needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, and \
-         CAP_SYS_ADMIN to mount tracefs)"
-    )]
+    #[error("{what}: loading BPF programs needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)")]
     Permission {
         /// What was being done.
         what: String,
@@ -61,6 +57,12 @@ pub enum HookError {
         /// The kernel's answer.
         #[source]
         source: BoxError,
+    },
+    /// The pin directory is not on a BPF filesystem.
+    #[error("{path} is not on a BPF filesystem (mount bpffs at /sys/fs/bpf, or set hook.pinPath)")]
+    NoBpffs {
+        /// The pin directory.
+        path: String,
     },
     /// The embedded BPF object lacks a program or map this crate needs.
     #[error("the BPF object has no {0}")]
@@ -148,37 +150,8 @@ pub fn is_cgroup2(path: &Path) -> bool {
     }
 }
 
-/// Mounts tracefs at `/sys/kernel/tracing` when no tracefs is mounted (minimal systems and
-/// containers often lack it); the sched tracepoints are attached through it.
-fn ensure_tracefs() -> Result<(), HookError> {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if mounts
-        .lines()
-        .any(|line| line.split_whitespace().nth(2) == Some("tracefs"))
-    {
-        return Ok(());
-    }
-    // SAFETY: all pointers are NUL-terminated literals; mount does not keep them.
-    let mounted = unsafe {
-        libc::mount(
-            c"tracefs".as_ptr(),
-            c"/sys/kernel/tracing".as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if mounted != 0 {
-        return Err(HookError::from_bpf(
-            "mounting tracefs at /sys/kernel/tracing (none is mounted)",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
-}
-
 /// What the hook does with a connect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verdict {
     /// Let it through.
     Allow,
@@ -187,7 +160,8 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    fn value(self) -> u32 {
+    /// The `VERDICT_*` number.
+    pub fn value(self) -> u32 {
         match self {
             Self::Allow => abi::VERDICT_ALLOW,
             Self::Deny => abi::VERDICT_DENY,
@@ -195,13 +169,36 @@ impl Verdict {
     }
 }
 
-/// The attached hook. Dropping it detaches every program (their links live in its file
-/// descriptors).
+/// How [`Hook::attach_pinned`] found the hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachment {
+    /// The programs were loaded and attached now.
+    Fresh,
+    /// Pinned programs and maps of the same object were attached already (a previous agent's):
+    /// they were taken over as they were, without a moment unattached.
+    Adopted,
+}
+
+/// The maps the agent writes and reads besides the ring buffer.
+struct Maps {
+    settings: Array<MapData, u32>,
+    procs: HashMap<MapData, u32, ProcState>,
+    verdicts: HashMap<MapData, u32, VerdictEntry>,
+    rulesets: HashMap<MapData, u32, RulesetEntry>,
+    rules: LpmTrie<MapData, RuleKeyData, RuleList>,
+    images: HashMap<MapData, ImageKey, u32>,
+}
+
+/// The attached hook. Dropping it detaches every program, unless they are pinned (their links
+/// then live in bpffs until [`Hook::remove_pins`]).
 pub struct Hook {
     ebpf: Ebpf,
     cgroup_root: PathBuf,
-    verdicts: HashMap<MapData, u32, u32>,
-    settings: Array<MapData, u32>,
+    maps: Maps,
+    /// Links held open (pinned ones: closing them leaves the pins attached).
+    links: Vec<FdLink>,
+    /// Where programs and maps are pinned, when they are.
+    pin_dir: Option<PathBuf>,
 }
 
 /// The ring buffer's reading end, moved into the task that drains it.
@@ -211,10 +208,42 @@ pub struct EventReader {
     lost_seen: u64,
 }
 
+/// Every map of the object, in the order they are pinned.
+const MAPS: [&str; 8] = [
+    "EVENTS", "LOST", "SETTINGS", "PROCS", "VERDICTS", "RULESETS", "RULES", "IMAGES",
+];
+
+/// The programs attached to the cgroup, then the raw tracepoints (program, tracepoint).
+const RAW_TRACEPOINTS: [(&str, &str); 3] = [
+    ("process_fork", "sched_process_fork"),
+    ("process_exec", "sched_process_exec"),
+    ("process_exit", "sched_process_exit"),
+];
+
 impl Hook {
     /// Loads the programs and attaches them to `cgroup_root` (cgroup v2) and the sched
-    /// tracepoints. Returns the hook and the reader of its events.
+    /// tracepoints. Returns the hook and the reader of its events. Nothing is pinned: the
+    /// programs detach when the hook is dropped (or the process ends).
     pub fn attach(cgroup_root: &Path) -> Result<(Self, EventReader), HookError> {
+        let (hook, reader, _) = Self::attach_inner(cgroup_root, None)?;
+        Ok((hook, reader))
+    }
+
+    /// [`Hook::attach`] with the programs and maps pinned under `pin_dir` (on bpffs), so that
+    /// enforcement outlives this process: a later call (after a crash or a restart) adopts
+    /// what is pinned — same maps, links never detached — instead of attaching again. Pins of
+    /// another build of the programs are replaced, after the new ones are attached.
+    pub fn attach_pinned(
+        cgroup_root: &Path,
+        pin_dir: &Path,
+    ) -> Result<(Self, EventReader, Attachment), HookError> {
+        Self::attach_inner(cgroup_root, Some(pin_dir))
+    }
+
+    fn attach_inner(
+        cgroup_root: &Path,
+        pin_dir: Option<&Path>,
+    ) -> Result<(Self, EventReader, Attachment), HookError> {
         let no_cgroup2 = |source| HookError::NoCgroup2 {
             path: cgroup_root.display().to_string(),
             source,
@@ -222,26 +251,64 @@ impl Hook {
         if !is_cgroup2(cgroup_root) {
             return Err(no_cgroup2(None));
         }
-        let mut ebpf = Ebpf::load(kernel_hook_ebpf::object())
+        let pins = pin_dir.map(Pins::new).transpose()?;
+        let mut loader = EbpfLoader::new();
+        if let Some(pins) = &pins {
+            pins.create_dirs()?;
+            for name in MAPS {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let mut ebpf = loader
+            .load(kernel_hook_ebpf::object())
             .map_err(|e| HookError::from_bpf("loading the BPF object", e))?;
+        let mut links = Vec::new();
+        let mut adopted = 0;
         let cgroup = File::open(cgroup_root).map_err(|e| no_cgroup2(Some(e)))?;
         for name in CONNECT_PROGRAMS {
+            if let Some(link) = pins.as_ref().and_then(|pins| pins.adopt(name)) {
+                links.push(link);
+                adopted += 1;
+                continue;
+            }
             let failed = |e| HookError::from_bpf(format!("program {name}"), e);
             let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             program.load().map_err(failed)?;
             // Single: the other modes fail with EINVAL on kernels ≥ 5.7, where cgroup links
             // coexist anyway.
-            program
+            let id = program
                 .attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(failed)?;
+            if let Some(pins) = &pins {
+                let link = program.take_link(id).map_err(failed)?;
+                let link = FdLink::try_from(link)
+                    .map_err(|e| HookError::from_bpf(format!("program {name}"), e))?;
+                links.push(pins.pin(name, link)?);
+            }
         }
-        ensure_tracefs()?;
-        for (name, tracepoint) in TRACEPOINTS {
+        for (name, tracepoint) in RAW_TRACEPOINTS {
+            if let Some(link) = pins.as_ref().and_then(|pins| pins.adopt(name)) {
+                links.push(link);
+                adopted += 1;
+                continue;
+            }
             let failed = |e| HookError::from_bpf(format!("program {name}"), e);
-            let program: &mut TracePoint = program(&mut ebpf, name)?;
+            let program: &mut RawTracePoint = program(&mut ebpf, name)?;
             program.load().map_err(failed)?;
-            program.attach("sched", tracepoint).map_err(failed)?;
+            let id = program.attach(tracepoint).map_err(failed)?;
+            if let Some(pins) = &pins {
+                let link = FdLink::from(program.take_link(id).map_err(failed)?);
+                links.push(pins.pin(name, link)?);
+            }
         }
+        if let Some(pins) = &pins {
+            pins.remove_other_builds();
+        }
+        let attachment = if adopted == CONNECT_PROGRAMS.len() + RAW_TRACEPOINTS.len() {
+            Attachment::Adopted
+        } else {
+            Attachment::Fresh
+        };
         let mut map = |name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| HookError::Missing(format!("map {name}")))
@@ -249,31 +316,57 @@ impl Hook {
         let map_error = |name: &'static str| move |e| HookError::from_bpf(format!("map {name}"), e);
         let ring = RingBuf::try_from(map("EVENTS")?).map_err(map_error("EVENTS"))?;
         let lost = PerCpuArray::try_from(map("LOST")?).map_err(map_error("LOST"))?;
-        let verdicts = HashMap::try_from(map("VERDICTS")?).map_err(map_error("VERDICTS"))?;
-        let settings = Array::try_from(map("SETTINGS")?).map_err(map_error("SETTINGS"))?;
+        let maps = Maps {
+            settings: Array::try_from(map("SETTINGS")?).map_err(map_error("SETTINGS"))?,
+            procs: HashMap::try_from(map("PROCS")?).map_err(map_error("PROCS"))?,
+            verdicts: HashMap::try_from(map("VERDICTS")?).map_err(map_error("VERDICTS"))?,
+            rulesets: HashMap::try_from(map("RULESETS")?).map_err(map_error("RULESETS"))?,
+            rules: LpmTrie::try_from(map("RULES")?).map_err(map_error("RULES"))?,
+            images: HashMap::try_from(map("IMAGES")?).map_err(map_error("IMAGES"))?,
+        };
+        // Losses counted while nobody read (an adopted ring) are reported by the first drain.
         Ok((
             Self {
                 ebpf,
                 cgroup_root: cgroup_root.to_owned(),
-                verdicts,
-                settings,
+                maps,
+                links,
+                pin_dir: pins.map(|pins| pins.build),
             },
             EventReader {
                 ring,
                 lost,
                 lost_seen: 0,
             },
+            attachment,
         ))
     }
 
-    /// The kernel's ids of the loaded programs (as `bpftool prog` lists them), which tell them
-    /// from the programs of another agent on the same node.
+    /// Removes what [`Hook::attach_pinned`] pinned under `pin_dir` (every build's): once no
+    /// process holds them, the programs detach and the maps are freed. Returns whether there
+    /// was anything to remove.
+    pub fn remove_pins(pin_dir: &Path) -> Result<bool, HookError> {
+        Pins::remove_all(pin_dir)
+    }
+
+    /// The kernel's ids of the attached programs (as `bpftool prog` lists them), which tell
+    /// them from the programs of another agent on the same node.
     pub fn program_ids(&self) -> Vec<u32> {
-        self.ebpf
+        let mut ids: Vec<u32> = self
+            .ebpf
             .programs()
             .filter_map(|(_, program)| program.info().ok())
             .map(|info| info.id())
-            .collect()
+            .chain(
+                self.links
+                    .iter()
+                    .filter_map(|link| link.info().ok())
+                    .map(|info| info.program_id()),
+            )
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// The cgroup the programs are attached to.
@@ -281,28 +374,308 @@ impl Hook {
         &self.cgroup_root
     }
 
-    /// Enforce mode (consult verdicts) or observe mode (let everything through), and the
-    /// verdict for processes without one.
-    pub fn set_mode(&mut self, enforce: bool, default: Verdict) -> Result<(), HookError> {
-        self.settings
+    /// Where programs and maps are pinned (this build's directory), when they are.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    /// Enforce mode (judge connects) or observe mode (let everything through), and the verdict
+    /// for processes without a rule set yet.
+    pub fn set_mode(&mut self, enforce: bool, pending: Verdict) -> Result<(), HookError> {
+        let settings = &mut self.maps.settings;
+        settings
             .set(abi::SETTING_ENFORCE, u32::from(enforce), 0)
-            .and_then(|()| {
-                self.settings
-                    .set(abi::SETTING_DEFAULT_VERDICT, default.value(), 0)
-            })
+            .and_then(|()| settings.set(abi::SETTING_PENDING_VERDICT, pending.value(), 0))
             .map_err(|e| HookError::from_bpf("map SETTINGS", e))
     }
 
-    /// Sets the verdict of process `tgid`. The kernel drops it when the process exits.
-    pub fn set_verdict(&mut self, tgid: u32, verdict: Verdict) -> Result<(), HookError> {
-        self.verdicts
-            .insert(tgid, verdict.value(), 0)
+    /// What the kernel knows of process `tgid`, if anything.
+    pub fn process(&self, tgid: u32) -> Result<Option<ProcState>, HookError> {
+        absent_is_none(self.maps.procs.get(&tgid, 0), "map PROCS")
+    }
+
+    /// Introduces a process the hook has not met (older than the hook) with its start time in
+    /// clock ticks, unless the kernel met it meanwhile. Returns what the kernel now knows.
+    pub fn introduce(&mut self, tgid: u32, start: u64) -> Result<ProcState, HookError> {
+        let fresh = ProcState {
+            start,
+            ..ProcState::default()
+        };
+        match self.maps.procs.insert(tgid, fresh, BPF_NOEXIST) {
+            Ok(()) => Ok(fresh),
+            Err(error) => match self.process(tgid)? {
+                Some(known) => Ok(known),
+                None => Err(HookError::from_bpf("map PROCS", error)),
+            },
+        }
+    }
+
+    /// The agent's verdict for process `tgid`, if one is recorded.
+    pub fn verdict(&self, tgid: u32) -> Result<Option<VerdictEntry>, HookError> {
+        absent_is_none(self.maps.verdicts.get(&tgid, 0), "map VERDICTS")
+    }
+
+    /// Records the verdict (rule set) of one image of process `tgid`; it holds while the
+    /// kernel's entry for the process has the verdict's start and generation.
+    pub fn set_verdict(&mut self, tgid: u32, verdict: VerdictEntry) -> Result<(), HookError> {
+        self.maps
+            .verdicts
+            .insert(tgid, verdict, 0)
             .map_err(|e| HookError::from_bpf("map VERDICTS", e))
     }
 
-    /// Detaches every program now.
+    /// Defines rule set `id`: its default and its rules per address prefix (each list in
+    /// precedence order, holding every rule whose range contains the prefix). Replaces the
+    /// prefixes given; [`Hook::remove_ruleset`] first to drop old ones.
+    pub fn put_ruleset(
+        &mut self,
+        id: u32,
+        default: RulesetEntry,
+        prefixes: &[(Prefix, RuleList)],
+    ) -> Result<(), HookError> {
+        for (prefix, list) in prefixes {
+            self.maps
+                .rules
+                .insert(&prefix.key(id), *list, 0)
+                .map_err(|e| HookError::from_bpf("map RULES", e))?;
+        }
+        // Last: a rule set is used only once its default is there.
+        self.maps
+            .rulesets
+            .insert(id, default, 0)
+            .map_err(|e| HookError::from_bpf("map RULESETS", e))
+    }
+
+    /// Removes rule set `id` and its rules at `prefixes`.
+    pub fn remove_ruleset(&mut self, id: u32, prefixes: &[Prefix]) -> Result<(), HookError> {
+        let _ = self.maps.rulesets.remove(&id);
+        for prefix in prefixes {
+            let _ = self.maps.rules.remove(&prefix.key(id));
+        }
+        Ok(())
+    }
+
+    /// The rule sets defined in the kernel (a pinned hook keeps those of a previous agent).
+    pub fn ruleset_ids(&self) -> Vec<u32> {
+        self.maps.rulesets.keys().filter_map(Result::ok).collect()
+    }
+
+    /// Every rule set of every process entry and verdict, and the exec-time identities'.
+    pub fn rulesets_in_use(&self) -> std::collections::HashSet<u32> {
+        let procs = self
+            .maps
+            .procs
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, p)| p.ruleset);
+        let verdicts = self
+            .maps
+            .verdicts
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, v)| v.ruleset);
+        let images = self
+            .maps
+            .images
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, r)| r);
+        procs.chain(verdicts).chain(images).collect()
+    }
+
+    /// Removes every rule of rule set `id`, whatever its prefixes (a previous agent's).
+    pub fn purge_ruleset(&mut self, id: u32) {
+        let keys: Vec<_> = self
+            .maps
+            .rules
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| key.data().ruleset == id)
+            .collect();
+        for key in keys {
+            let _ = self.maps.rules.remove(&key);
+        }
+        let _ = self.maps.rulesets.remove(&id);
+    }
+
+    /// Gives every process started from exec-time identity `key` rule set `ruleset` from its
+    /// first instruction.
+    pub fn put_image(&mut self, key: ImageKey, ruleset: u32) -> Result<(), HookError> {
+        self.maps
+            .images
+            .insert(key, ruleset, 0)
+            .map_err(|e| HookError::from_bpf("map IMAGES", e))
+    }
+
+    /// Forgets exec-time identity `key`.
+    pub fn remove_image(&mut self, key: &ImageKey) {
+        let _ = self.maps.images.remove(key);
+    }
+
+    /// Every exec-time identity and its rule set.
+    pub fn images(&self) -> Vec<(ImageKey, u32)> {
+        self.maps.images.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Detaches every program now (unpinned hooks; pinned programs stay attached until
+    /// [`Hook::remove_pins`]).
     pub fn detach(self) {
-        drop(self.ebpf);
+        drop(self);
+    }
+}
+
+/// A map lookup's answer, with "no such key" as `None`.
+fn absent_is_none<V>(
+    result: Result<V, aya::maps::MapError>,
+    what: &str,
+) -> Result<Option<V>, HookError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(error) => Err(HookError::from_bpf(what, error)),
+    }
+}
+
+/// `BPF_NOEXIST`: insert only when the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
+/// The pins of one build of the programs: `<pin_dir>/<build>/maps/<MAP>` and
+/// `<pin_dir>/<build>/links/<program>`, where `<build>` names the object by its hash, so an
+/// agent never adopts maps laid out by another build.
+struct Pins {
+    root: PathBuf,
+    build: PathBuf,
+}
+
+impl Pins {
+    fn new(root: &Path) -> Result<Self, HookError> {
+        ensure_bpffs(root)?;
+        Ok(Self {
+            root: root.to_owned(),
+            build: root.join(kernel_hook_ebpf::object_id()),
+        })
+    }
+
+    fn create_dirs(&self) -> Result<(), HookError> {
+        for dir in [self.build.join("maps"), self.build.join("links")] {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                HookError::from_bpf(format!("creating the pin directory {}", dir.display()), e)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn map(&self, name: &str) -> PathBuf {
+        self.build.join("maps").join(name)
+    }
+
+    fn link(&self, program: &str) -> PathBuf {
+        self.build.join("links").join(program)
+    }
+
+    /// The pinned link of `program`, when a previous agent left one.
+    fn adopt(&self, program: &str) -> Option<FdLink> {
+        PinnedLink::from_pin(self.link(program))
+            .ok()
+            .map(FdLink::from)
+    }
+
+    fn pin(&self, program: &str, link: FdLink) -> Result<FdLink, HookError> {
+        let path = self.link(program);
+        link.pin(&path)
+            .map(FdLink::from)
+            .map_err(|e| HookError::from_bpf(format!("pinning {}", path.display()), e))
+    }
+
+    /// Removes the pins of other builds (after this build's programs are attached).
+    fn remove_other_builds(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.path() != self.build
+                && let Err(error) = remove_tree(&entry.path())
+            {
+                tracing::warn!(
+                    "cannot remove the pins of another build at {}: {error}",
+                    entry.path().display()
+                );
+            }
+        }
+    }
+
+    fn remove_all(root: &Path) -> Result<bool, HookError> {
+        if !root.exists() {
+            return Ok(false);
+        }
+        remove_tree(root)
+            .map(|()| true)
+            .map_err(|e| HookError::from_bpf(format!("removing the pins at {}", root.display()), e))
+    }
+}
+
+/// Removes a directory of pins (bpffs has no recursive removal).
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            remove_tree(&entry?.path())?;
+        }
+        std::fs::remove_dir(path)
+    } else {
+        std::fs::remove_file(path)
+    }
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Where bpffs is mounted by convention.
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Makes sure `pin_dir` is on bpffs: mounts bpffs at `/sys/fs/bpf` when the directory is under
+/// it and nothing is mounted there (minimal systems often lack the mount).
+fn ensure_bpffs(pin_dir: &Path) -> Result<(), HookError> {
+    let existing = pin_dir
+        .ancestors()
+        .find(|dir| dir.exists())
+        .unwrap_or(pin_dir);
+    if is_bpffs(existing) {
+        return Ok(());
+    }
+    if pin_dir.starts_with(BPFFS) && !is_bpffs(Path::new(BPFFS)) {
+        std::fs::create_dir_all(BPFFS)
+            .map_err(|e| HookError::from_bpf(format!("creating {BPFFS}"), e))?;
+        // SAFETY: all pointers are NUL-terminated literals; mount does not keep them.
+        let mounted = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c"/sys/fs/bpf".as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if mounted != 0 {
+            return Err(HookError::from_bpf(
+                format!("mounting bpffs at {BPFFS} (none is mounted)"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        return Ok(());
+    }
+    Err(HookError::NoBpffs {
+        path: pin_dir.display().to_string(),
+    })
+}
+
+/// Whether `path` is on a bpffs mount.
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into a zeroed struct we own; the path is NUL-terminated.
+    unsafe {
+        let mut stat: libc::statfs = std::mem::zeroed();
+        libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC
     }
 }
 

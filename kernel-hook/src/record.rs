@@ -10,7 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use kernel_hook_ebpf::abi;
 
-use crate::event::{ConnectEvent, HookEvent, Protocol};
+use crate::event::{ConnectEvent, Decision, HookEvent, Protocol};
+use crate::maps::POLICY_NONE;
 
 /// `struct hook_event`, field for field, in host byte order.
 #[repr(C)]
@@ -42,8 +43,16 @@ pub struct RawEvent {
     pub port: u16,
     /// `comm`, NUL-padded.
     pub comm: [u8; 16],
+    /// Connect: the deciding rule's policy, or `POLICY_NONE`.
+    pub policy: u16,
+    /// Connect: the rule set judged by; exec: the one found for the new image.
+    pub ruleset: u32,
+    /// Exec: the process's new generation.
+    pub generation: u32,
+    /// Connect: `DECISION_*`.
+    pub decision: u8,
     /// Padding to the struct's alignment.
-    pub pad: [u8; 6],
+    pub pad: [u8; 11],
 }
 
 const _: () = {
@@ -61,6 +70,10 @@ const _: () = {
     assert!(offset_of!(RawEvent, addr) == abi::HOOK_EVENT_OFF_ADDR);
     assert!(offset_of!(RawEvent, port) == abi::HOOK_EVENT_OFF_PORT);
     assert!(offset_of!(RawEvent, comm) == abi::HOOK_EVENT_OFF_COMM);
+    assert!(offset_of!(RawEvent, policy) == abi::HOOK_EVENT_OFF_POLICY);
+    assert!(offset_of!(RawEvent, ruleset) == abi::HOOK_EVENT_OFF_RULESET);
+    assert!(offset_of!(RawEvent, generation) == abi::HOOK_EVENT_OFF_GENERATION);
+    assert!(offset_of!(RawEvent, decision) == abi::HOOK_EVENT_OFF_DECISION);
     assert!(offset_of!(RawEvent, pad) == abi::HOOK_EVENT_OFF_PAD);
 };
 
@@ -92,6 +105,8 @@ pub fn parse_event(record: &[u8]) -> Option<HookEvent> {
         abi::EVENT_EXEC => Some(HookEvent::Exec {
             tgid: raw.tgid,
             timestamp_ns: raw.timestamp_ns,
+            generation: raw.generation,
+            ruleset: raw.ruleset,
         }),
         abi::EVENT_EXIT => Some(HookEvent::Exit { tgid: raw.tgid }),
         abi::EVENT_CONNECT => {
@@ -122,6 +137,9 @@ pub fn parse_event(record: &[u8]) -> Option<HookEvent> {
                 port: raw.port,
                 timestamp_ns: raw.timestamp_ns,
                 allowed: raw.verdict != 0,
+                decision: Decision::from_abi(raw.decision)?,
+                ruleset: raw.ruleset,
+                policy: Some(raw.policy).filter(|p| *p != POLICY_NONE),
             }))
         }
         _ => None,
@@ -148,6 +166,9 @@ mod tests {
             addr: Ipv6Addr::LOCALHOST.octets(),
             port: 8443,
             comm,
+            policy: 4,
+            ruleset: 9,
+            decision: abi::DECISION_RULE as u8,
             ..RawEvent::default()
         };
         let record = raw.to_bytes();
@@ -164,7 +185,12 @@ mod tests {
         assert_eq!(event.port, 8443);
         assert_eq!(event.comm, "curl");
         assert!(event.allowed);
+        assert_eq!(event.decision, Decision::Rule);
+        assert_eq!((event.ruleset, event.policy), (9, Some(4)));
         assert!(parse_event(&record[..40]).is_none());
+        let mut unknown = raw;
+        unknown.decision = 99;
+        assert!(parse_event(&unknown.to_bytes()).is_none());
         raw.kind = abi::EVENT_EXIT;
         assert_eq!(
             parse_event(&raw.to_bytes()),

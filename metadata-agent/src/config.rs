@@ -143,10 +143,21 @@ pub struct HookConfig {
     /// `/sys/fs/cgroup/unified`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_root: Option<PathBuf>,
-    /// `observe` (default) or `enforce`.
+    /// `observe` (default) or `enforce`. `enforce` needs the hook: the agent does not start
+    /// without it, whatever `enabled` says (`enabled: false` is refused).
     pub mode: HookMode,
-    /// In enforce mode, the verdict for processes not resolved yet (default `allow`).
-    pub default_verdict: Action,
+    /// In enforce mode, the verdict for a process the agent has not judged yet and whose
+    /// exec-time identity gives no rule set: `allow` (default) or `deny` (fail closed).
+    /// `defaultVerdict` is accepted as its former name.
+    #[serde(alias = "defaultVerdict")]
+    pub pending_verdict: Action,
+    /// Pin the programs and maps in bpffs (default false), so enforcement outlives the agent
+    /// (a crash, a restart, an upgrade of the agent alone): a starting agent adopts them
+    /// without a gap; `metadata-agent hook detach` removes them.
+    pub pin: bool,
+    /// Where to pin them (default `/sys/fs/bpf/metadata-agent`; bpffs is mounted at
+    /// `/sys/fs/bpf` when it is not).
+    pub pin_path: PathBuf,
 }
 
 impl Default for HookConfig {
@@ -155,7 +166,9 @@ impl Default for HookConfig {
             enabled: Enabled::Auto,
             cgroup_root: None,
             mode: HookMode::Observe,
-            default_verdict: Action::Allow,
+            pending_verdict: Action::Allow,
+            pin: false,
+            pin_path: PathBuf::from("/sys/fs/bpf/metadata-agent"),
         }
     }
 }
@@ -167,7 +180,7 @@ pub enum HookMode {
     /// Report only.
     #[default]
     Observe,
-    /// Refuse connects of processes whose verdict is `deny`.
+    /// Judge every connect by the policies, in the kernel; the hook is mandatory.
     Enforce,
 }
 
@@ -216,7 +229,7 @@ impl Config {
                 e.into_inner()
             })
         });
-        parsed.map_err(|error| ConfigError::Invalid {
+        let config: Self = parsed.map_err(|error| ConfigError::Invalid {
             path: origin.to_owned(),
             field: if field.is_empty() || field == "." {
                 String::new()
@@ -224,7 +237,21 @@ impl Config {
                 format!("{field}: ")
             },
             message: one_line(&error),
-        })
+        })?;
+        config.check(origin)?;
+        Ok(config)
+    }
+
+    /// Rules across fields.
+    fn check(&self, origin: &Path) -> Result<(), ConfigError> {
+        if self.hook.mode == HookMode::Enforce && self.hook.enabled == Enabled::Never {
+            return Err(ConfigError::Invalid {
+                path: origin.to_owned(),
+                field: "hook.enabled: ".to_owned(),
+                message: "is false, but hook.mode is enforce: enforcing needs the hook".to_owned(),
+            });
+        }
+        Ok(())
     }
 }
 

@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex, Weak};
 
 use kernel_hook::{ConnectEvent, HookEvent};
 use labels::{LabelSet, TrustMap};
-use selectors::{Action, PolicyMatch, PolicyStore};
+use selectors::{Action, PolicyMatch, PolicyStore, Target};
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::enforcement::SharedEnforcer;
+use crate::enforcement::{SharedEnforcer, enforce};
 use crate::metrics::{DropLabels, Metrics};
 use crate::resolver::{Resolution, Resolver};
 
@@ -37,12 +37,15 @@ pub struct ConnectReport {
     /// Why the process could not be resolved (it may have exited already).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolution_error: Option<String>,
-    /// Matching policies in precedence order.
+    /// Policies matching the process and this destination, in precedence order.
     pub policies: Vec<PolicyMatch>,
-    /// The verdict.
+    /// The policies' verdict for this connect.
     pub verdict: Action,
     /// Whether no policy matched and the default decided.
     pub default_applied: bool,
+    /// The policy whose rule decided in the kernel (enforce mode), when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<Arc<str>>,
 }
 
 /// A resolution's labels and trust map, written as the `labels` and `trust` fields of an event.
@@ -203,34 +206,39 @@ pub async fn run_pipeline(
                 let bus = Arc::clone(&bus);
                 let enforcer = enforcer.clone();
                 tokio::spawn(async move {
-                    let report = report_connect(connect, &resolver, &policies).await;
-                    if let Some(enforcer) = &enforcer
-                        && report.resolution_error.is_none()
-                    {
-                        enforcer.apply(report.event.tgid, report.verdict);
+                    let mut report = report_connect(connect, &resolver, &policies).await;
+                    if let Some(enforcer) = &enforcer {
+                        report.decided_by =
+                            report.event.policy.and_then(|id| enforcer.policy_name(id));
                     }
                     bus.publish(&report);
+                    // A process met first at a connect (older than the hook, or not judged yet).
+                    if let Some(enforcer) = &enforcer
+                        && report.resolution_error.is_none()
+                        && report.event.decision == kernel_hook::Decision::Pending
+                    {
+                        enforce(enforcer, &resolver, &policies, report.event.tgid).await;
+                    }
                     drop(permit);
                 });
             }
-            HookEvent::Exec { tgid, timestamp_ns } => {
+            HookEvent::Exec {
+                tgid, timestamp_ns, ..
+            } => {
                 metrics.events_received.inc();
                 // A lookup may have collected the new image already: keep what is newer.
                 resolver.forget_collected_before(tgid, timestamp_ns);
                 let resolver = Arc::clone(&resolver);
                 let policies = Arc::clone(&policies);
                 let enforcer = enforcer.clone();
-                // Resolve ahead of the first connect (and decide its verdict); a process gone
+                // Resolve ahead of the first connect (and judge the new image); a process gone
                 // already is not an error.
                 tokio::spawn(async move {
-                    if let Ok(resolution) = resolver.resolve(tgid).await
-                        && let Some(enforcer) = &enforcer
-                    {
-                        let verdict = policies
-                            .current()
-                            .evaluate_with(&resolution.labels, &resolution.trust)
-                            .verdict;
-                        enforcer.apply(tgid, verdict);
+                    match &enforcer {
+                        Some(enforcer) => enforce(enforcer, &resolver, &policies, tgid).await,
+                        None => {
+                            let _ = resolver.resolve(tgid).await;
+                        }
                     }
                 });
             }
@@ -252,11 +260,19 @@ pub async fn report_connect(
         Ok(resolution) => (Some(resolution), None),
         Err(error) => (None, Some(error.to_string())),
     };
+    let target = Target {
+        address: event.destination,
+        port: event.port,
+        protocol: match event.protocol {
+            kernel_hook::Protocol::Tcp => selectors::Protocol::Tcp,
+            kernel_hook::Protocol::Udp => selectors::Protocol::Udp,
+        },
+        identity: None,
+    };
+    let set = policies.current();
     let evaluation = match &resolution {
-        Some(resolution) => policies
-            .current()
-            .evaluate_with(&resolution.labels, &resolution.trust),
-        None => policies.current().evaluate(&LabelSet::new()),
+        Some(resolution) => set.evaluate_to(&resolution.labels, Some(&resolution.trust), &target),
+        None => set.evaluate_to(&LabelSet::new(), None, &target),
     };
     ConnectReport {
         event,
@@ -265,6 +281,7 @@ pub async fn report_connect(
         policies: evaluation.matches,
         verdict: evaluation.verdict,
         default_applied: evaluation.default_applied,
+        decided_by: None,
     }
 }
 

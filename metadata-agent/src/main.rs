@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use metadata_agent::{imds_mock, inspect, policy, run};
+use metadata_agent::{hook_command, imds_mock, inspect, policy, run};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,6 +25,9 @@ enum Command {
     /// Check policy files, or test them against labels or a process.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Manage the pinned kernel hook (`hook.pin: true`).
+    #[command(subcommand)]
+    Hook(hook_command::HookCommand),
     /// Serve a mock cloud instance metadata service (EC2, Azure, GCP) for CI and tests.
     ImdsMock(imds_mock::ImdsMockArgs),
 }
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
             Command::Inspect(args) => inspect::run(args).await.map(|()| true),
             Command::Policy(command) => policy::run(command).await,
             Command::ImdsMock(args) => imds_mock::run(args).await.map(|()| true),
+            Command::Hook(command) => hook_command::run(command).map(|()| true),
         }
     });
     match outcome {

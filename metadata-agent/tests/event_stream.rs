@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use kernel_hook::{ConnectEvent, HookEvent, Protocol};
+use kernel_hook::{ConnectEvent, Decision, HookEvent, Protocol};
 use metadata_agent::config::Config;
 use metadata_agent::run::Agent;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,6 +26,9 @@ fn connect_event(tgid: u32, port: u16) -> HookEvent {
         port,
         timestamp_ns: 1,
         allowed: true,
+        decision: Decision::Observe,
+        ruleset: 0,
+        policy: None,
     })
 }
 

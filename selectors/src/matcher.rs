@@ -38,6 +38,9 @@ pub struct PolicyMatch {
     /// With a destination: the index (from 0) of the `to` entry that covers it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<usize>,
+    /// The policy's index in [`PolicySet::policies`].
+    #[serde(skip)]
+    pub index: usize,
 }
 
 /// The matching policies in precedence order, and the verdict.
@@ -219,6 +222,38 @@ impl PolicySet {
         self.evaluate_trusted(labels, Some(trust), None)
     }
 
+    /// The evaluation shared by every process whose labels on the `known` keys are `labels`
+    /// (with `trust`): `Some` only when no selector of any policy depends on another key (each
+    /// holds or fails on the known keys alone), so that no other label could change which
+    /// policies match or their order. For judging a process by what the kernel knows at
+    /// `exec` (its container's cgroup, its binary) before its labels are collected.
+    pub fn evaluate_determined(
+        &self,
+        labels: &LabelSet,
+        trust: Option<&TrustMap>,
+        known: &dyn Fn(&str) -> bool,
+    ) -> Option<Evaluation> {
+        let determined = self.policies.iter().all(|policy| {
+            policy.selectors.iter().all(|selector| {
+                selector
+                    .determined_by(labels, trust, policy.require_trusted, known)
+                    .is_some()
+            })
+        });
+        if !determined {
+            return None;
+        }
+        let mut only_known = LabelSet::new();
+        for (key, values) in labels.iter() {
+            if known(key) {
+                for value in values {
+                    only_known.insert(key, value.as_str());
+                }
+            }
+        }
+        Some(self.evaluate_trusted(&only_known, trust, None))
+    }
+
     /// The evaluation of one connect: the source's labels (with their trust classes, when
     /// known) and its destination. A policy with `to` counts only when one of its entries
     /// covers the destination.
@@ -352,6 +387,7 @@ impl PolicySet {
                         file: Arc::clone(&policy.source),
                         per_destination: !policy.to.is_empty(),
                         to,
+                        index: p as usize,
                     })
                 })
                 .collect();

@@ -166,6 +166,37 @@ impl Selector {
     }
 }
 
+impl Selector {
+    /// Whether the selector holds for every process whose labels on the `known` keys are
+    /// `labels` (with `trust`), whatever its other labels: `Some(true)` when every constraint
+    /// is on a known key and holds, `Some(false)` when one on a known key fails, `None` when
+    /// the other labels decide.
+    pub fn determined_by(
+        &self,
+        labels: &LabelSet,
+        trust: Option<&TrustMap>,
+        require_trusted: bool,
+        known: &dyn Fn(&str) -> bool,
+    ) -> Option<bool> {
+        let mut open = false;
+        for constraint in &self.constraints {
+            if !known(&constraint.key) {
+                open = true;
+                continue;
+            }
+            let holds = if require_trusted {
+                constraint.matches_trusted(labels, trust)
+            } else {
+                constraint.matches(labels)
+            };
+            if !holds {
+                return Some(false);
+            }
+        }
+        (!open).then_some(true)
+    }
+}
+
 /// A named policy: an action for processes matching any of its selectors (OR).
 #[derive(Debug, Clone)]
 pub struct Policy {

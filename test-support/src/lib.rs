@@ -3,8 +3,12 @@
 //! - [`require`]: a test that needs root, BPF, dockerd or a tool skips outside CI, loudly, and
 //!   fails in CI (`CI=true`), where a missing prerequisite must never pass silently.
 //! - [`is_root`], [`in_ci`].
+//! - [`cgroup::TestCgroup`]: a cgroup v2 of a test's own, to attach a hook to and start
+//!   processes in.
 //! - [`reset_on_close`], [`deep_backlog`]: sockets for tests and benchmarks that make tens of
 //!   thousands of loopback connections.
+
+pub mod cgroup;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};

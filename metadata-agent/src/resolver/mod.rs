@@ -72,6 +72,18 @@ pub struct Resolution {
     pub resolved_at: String,
     /// Whether the process labels came from the cache.
     pub cached: bool,
+    /// When the process labels' collection started, on the kernel's monotonic clock: a verdict
+    /// made from them holds only for an image the process ran since before then.
+    #[serde(skip)]
+    pub collected_ns: u64,
+}
+
+impl Resolution {
+    /// Whether a later collection may complete what this one lacks (a hash still being
+    /// computed, an exec in progress).
+    pub fn provisional(&self) -> bool {
+        self.collectors.iter().any(|report| report.provisional)
+    }
 }
 
 /// The cache entries one answer is made of.
@@ -198,6 +210,7 @@ impl Resolver {
             collectors: reports,
             resolved_at: humantime::format_rfc3339_millis(entry.resolved_at).to_string(),
             cached: found.cached,
+            collected_ns: entry.collected_ns,
         }
     }
 

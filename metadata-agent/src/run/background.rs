@@ -25,10 +25,16 @@ impl Agent {
         state.resolver.follow_invalidations();
 
         let resolver = Arc::clone(&state.resolver);
+        let enforcer = self.enforcer.clone();
         let sweep_interval = self.config.resolver.sweep_interval;
         every(sweep_interval, shutdown.clone(), false, move || {
-            let resolver = Arc::clone(&resolver);
-            async move { resolver.sweep() }
+            let (resolver, enforcer) = (Arc::clone(&resolver), enforcer.clone());
+            async move {
+                resolver.sweep();
+                if let Some(enforcer) = enforcer {
+                    enforcer.collect_garbage();
+                }
+            }
         });
 
         if self.config.policies.path.is_some() {

@@ -94,7 +94,8 @@ impl Agent {
     }
 
     /// Attaches the kernel hook as `hook.enabled` says: `auto` warns and goes on without it,
-    /// `true` fails, `false` does not try.
+    /// `true` fails, `false` does not try. In enforce mode the hook is mandatory: failing to
+    /// attach it stops the start, naming why.
     pub fn attach_hook(&mut self) -> anyhow::Result<()> {
         let config = &self.config.hook;
         let set_health = |attached: bool, mode: Option<&str>, reason: Option<String>| {
@@ -105,7 +106,8 @@ impl Agent {
             };
             self.state.metrics.hook_attached.set(i64::from(attached));
         };
-        if config.enabled == Enabled::Never {
+        let enforce = config.mode == HookMode::Enforce;
+        if config.enabled == Enabled::Never && !enforce {
             set_health(
                 false,
                 None,
@@ -117,27 +119,45 @@ impl Agent {
             .cgroup_root
             .clone()
             .map_or_else(kernel_hook::detect_cgroup_root, Ok)
-            .and_then(|root| kernel_hook::Hook::attach(&root));
-        let enforce = config.mode == HookMode::Enforce;
-        let default = config.default_verdict;
-        match attached.and_then(|(hook, reader)| {
+            .and_then(|root| {
+                if config.pin {
+                    kernel_hook::Hook::attach_pinned(&root, &config.pin_path)
+                } else {
+                    kernel_hook::Hook::attach(&root)
+                        .map(|(hook, reader)| (hook, reader, kernel_hook::Attachment::Fresh))
+                }
+            });
+        let pending = config.pending_verdict;
+        let catalog = self.state.resolver.key_catalog();
+        let roots = self.state.resolver.roots().clone();
+        match attached.and_then(|(hook, reader, attachment)| {
             let root = hook.cgroup_root().to_owned();
-            Enforcer::new(hook, enforce, default).map(|e| (e, reader, root))
+            Enforcer::new(hook, enforce, pending, catalog, roots)
+                .map(|e| (e, reader, root, attachment))
         }) {
-            Ok((enforcer, reader, root)) => {
+            Ok((enforcer, reader, root, attachment)) => {
                 let mode = if enforce { "enforce" } else { "observe" };
-                tracing::info!(cgroup = %root.display(), mode, "kernel hook attached");
+                let adopted = attachment == kernel_hook::Attachment::Adopted;
+                tracing::info!(
+                    cgroup = %root.display(),
+                    mode,
+                    pinned = config.pin,
+                    adopted,
+                    "kernel hook attached"
+                );
                 set_health(true, Some(mode), None);
                 self.enforcer = Some(Arc::new(enforcer));
                 self.hook_reader = Some(reader);
                 Ok(())
             }
-            Err(error) if config.enabled == Enabled::Auto => {
+            Err(error) if config.enabled == Enabled::Auto && !enforce => {
                 let reason = collectors::error_chain(&error);
                 tracing::warn!("kernel hook not attached, running without it: {reason}");
                 set_health(false, None, Some(reason));
                 Ok(())
             }
+            Err(error) if enforce => Err(anyhow::Error::new(error)
+                .context("cannot attach the kernel hook, which hook.mode: enforce needs")),
             Err(error) => Err(anyhow::Error::new(error).context("cannot attach the kernel hook")),
         }
     }

@@ -1,0 +1,473 @@
+//! The attached kernel hook as the agent drives it: each resolved process's policies compiled
+//! into a rule set ([`compile`]) and recorded as the verdict of its current image, the agent's
+//! own process exempted, unused rule sets removed, and a clean detach at shutdown.
+//!
+//! A verdict names the process's start time and exec generation as the kernel counts them
+//! (read before the verdict is written, from the kernel's own entry): the kernel ignores it once
+//! the process has exec'd or its PID names another process. A verdict is written only from
+//! labels collected after the process's last exec, never over a newer one (newer policies, then
+//! newer labels), and never from a provisional answer; when a collector that a policy depends on
+//! failed, the process gets a rule set that refuses everything until it can be judged.
+
+pub mod compile;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use collectors::{CollectorStatus, HostRoots, KeyCatalog, Scope};
+use kernel_hook::maps::{ImageKey, POLICY_NONE, Prefix, RuleList, VerdictEntry, ruleset};
+use kernel_hook::{Hook, HookError, Verdict};
+use selectors::{Action, PolicySet, PolicyStore};
+
+use crate::resolver::{Resolution, Resolver};
+use compile::{CompiledRuleset, KnownDestination, PolicyTable};
+
+/// The hook's verdict for a policy action: only `deny` refuses; `log` lets the call through.
+pub fn verdict_of(action: Action) -> Verdict {
+    match action {
+        Action::Deny => Verdict::Deny,
+        Action::Allow | Action::Log => Verdict::Allow,
+    }
+}
+
+/// What [`Enforcer::apply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The process's current image has rule set `ruleset` now.
+    Judged {
+        /// The rule set.
+        ruleset: u32,
+    },
+    /// A collector a policy depends on failed: the process is refused everywhere until it can
+    /// be judged.
+    Unjudgeable {
+        /// The collector.
+        collector: &'static str,
+    },
+    /// The labels were collected before the process's last exec (at `exec_ns`): collect again.
+    Stale {
+        /// The exec's monotonic time.
+        exec_ns: u64,
+    },
+    /// A newer verdict is recorded, or the PID names another process now.
+    Superseded,
+    /// The answer may still change (a hash being computed): ask again shortly.
+    Provisional,
+    /// Not enforcing, or the process is gone.
+    Nothing,
+}
+
+/// The hook, shared by the event pipeline, the policy reloader and shutdown.
+pub struct Enforcer {
+    inner: Mutex<Inner>,
+    enforce: bool,
+    catalog: Arc<KeyCatalog>,
+    roots: HostRoots,
+}
+
+struct Inner {
+    hook: Option<Hook>,
+    table: PolicyTable,
+    /// Every rule set this agent defined in the kernel, with its id.
+    rulesets: HashMap<CompiledRuleset, u32>,
+    /// The prefixes of each rule set id (to remove it).
+    prefixes: HashMap<u32, Vec<Prefix>>,
+    next_id: u32,
+    /// The label keys the current policies depend on, for one policy set (by address).
+    keys: (usize, Vec<String>),
+    /// The exec-time identities given a rule set: container cgroup id → rule set and the
+    /// cgroup's directory.
+    images: HashMap<u64, (u32, std::path::PathBuf)>,
+}
+
+impl Enforcer {
+    /// Takes over an attached hook: in enforce mode it judges connects, with `pending` for
+    /// processes not judged yet. The agent's own process is exempt from then on.
+    pub fn new(
+        mut hook: Hook,
+        enforce: bool,
+        pending: Action,
+        catalog: Arc<KeyCatalog>,
+        roots: HostRoots,
+    ) -> Result<Self, HookError> {
+        hook.set_mode(enforce, verdict_of(pending))?;
+        exempt_self(&mut hook)?;
+        // A pinned hook keeps a previous agent's rule sets: number ours after them.
+        let next_id = hook
+            .ruleset_ids()
+            .into_iter()
+            .max()
+            .map_or(ruleset::FIRST, |max| (max + 1).max(ruleset::FIRST));
+        Ok(Self {
+            inner: Mutex::new(Inner {
+                hook: Some(hook),
+                table: PolicyTable::default(),
+                rulesets: HashMap::new(),
+                prefixes: HashMap::new(),
+                next_id,
+                keys: (0, Vec::new()),
+                images: HashMap::new(),
+            }),
+            enforce,
+            catalog,
+            roots,
+        })
+    }
+
+    /// Whether connects are judged.
+    pub fn enforcing(&self) -> bool {
+        self.enforce
+    }
+
+    /// The name of the policy the kernel reports as number `id`.
+    pub fn policy_name(&self, id: u16) -> Option<Arc<str>> {
+        self.lock().table.name(id).cloned()
+    }
+
+    /// Records the verdict of `resolution`'s process for its current image, from `set`
+    /// (policy version `version`).
+    pub fn apply(&self, resolution: &Resolution, set: &Arc<PolicySet>, version: u64) -> Applied {
+        if !self.enforce {
+            return Applied::Nothing;
+        }
+        let Some(start) = resolution.start_time_ticks else {
+            return Applied::Nothing;
+        };
+        let pid = resolution.pid;
+        let mut inner = self.lock();
+        let Some(hook) = inner.hook.as_mut() else {
+            return Applied::Nothing;
+        };
+        let state = match hook.process(pid) {
+            Ok(Some(state)) => state,
+            Ok(None) => match hook.introduce(pid, start) {
+                Ok(state) => state,
+                Err(error) => return warn(pid, &error),
+            },
+            Err(error) => return warn(pid, &error),
+        };
+        if state.start != start {
+            return Applied::Superseded;
+        }
+        if resolution.collected_ns < state.exec_ns {
+            return Applied::Stale {
+                exec_ns: state.exec_ns,
+            };
+        }
+        if resolution.provisional() {
+            return Applied::Provisional;
+        }
+        let failed = inner.failed_dependency(resolution, set, &self.catalog);
+        let compiled = match failed {
+            Some(_) => CompiledRuleset::everywhere(Verdict::Deny, POLICY_NONE),
+            None => {
+                let evaluation = set.evaluate_with(&resolution.labels, &resolution.trust);
+                let destinations: &[KnownDestination] = &[];
+                compile::compile(&evaluation, set, &mut inner.table, destinations)
+            }
+        };
+        if compiled.truncated {
+            tracing::warn!(
+                pid,
+                "the policies give this process more rules for one address range than the \
+                 kernel holds ({}); the excess is refused",
+                kernel_hook::maps::RULES_PER_PREFIX
+            );
+        }
+        let id = match inner.intern(compiled) {
+            Ok(id) => id,
+            Err(error) => return warn(pid, &error),
+        };
+        let stamp = (version << 40) | ((resolution.collected_ns >> 10) & ((1 << 40) - 1));
+        let Some(hook) = inner.hook.as_mut() else {
+            return Applied::Nothing;
+        };
+        if let Ok(Some(recorded)) = hook.verdict(pid)
+            && recorded.start == state.start
+            && recorded.generation == state.generation
+            && recorded.stamp > stamp
+        {
+            return Applied::Superseded;
+        }
+        let verdict = VerdictEntry {
+            start: state.start,
+            stamp,
+            generation: state.generation,
+            ruleset: id,
+        };
+        if let Err(error) = hook.set_verdict(pid, verdict) {
+            return warn(pid, &error);
+        }
+        if failed.is_none() {
+            self.container_image(&mut inner, resolution, set);
+        }
+        match failed {
+            Some(collector) => Applied::Unjudgeable { collector },
+            None => Applied::Judged { ruleset: id },
+        }
+    }
+
+    /// Judges every cached process again (after a policy reload or the pre-resolution), then
+    /// removes the rule sets no process uses any more.
+    pub async fn apply_all(&self, resolver: &Resolver, policies: &PolicyStore) {
+        if !self.enforce {
+            return;
+        }
+        for pid in resolver.cached_pids() {
+            enforce(self, resolver, policies, pid).await;
+        }
+        self.collect_garbage();
+    }
+
+    /// Removes the rule sets that no process, verdict or exec-time identity refers to.
+    pub fn collect_garbage(&self) {
+        let mut inner = self.lock();
+        let Inner {
+            hook,
+            rulesets,
+            prefixes,
+            images,
+            ..
+        } = &mut *inner;
+        let Some(hook) = hook.as_mut() else {
+            return;
+        };
+        // Containers that are gone.
+        inner_images_retain(hook, &mut *images);
+        let in_use = hook.rulesets_in_use();
+        rulesets.retain(|_, id| {
+            if in_use.contains(id) {
+                return true;
+            }
+            let _ = hook.remove_ruleset(*id, prefixes.get(id).map_or(&[][..], Vec::as_slice));
+            prefixes.remove(id);
+            false
+        });
+        // A previous agent's (a pinned hook), which this one does not know.
+        for id in hook.ruleset_ids() {
+            if !in_use.contains(&id) && !prefixes.contains_key(&id) {
+                hook.purge_ruleset(id);
+            }
+        }
+    }
+
+    /// Detaches the programs now (unless they are pinned).
+    pub fn detach(&self) {
+        if let Some(hook) = self.lock().hook.take() {
+            let pinned = hook.pin_dir().is_some();
+            hook.detach();
+            if pinned {
+                tracing::info!("kernel hook left pinned: enforcement continues without the agent");
+            } else {
+                tracing::info!("kernel hook detached");
+            }
+        }
+    }
+
+    /// Gives the container of `resolution` (a runtime confirmed it, in a cgroup v2 of its own)
+    /// the rule set every process started in its cgroup gets from its first instruction, when
+    /// the policies decide it from container and node labels alone.
+    fn container_image(&self, inner: &mut Inner, resolution: &Resolution, set: &Arc<PolicySet>) {
+        let Some(container) = &resolution.container else {
+            return;
+        };
+        let confirmed = resolution.trust.get("process:container:id") == labels::Trust::Runtime;
+        if !confirmed || !container.hierarchy.is_empty() {
+            return;
+        }
+        let dir = collectors::cgroup::cgroup_dir(&self.roots, container);
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            return;
+        };
+        let cgroup_id = std::os::unix::fs::MetadataExt::ino(&meta);
+        let catalog = &self.catalog;
+        let known = |key: &str| {
+            key.starts_with("process:container:")
+                || matches!(catalog.scope(key), Some(Scope::Container | Scope::Node))
+        };
+        let Some(evaluation) =
+            set.evaluate_determined(&resolution.labels, Some(&resolution.trust), &known)
+        else {
+            // Process labels decide too: such processes wait for their own verdict.
+            if let Some(hook) = inner.hook.as_mut()
+                && inner.images.remove(&cgroup_id).is_some()
+            {
+                hook.remove_image(&ImageKey {
+                    cgroup_id,
+                    ..ImageKey::default()
+                });
+            }
+            return;
+        };
+        let compiled = compile::compile(&evaluation, set, &mut inner.table, &[]);
+        let Ok(id) = inner.intern(compiled) else {
+            return;
+        };
+        if inner.images.get(&cgroup_id).map(|(id, _)| *id) == Some(id) {
+            return;
+        }
+        if let Some(hook) = inner.hook.as_mut() {
+            let key = ImageKey {
+                cgroup_id,
+                ..ImageKey::default()
+            };
+            match hook.put_image(key, id) {
+                Ok(()) => {
+                    inner.images.insert(cgroup_id, (id, dir));
+                }
+                Err(error) => {
+                    warn(resolution.pid, &error);
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Inner {
+    /// The id of `compiled`, defined in the kernel if it is new.
+    fn intern(&mut self, compiled: CompiledRuleset) -> Result<u32, HookError> {
+        if let Some(id) = self.rulesets.get(&compiled) {
+            return Ok(*id);
+        }
+        let id = self.next_id;
+        let lists: Vec<(Prefix, RuleList)> = compiled
+            .prefixes
+            .iter()
+            .filter_map(|(prefix, rules)| Some((*prefix, RuleList::new(rules)?)))
+            .collect();
+        if let Some(hook) = self.hook.as_mut() {
+            hook.put_ruleset(id, compiled.default, &lists)?;
+        }
+        self.next_id = self.next_id.wrapping_add(1).max(ruleset::FIRST);
+        self.prefixes
+            .insert(id, compiled.prefixes.iter().map(|(p, _)| *p).collect());
+        self.rulesets.insert(compiled, id);
+        Ok(id)
+    }
+
+    /// The collector a policy of `set` depends on that failed in `resolution`, if any.
+    fn failed_dependency(
+        &mut self,
+        resolution: &Resolution,
+        set: &Arc<PolicySet>,
+        catalog: &KeyCatalog,
+    ) -> Option<&'static str> {
+        let address = Arc::as_ptr(set) as usize;
+        if self.keys.0 != address {
+            self.keys = (address, policy_keys(set));
+        }
+        resolution.collectors.iter().find_map(|report| {
+            let CollectorStatus::Failed { .. } = report.status else {
+                return None;
+            };
+            self.keys
+                .1
+                .iter()
+                .any(|key| catalog.owner(key) == Some(report.name))
+                .then_some(report.name)
+        })
+    }
+}
+
+/// Forgets the images of cgroups that no longer exist (cgroup ids are not reused).
+fn inner_images_retain(hook: &mut Hook, images: &mut HashMap<u64, (u32, std::path::PathBuf)>) {
+    images.retain(|cgroup_id, (_, dir)| {
+        if dir.exists() {
+            return true;
+        }
+        hook.remove_image(&ImageKey {
+            cgroup_id: *cgroup_id,
+            ..ImageKey::default()
+        });
+        false
+    });
+}
+
+/// Every label key a policy of `set` tests, for the source or a destination.
+fn policy_keys(set: &PolicySet) -> Vec<String> {
+    let mut keys: Vec<String> = set
+        .policies()
+        .iter()
+        .flat_map(|policy| {
+            let destinations = policy.to.iter().flat_map(|to| to.selectors.iter());
+            policy.selectors.iter().chain(destinations)
+        })
+        .flat_map(|selector| selector.constraints.iter().map(|c| c.key.clone()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+fn warn(pid: u32, error: &HookError) -> Applied {
+    let error = collectors::error_chain(error);
+    tracing::warn!(pid, "cannot record the verdict: {error}");
+    Applied::Nothing
+}
+
+/// Exempts the agent's own process: its connects (to the kubelet, cloud metadata services) are
+/// never refused, whatever the pending verdict.
+fn exempt_self(hook: &mut Hook) -> Result<(), HookError> {
+    let pid = std::process::id();
+    let start = own_start_ticks().unwrap_or(0);
+    let state = hook.introduce(pid, start)?;
+    hook.set_verdict(
+        pid,
+        VerdictEntry {
+            start: state.start,
+            stamp: u64::MAX,
+            generation: state.generation,
+            ruleset: ruleset::EXEMPT,
+        },
+    )
+}
+
+/// This process's start time in clock ticks (`/proc/self/stat` field 22).
+fn own_start_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split(' ').nth(19)?.parse().ok()
+}
+
+/// Resolves `pid` and records its verdict, asking again while the answer is provisional or
+/// older than the process's last exec (a few times, backing off).
+pub async fn enforce(enforcer: &Enforcer, resolver: &Resolver, policies: &PolicyStore, pid: u32) {
+    const RETRIES: [Duration; 5] = [
+        Duration::from_millis(10),
+        Duration::from_millis(50),
+        Duration::from_millis(250),
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+    ];
+    for delay in std::iter::once(Duration::ZERO).chain(RETRIES) {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let Ok(resolution) = resolver.resolve(pid).await else {
+            return;
+        };
+        let (set, version) = (policies.current(), policies.status().reloads);
+        match enforcer.apply(&resolution, &set, version) {
+            Applied::Stale { exec_ns } => resolver.forget_collected_before(pid, exec_ns),
+            Applied::Provisional => {}
+            Applied::Unjudgeable { collector } => {
+                tracing::warn!(
+                    pid,
+                    collector,
+                    "a collector the policies depend on failed: the process is refused until \
+                     it can be judged"
+                );
+                resolver.forget(pid);
+            }
+            Applied::Judged { .. } | Applied::Superseded | Applied::Nothing => return,
+        }
+    }
+}
+
+/// A shared enforcer, when the hook is attached.
+pub type SharedEnforcer = Option<Arc<Enforcer>>;
