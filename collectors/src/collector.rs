@@ -234,12 +234,28 @@ pub trait Collector: Send + Sync {
     /// Collects the labels for `subject`.
     async fn collect(&self, subject: &Subject) -> Result<Collected, CollectError>;
 
+    /// The workloads of this node its source knows by network address (a runtime's
+    /// containers), for the destination identity of connects: each with its addresses and its
+    /// labels. The default: none.
+    async fn workloads(&self) -> Result<Vec<Workload>, CollectError> {
+        Ok(Vec::new())
+    }
+
     /// Notices of cached labels gone stale, for collectors whose source reports changes (the
     /// Docker event stream). Called once by the daemon, inside the async runtime; `None` (the
     /// default) means the collector's labels only change with the process.
     fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
         None
     }
+}
+
+/// A workload reachable at some addresses of this node (see [`Collector::workloads`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// Its addresses.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// Its labels, as the collector gives them for a process of the workload.
+    pub labels: LabelSet,
 }
 
 /// Which cached container labels are stale.

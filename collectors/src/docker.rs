@@ -15,14 +15,16 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::ContainerInspectResponse;
-use bollard::query_parameters::EventsOptions;
+use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, broadcast};
 
 use crate::builtin::Builtin;
 use crate::cgroup::{ContainerIdentity, Runtime, parse_cgroup_file};
-use crate::collector::{CollectError, Collected, Collector, Invalidation, KeySpec, Scope, Subject};
+use crate::collector::{
+    CollectError, Collected, Collector, Invalidation, KeySpec, Scope, Subject, Workload,
+};
 use crate::config::{DEFAULT_TIMEOUT, Enabled, duration, section};
 use crate::error::BoxError;
 use crate::host::HostRoots;
@@ -257,6 +259,56 @@ impl Collector for DockerCollector {
             });
         }
         Ok(Collected::complete(labels_of(&inspected, &self.redactor)))
+    }
+
+    async fn workloads(&self) -> Result<Vec<Workload>, CollectError> {
+        if self.enabled == Enabled::Never || !self.socket.exists() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let listed = tokio::time::timeout(
+            self.timeout,
+            client.list_containers(Some(ListContainersOptions::default())),
+        )
+        .await
+        .map_err(|_| {
+            CollectError::failed(format!(
+                "Docker at {}: listing containers took longer than {} ms",
+                self.socket.display(),
+                self.timeout.as_millis()
+            ))
+        })?
+        .map_err(|e| {
+            CollectError::failed(format!(
+                "Docker at {}: listing containers",
+                self.socket.display()
+            ))
+            .because(e)
+        })?;
+        let mut endpoints = Vec::new();
+        for summary in listed {
+            let Some(id) = summary.id else { continue };
+            let Some(container) = self.inspect(&id).await? else {
+                continue;
+            };
+            let networks = container
+                .network_settings
+                .as_ref()
+                .and_then(|settings| settings.networks.as_ref());
+            let addresses: Vec<std::net::IpAddr> = networks
+                .into_iter()
+                .flat_map(|networks| networks.values())
+                .flat_map(|network| [&network.ip_address, &network.global_ipv6_address])
+                .filter_map(|address| address.as_deref()?.parse().ok())
+                .collect();
+            if addresses.is_empty() {
+                continue;
+            }
+            let mut labels = labels_of(&container, &self.redactor);
+            labels.insert("process:container:id", id);
+            endpoints.push(Workload { addresses, labels });
+        }
+        Ok(endpoints)
     }
 
     fn invalidations(&self) -> Option<broadcast::Receiver<Invalidation>> {

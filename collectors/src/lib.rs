@@ -27,7 +27,9 @@ pub mod sysfsdmi;
 
 pub use builtin::{Builtin, CollectorsConfig, SECTIONS, build_registry};
 pub use catalog::KeyCatalog;
-pub use collector::{CollectError, Collected, Collector, Invalidation, KeySpec, Scope, Subject};
+pub use collector::{
+    CollectError, Collected, Collector, Invalidation, KeySpec, Scope, Subject, Workload,
+};
 pub use error::{BoxError, BuildError, error_chain};
 pub use host::{HostRoots, HostRootsConfig};
 pub use process::{ProcDir, ProcessError, ProcessImage, ProcessRef};

@@ -216,6 +216,26 @@ impl ProcDir {
         })
     }
 
+    /// The names in the subdirectory `name` (`fd`).
+    pub fn read_dir(&self, name: &str) -> io::Result<Vec<String>> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&fd)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy();
+            if name != "." && name != ".." {
+                names.push(name.into_owned());
+            }
+        }
+        Ok(names)
+    }
+
     /// The target of the link `name` (`exe`, `cwd`).
     pub fn read_link(&self, name: &str) -> io::Result<std::path::PathBuf> {
         use std::os::unix::ffi::OsStringExt;

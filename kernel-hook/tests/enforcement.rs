@@ -1,5 +1,5 @@
 //! Enforcement on the real kernel (root), by the programs alone: rule sets written straight into
-//! the maps, processes driven step by step (`tests/programs/connector.c`). The hook is attached
+//! the maps, processes driven step by step (`test-support/programs/connector.c`). The hook is attached
 //! to a cgroup of the test's own, so only the processes started there are judged.
 //!
 //! - rules decide per destination address, port and protocol; the first covering rule wins,
@@ -13,12 +13,8 @@
 //! - pinned, enforcement outlives the hook's owner; the next one adopts the pins; removing them
 //!   ends it.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::OnceLock;
-use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use kernel_hook::maps::{
@@ -28,91 +24,11 @@ use kernel_hook::maps::{
 use kernel_hook::{Decision, EventReader, Hook, HookEvent, Verdict};
 use kernel_hook_ebpf::abi;
 use test_support::cgroup::TestCgroup;
+use test_support::connector::{Driven, build};
 use test_support::{is_root, require};
 
-/// The connector, compiled once for this test binary.
 fn connector() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("connector");
-            let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/programs/connector.c");
-            let status = Command::new("cc")
-                .args(["-O1", "-Wall", "-Werror", "-pthread", "-o"])
-                .arg(&out)
-                .arg(source)
-                .status()
-                .expect("cc (a C compiler) is needed to build the test program");
-            assert!(status.success(), "cannot compile {source}");
-            out
-        })
-        .clone()
-}
-
-/// A connector process, driven line by line.
-struct Driven {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-    pid: u32,
-}
-
-impl Driven {
-    /// Starts `program` in `cgroup` with `args` (a command run first); returns it and the
-    /// answers it gave before `ready`.
-    fn start(cgroup: &TestCgroup, program: &std::path::Path, args: &[&str]) -> (Self, Vec<String>) {
-        let mut command = Command::new(program);
-        command
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        let mut child = cgroup.contain(&mut command).spawn().unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (send, lines) = channel();
-        std::thread::spawn(move || {
-            for line in stdout.lines() {
-                let Ok(line) = line else { break };
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut driven = Self {
-            pid: child.id(),
-            child,
-            stdin,
-            lines,
-        };
-        let mut before = Vec::new();
-        loop {
-            let line = driven.line();
-            if line.starts_with("ready ") {
-                break;
-            }
-            before.push(line);
-        }
-        (driven, before)
-    }
-
-    fn line(&mut self) -> String {
-        self.lines
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the connector did not answer within 10 s")
-    }
-
-    fn ask(&mut self, command: &str) -> String {
-        writeln!(self.stdin, "{command}").unwrap();
-        self.stdin.flush().unwrap();
-        self.line()
-    }
-}
-
-impl Drop for Driven {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    build(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")))
 }
 
 /// A hook attached to a fresh cgroup of this test, in enforce mode with `pending` for processes
@@ -230,7 +146,7 @@ fn rules_decide_per_destination_port_and_protocol() {
     )
     .unwrap();
 
-    let (mut process, _) = Driven::start(&cgroup, &connector(), &[]);
+    let (mut process, _) = Driven::start(Some(&cgroup), &connector(), &[]);
     judge(&mut hook, process.pid, 10);
     assert_eq!(process.ask(&format!("tcp 127.0.0.1 {a}")), "ok");
     assert_eq!(process.ask(&format!("tcp 127.0.0.1 {b}")), "EPERM");
@@ -331,7 +247,7 @@ fn exec_starts_a_new_generation_and_the_start_time_is_that_of_procfs() {
     let port = listener.local_addr().unwrap().port();
     hook.put_ruleset(11, default(Verdict::Allow, POLICY_NONE), &[])
         .unwrap();
-    let (mut process, _) = Driven::start(&cgroup, &connector(), &[]);
+    let (mut process, _) = Driven::start(Some(&cgroup), &connector(), &[]);
     let pid = process.pid;
     let before = state(&hook, pid);
     assert_eq!(
@@ -377,7 +293,7 @@ fn a_verdict_outlives_the_leader_thread_and_ends_with_the_last_thread() {
     let port = listener.local_addr().unwrap().port();
     hook.put_ruleset(12, default(Verdict::Deny, 7), &[])
         .unwrap();
-    let (mut process, _) = Driven::start(&cgroup, &connector(), &[]);
+    let (mut process, _) = Driven::start(Some(&cgroup), &connector(), &[]);
     let pid = process.pid;
     judge(&mut hook, pid, 12);
     assert_eq!(process.ask(&format!("tcp 127.0.0.1 {port}")), "EPERM");
@@ -405,7 +321,7 @@ fn a_verdict_outlives_the_leader_thread_and_ends_with_the_last_thread() {
     );
 
     // The last thread exits: the process ends, and so do its entries.
-    writeln!(process.stdin, "quit").unwrap();
+    process.tell("quit");
     let _ = process.child.wait();
     let events = events_until(&mut reader, |events| {
         events
@@ -431,7 +347,7 @@ fn a_forked_child_starts_with_its_parents_rule_set() {
     let port = listener.local_addr().unwrap().port();
     hook.put_ruleset(13, default(Verdict::Deny, POLICY_NONE), &[])
         .unwrap();
-    let (mut process, _) = Driven::start(&cgroup, &connector(), &[]);
+    let (mut process, _) = Driven::start(Some(&cgroup), &connector(), &[]);
     judge(&mut hook, process.pid, 13);
     // The child's first connect, right after fork, before anyone could judge it.
     assert_eq!(process.ask(&format!("fork tcp 127.0.0.1 {port}")), "EPERM");
@@ -466,19 +382,23 @@ fn an_exec_time_identity_holds_from_the_first_instruction() {
     };
     hook.put_image(image(&copy, 0), 14).unwrap();
     let (_, said) = Driven::start(
-        &cgroup,
+        Some(&cgroup),
         &copy,
         first.split(' ').collect::<Vec<_>>().as_slice(),
     );
     assert_eq!(said, ["EPERM"], "the copy's first connect");
-    let (_, said) = Driven::start(&cgroup, &connector(), &first.split(' ').collect::<Vec<_>>());
+    let (_, said) = Driven::start(
+        Some(&cgroup),
+        &connector(),
+        &first.split(' ').collect::<Vec<_>>(),
+    );
     assert_eq!(said, ["ok"], "another binary");
 
     // The same file rewritten in place (same inode, new change time) is another binary.
     let bytes = std::fs::read(&copy).unwrap();
     std::thread::sleep(Duration::from_millis(20));
     std::fs::write(&copy, bytes).unwrap();
-    let (_, said) = Driven::start(&cgroup, &copy, &first.split(' ').collect::<Vec<_>>());
+    let (_, said) = Driven::start(Some(&cgroup), &copy, &first.split(' ').collect::<Vec<_>>());
     assert_eq!(said, ["ok"], "the rewritten copy");
 
     // By cgroup: every binary started in it.
@@ -490,7 +410,11 @@ fn an_exec_time_identity_holds_from_the_first_instruction() {
         14,
     )
     .unwrap();
-    let (_, said) = Driven::start(&cgroup, &connector(), &first.split(' ').collect::<Vec<_>>());
+    let (_, said) = Driven::start(
+        Some(&cgroup),
+        &connector(),
+        &first.split(' ').collect::<Vec<_>>(),
+    );
     assert_eq!(said, ["EPERM"], "a process of the cgroup");
     let _ = std::fs::remove_file(copy);
 }
@@ -515,7 +439,7 @@ fn pinned_enforcement_outlives_the_hook_and_is_adopted_then_removed() {
     hook.set_mode(true, Verdict::Allow).unwrap();
     hook.put_ruleset(15, default(Verdict::Deny, 1), &[])
         .unwrap();
-    let (mut process, _) = Driven::start(&cgroup, &connector(), &[]);
+    let (mut process, _) = Driven::start(Some(&cgroup), &connector(), &[]);
     judge(&mut hook, process.pid, 15);
     assert_eq!(process.ask(&connect), "EPERM");
 

@@ -1,8 +1,11 @@
 //! Benchmark helper for `bench/run` (root): the kernel hook's cost and throughput.
 //!
-//! `bench_hook overhead [N]` — N loopback TCP connects (default 100 000) with the hook detached
-//! and attached, in alternating rounds so drift hits both alike; prints the time per connect of
-//! each and their ratio. The attached rounds drain the ring buffer as the agent does.
+//! `bench_hook overhead [N] [enforce]` — N loopback TCP connects (default 100 000) with the hook
+//! detached and attached, in alternating rounds so drift hits both alike; prints the time per
+//! connect of each and their ratio. The attached rounds drain the ring buffer as the agent
+//! does. With `enforce`, the attached rounds judge each connect: this process has a rule set of
+//! per-destination rules (64 prefixes, the covering one holding several rules ahead of the one
+//! that allows), as policies with `to` compile to.
 //! `bench_hook flood-udp [RATE] [SECONDS] [THREADS]` — UDP connects at RATE per second
 //! (default 100 000) for SECONDS (default 3) from THREADS threads (default 2); prints how many
 //! were made. `bench/run` runs it against a running agent and reads the agent's event counters.
@@ -45,7 +48,64 @@ fn timed(address: SocketAddr, count: u64) -> Duration {
     started.elapsed()
 }
 
-fn overhead(total: u64) {
+/// Enforce mode, with this process judged by a rule set of per-destination rules in which the
+/// listener's port is allowed by the last rule of its prefix.
+fn enforce(hook: &mut Hook, port: u16) {
+    use kernel_hook::maps::{Prefix, Rule, RuleList, RulesetEntry, VerdictEntry};
+    use kernel_hook::{Verdict, abi};
+    let rule = |first: u16, last: u16, verdict: Verdict, policy| Rule {
+        port_first: first,
+        port_last: last,
+        protocol: abi::PROTO_TCP as u8,
+        verdict: verdict.value() as u8,
+        policy,
+    };
+    let mut prefixes = Vec::new();
+    for n in 0..63u8 {
+        let list = RuleList::new(&[rule(443, 443, Verdict::Allow, u16::from(n))]).unwrap();
+        let address = std::net::Ipv4Addr::new(10, n, 0, 0).to_ipv6_mapped();
+        prefixes.push((
+            Prefix {
+                address,
+                length: 96 + 16,
+            },
+            list,
+        ));
+    }
+    let mut covering: Vec<Rule> = (0..7)
+        .map(|n| rule(1000 + n, 1000 + n, Verdict::Deny, 100))
+        .collect();
+    covering.push(rule(port, port, Verdict::Allow, 101));
+    let loopback = Prefix {
+        address: std::net::Ipv4Addr::new(127, 0, 0, 0).to_ipv6_mapped(),
+        length: 96 + 8,
+    };
+    prefixes.push((loopback, RuleList::new(&covering).unwrap()));
+    let default = RulesetEntry {
+        default_verdict: Verdict::Deny.value(),
+        default_policy: 102,
+    };
+    hook.put_ruleset(9, default, &prefixes).unwrap();
+    let me = std::process::id();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let start = stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let state = hook.introduce(me, start).unwrap();
+    let verdict = VerdictEntry {
+        start: state.start,
+        stamp: 1,
+        generation: state.generation,
+        ruleset: 9,
+    };
+    hook.set_verdict(me, verdict).unwrap();
+    hook.set_mode(true, Verdict::Allow).unwrap();
+}
+
+fn overhead(total: u64, enforced: bool) {
     let address = sink();
     let root = detect_cgroup_root().expect("a cgroup v2 hierarchy");
     const ROUNDS: u64 = 10;
@@ -58,7 +118,10 @@ fn overhead(total: u64) {
             if off_first {
                 off += timed(address, per_round);
             } else {
-                let (hook, mut reader) = Hook::attach(&root).expect("attach the hook");
+                let (mut hook, mut reader) = Hook::attach(&root).expect("attach the hook");
+                if enforced {
+                    enforce(&mut hook, address.port());
+                }
                 let done = Arc::new(AtomicBool::new(false));
                 let drainer = {
                     let done = Arc::clone(&done);
@@ -82,7 +145,8 @@ fn overhead(total: u64) {
     let n = (per_round * ROUNDS) as f64;
     let (off_ns, on_ns) = (off.as_nanos() as f64 / n, on.as_nanos() as f64 / n);
     println!(
-        "RESULT connects={} detached_ns={off_ns:.0} attached_ns={on_ns:.0} ratio={:.3}",
+        "RESULT mode={} connects={} detached_ns={off_ns:.0} attached_ns={on_ns:.0} ratio={:.3}",
+        if enforced { "enforce" } else { "observe" },
         per_round * ROUNDS,
         on_ns / off_ns
     );
@@ -127,10 +191,15 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |i: usize, default: u64| args.get(i).map_or(default, |a| a.parse().unwrap());
     match args.first().map(String::as_str) {
-        Some("overhead") => overhead(number(1, 100_000)),
+        Some("overhead") => overhead(
+            number(1, 100_000),
+            args.get(2).is_some_and(|a| a == "enforce"),
+        ),
         Some("flood-udp") => flood_udp(number(1, 100_000), number(2, 3), number(3, 2)),
         _ => {
-            eprintln!("usage: bench_hook overhead [N] | flood-udp [RATE] [SECONDS] [THREADS]");
+            eprintln!(
+                "usage: bench_hook overhead [N] [enforce] | flood-udp [RATE] [SECONDS] [THREADS]"
+            );
             std::process::exit(2);
         }
     }

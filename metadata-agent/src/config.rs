@@ -24,6 +24,8 @@ pub struct Config {
     pub resolver: ResolverConfig,
     /// The event stream.
     pub events: EventsConfig,
+    /// Who is at a destination.
+    pub destinations: DestinationsConfig,
     /// The kernel hook.
     pub hook: HookConfig,
     /// Where the host's `/proc`, `/sys` and `/etc` are.
@@ -128,6 +130,24 @@ impl Default for EventsConfig {
     fn default() -> Self {
         Self {
             subscriber_buffer: 4096,
+        }
+    }
+}
+
+/// `destinations:`: who is at a destination (local listeners, containers), for policies' `to`
+/// selectors and connect events.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct DestinationsConfig {
+    /// How often the destinations are looked up again (default 2s).
+    #[serde(with = "duration")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for DestinationsConfig {
+    fn default() -> Self {
+        Self {
+            refresh_interval: Duration::from_secs(2),
         }
     }
 }

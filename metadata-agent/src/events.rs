@@ -15,6 +15,7 @@ use selectors::{Action, PolicyMatch, PolicyStore, Target};
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::destinations::{Destinations, Snapshot};
 use crate::enforcement::{SharedEnforcer, enforce};
 use crate::metrics::{DropLabels, Metrics};
 use crate::resolver::{Resolution, Resolver};
@@ -43,9 +44,24 @@ pub struct ConnectReport {
     pub verdict: Action,
     /// Whether no policy matched and the default decided.
     pub default_applied: bool,
+    /// Who is at the destination, when the node knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<DestinationReport>,
     /// The policy whose rule decided in the kernel (enforce mode), when one did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decided_by: Option<Arc<str>>,
+}
+
+/// Who is at a connect's destination.
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationReport {
+    /// What it is (`process 42 listening on tcp/0.0.0.0:5432`, `docker workload at ...`).
+    pub what: String,
+    /// Its labels.
+    #[serde(serialize_with = "labels::serialize_map")]
+    pub labels: LabelSet,
+    /// Their trust classes.
+    pub trust: TrustMap,
 }
 
 /// A resolution's labels and trust map, written as the `labels` and `trust` fields of an event.
@@ -189,6 +205,7 @@ pub async fn run_pipeline(
     mut events: mpsc::Receiver<HookEvent>,
     resolver: Arc<Resolver>,
     policies: Arc<PolicyStore>,
+    destinations: Arc<Destinations>,
     bus: Arc<EventBus>,
     metrics: Arc<Metrics>,
     enforcer: SharedEnforcer,
@@ -205,8 +222,10 @@ pub async fn run_pipeline(
                 let policies = Arc::clone(&policies);
                 let bus = Arc::clone(&bus);
                 let enforcer = enforcer.clone();
+                let destinations = destinations.current();
                 tokio::spawn(async move {
-                    let mut report = report_connect(connect, &resolver, &policies).await;
+                    let mut report =
+                        report_connect(connect, &resolver, &policies, &destinations).await;
                     if let Some(enforcer) = &enforcer {
                         report.decided_by =
                             report.event.policy.and_then(|id| enforcer.policy_name(id));
@@ -255,19 +274,22 @@ pub async fn report_connect(
     event: ConnectEvent,
     resolver: &Resolver,
     policies: &PolicyStore,
+    destinations: &Snapshot,
 ) -> ConnectReport {
     let (resolution, resolution_error) = match resolver.resolve(event.tgid).await {
         Ok(resolution) => (Some(resolution), None),
         Err(error) => (None, Some(error.to_string())),
     };
+    let protocol = match event.protocol {
+        kernel_hook::Protocol::Tcp => selectors::Protocol::Tcp,
+        kernel_hook::Protocol::Udp => selectors::Protocol::Udp,
+    };
+    let known = destinations.lookup(event.destination, event.port, protocol);
     let target = Target {
         address: event.destination,
         port: event.port,
-        protocol: match event.protocol {
-            kernel_hook::Protocol::Tcp => selectors::Protocol::Tcp,
-            kernel_hook::Protocol::Udp => selectors::Protocol::Udp,
-        },
-        identity: None,
+        protocol,
+        identity: known.map(|known| (known.labels.clone(), known.trust.clone())),
     };
     let set = policies.current();
     let evaluation = match &resolution {
@@ -281,6 +303,11 @@ pub async fn report_connect(
         policies: evaluation.matches,
         verdict: evaluation.verdict,
         default_applied: evaluation.default_applied,
+        destination: known.map(|known| DestinationReport {
+            what: known.what.clone(),
+            labels: known.labels.clone(),
+            trust: known.trust.clone(),
+        }),
         decided_by: None,
     }
 }

@@ -5,12 +5,14 @@
 //! - [`resolver`]: PID → labels through caches scoped by process, container and node.
 //! - [`api`]: the HTTP API. [`events`]: the event pipeline and `/events` fan-out.
 //! - [`metrics`]: Prometheus metrics. [`config`]: the configuration file.
+//! - [`destinations`]: who is at a destination (local listeners, containers), for policies' `to`.
 //! - [`enforcement`]: policies compiled into the kernel's rule sets, and verdicts per process.
 //! - [`inspect`], [`policy`], [`hook_command`]: the one-shot CLI commands.
 //! - [`imds_mock`]: `metadata-agent imds-mock`, a cloud metadata service for CI and tests.
 
 pub mod api;
 pub mod config;
+pub mod destinations;
 pub mod enforcement;
 pub mod events;
 pub mod hook_command;

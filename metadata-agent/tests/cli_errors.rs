@@ -87,3 +87,44 @@ fn unreadable_environ_is_a_partial_status_not_a_failure() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("process:cmdline: locked"));
 }
+
+#[test]
+fn enforce_mode_needs_the_hook() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(&config, "hook:\n  enabled: false\n  mode: enforce\n").unwrap();
+    let output = common::run(
+        common::agent()
+            .args(["run", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config),
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("hook.enabled: is false, but hook.mode is enforce"),
+        "{stderr}"
+    );
+
+    // `auto` cannot let an enforcing agent run without its hook: a cgroup root that is not
+    // cgroup v2 stops the start, naming why.
+    std::fs::write(
+        &config,
+        format!(
+            "hook:\n  enabled: auto\n  mode: enforce\n  cgroupRoot: {}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let output = common::run(
+        common::agent()
+            .args(["run", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config),
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot attach the kernel hook, which hook.mode: enforce needs")
+            && stderr.contains("no cgroup v2 hierarchy at"),
+        "{stderr}"
+    );
+}

@@ -709,3 +709,63 @@ async fn a_static_pod_is_found_by_its_config_hash() {
 fn collector_for_api(kubelet: &Kubelet) -> KubernetesCollector {
     collector(&config_for(kubelet, TOKEN))
 }
+
+#[tokio::test]
+async fn pods_with_addresses_of_their_own_are_the_nodes_workloads() {
+    let mut list: serde_json::Value = serde_json::from_str(&pods_json()).unwrap();
+    for pod in list["items"].as_array_mut().unwrap() {
+        match pod["metadata"]["uid"].as_str().unwrap() {
+            WEB_UID => {
+                pod["status"]["podIPs"] =
+                    serde_json::json!([{"ip": "10.42.0.9"}, {"ip": "fd00::9"}]);
+            }
+            METRICS_SERVER_UID => {}
+            // A host-network pod has the node's address: not a workload of its own.
+            _ => {
+                pod["spec"]["hostNetwork"] = true.into();
+                pod["status"]["podIP"] = "192.168.1.10".into();
+            }
+        }
+    }
+    let kubelet = Kubelet::start(Behaviour {
+        pods: list.to_string(),
+        ..behaviour()
+    })
+    .await;
+    let config = config_for(&kubelet, TOKEN);
+    let workloads = collector(&config).workloads().await.unwrap();
+    let mut found: Vec<(String, Vec<String>)> = workloads
+        .iter()
+        .map(|workload| {
+            let name = workload.labels.get("k8s:pod:name")[0].clone();
+            let addresses = workload.addresses.iter().map(|a| a.to_string()).collect();
+            (name, addresses)
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            (
+                "metrics-server-648b5df564-drsb2".to_owned(),
+                vec!["10.42.0.5".to_owned()]
+            ),
+            (
+                "web-7d4b9c6f5-x2kq9".to_owned(),
+                vec!["10.42.0.9".to_owned(), "fd00::9".to_owned()]
+            ),
+        ]
+    );
+    let web = workloads.iter().find(|w| w.addresses.len() == 2).unwrap();
+    assert!(!web.labels.get("k8s:pod:namespace").is_empty());
+    assert!(web.labels.get("k8s:container:id").is_empty());
+
+    // With `auto`, no kubelet is asked until a lookup found one.
+    let auto = KubernetesConfig {
+        enabled: Enabled::Auto,
+        ..config
+    };
+    let served = kubelet.pod_lists_served();
+    assert!(collector(&auto).workloads().await.unwrap().is_empty());
+    assert_eq!(kubelet.pod_lists_served(), served);
+}

@@ -169,3 +169,42 @@ policies:
         );
     }
 }
+
+/// What the kernel knows at exec decides a process's policies only when no selector depends on
+/// anything else.
+#[test]
+fn an_evaluation_is_determined_by_known_keys_only_when_no_selector_needs_another() {
+    let text = "\
+policies:
+  - name: quarantine
+    action: deny
+    selectors: [{docker:label:policy: quarantined}]
+  - name: root-shells
+    action: deny
+    selectors: [{docker:label:policy: shells, process:uid: 0}]
+";
+    let set = PolicySet::new(
+        compile_texts(&[(Path::new("p.yaml"), text)]).unwrap(),
+        Action::Allow,
+    );
+    let known = |key: &str| key.starts_with("docker:");
+    let mut container = LabelSet::new();
+    container.insert("docker:label:policy", "quarantined");
+    // `root-shells` fails on its docker constraint whatever the uid: determined.
+    let evaluation = set.evaluate_determined(&container, None, &known).unwrap();
+    assert_eq!(evaluation.verdict, Action::Deny);
+    assert_eq!(evaluation.matches[0].name.as_ref(), "quarantine");
+    // A process's uid, not known at exec, never counts, even when given.
+    container.insert("process:uid", "0");
+    let evaluation = set.evaluate_determined(&container, None, &known).unwrap();
+    assert_eq!(evaluation.matches.len(), 1);
+    // For a `shells` container the uid decides: not determined.
+    let mut shells = LabelSet::new();
+    shells.insert("docker:label:policy", "shells");
+    assert!(set.evaluate_determined(&shells, None, &known).is_none());
+    // Other containers: every selector fails on a docker constraint.
+    let mut other = LabelSet::new();
+    other.insert("docker:label:policy", "none");
+    let evaluation = set.evaluate_determined(&other, None, &known).unwrap();
+    assert!(evaluation.default_applied);
+}

@@ -35,6 +35,11 @@ impl TestCgroup {
         Self { path }
     }
 
+    /// Its path under the v2 root, with a leading `/` (`docker run --cgroup-parent` takes it).
+    pub fn relative(&self) -> String {
+        format!("/{}", self.path.strip_prefix(v2_root()).unwrap().display())
+    }
+
     /// Its directory (attach a hook here).
     pub fn path(&self) -> &Path {
         &self.path
@@ -76,12 +81,25 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
+        // Kills every process in it and below (containers put under it too).
         let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
         for _ in 0..100 {
-            if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
+            if remove_tree(&self.path) || !self.path.exists() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Removes the cgroup `dir` and every cgroup below it, deepest first; whether it is gone.
+fn remove_tree(dir: &Path) -> bool {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&entry.path());
+            }
+        }
+    }
+    std::fs::remove_dir(dir).is_ok()
 }

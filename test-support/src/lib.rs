@@ -5,10 +5,12 @@
 //! - [`is_root`], [`in_ci`].
 //! - [`cgroup::TestCgroup`]: a cgroup v2 of a test's own, to attach a hook to and start
 //!   processes in.
+//! - [`connector`]: a C program tests drive step by step (connects, fork, exec, threads).
 //! - [`reset_on_close`], [`deep_backlog`]: sockets for tests and benchmarks that make tens of
 //!   thousands of loopback connections.
 
 pub mod cgroup;
+pub mod connector;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, broadcast};
 
 use crate::builtin::Builtin;
-use crate::collector::{CollectError, Collected, Collector, Invalidation, Scope, Subject};
+use crate::collector::{
+    CollectError, Collected, Collector, Invalidation, Scope, Subject, Workload,
+};
 use crate::config::{Enabled, duration, section};
 use crate::error::BoxError;
 use crate::host::HostRoots;
@@ -345,6 +347,63 @@ impl Collector for KubernetesCollector {
             &container.id,
             Some(status),
         )))
+    }
+
+    /// The pods of this node with addresses of their own (`status.podIPs`; host-network pods
+    /// share the node's and are left out), once the kubelet was found by a lookup (or always
+    /// when the section is `enabled: true`), from the pod list, fetched again when it is older
+    /// than `refreshInterval`.
+    async fn workloads(&self) -> Result<Vec<Workload>, CollectError> {
+        let inner = &self.inner;
+        if inner.config.enabled == Enabled::Never {
+            return Ok(Vec::new());
+        }
+        let (_, generation, fetched) = inner.cached("");
+        match fetched {
+            None if inner.config.enabled != Enabled::Always => return Ok(Vec::new()),
+            Some(at) if at.elapsed() < inner.config.refresh_interval => {}
+            _ => {
+                inner
+                    .refresh(Some(generation))
+                    .await
+                    .map_err(|e| inner.kubelet_error(e))?;
+            }
+        }
+        let cache = inner.cache.lock().unwrap();
+        let mut seen = std::collections::HashSet::new();
+        let mut workloads = Vec::new();
+        for known in cache.pods.values() {
+            let pod = &known.pod;
+            let Some(uid) = pod.metadata.uid.as_deref() else {
+                continue;
+            };
+            let host_network = pod.spec.as_ref().and_then(|spec| spec.host_network);
+            if !seen.insert(uid) || host_network == Some(true) {
+                continue;
+            }
+            let status = pod.status.as_ref();
+            let mut addresses: Vec<std::net::IpAddr> = status
+                .and_then(|status| status.pod_ips.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|ip| ip.ip.parse().ok())
+                .chain(
+                    status
+                        .and_then(|status| status.pod_ip.as_deref())
+                        .and_then(|ip| ip.parse().ok()),
+                )
+                .collect();
+            addresses.sort();
+            addresses.dedup();
+            if addresses.is_empty() {
+                continue;
+            }
+            workloads.push(Workload {
+                addresses,
+                labels: labels::labels_of(pod, "", None),
+            });
+        }
+        Ok(workloads)
     }
 
     fn invalidations(&self) -> Option<broadcast::Receiver<Invalidation>> {

@@ -8,6 +8,7 @@ mod accounts;
 mod binary_hash;
 mod capabilities;
 mod environment;
+pub mod sockets;
 
 use std::io;
 use std::path::Path;
@@ -120,6 +121,8 @@ pub const LABEL_KEYS: &[KeySpec] = &[
     KeySpec::new("process:capabilities:effective", Kernel),
     KeySpec::new("process:parent:name", SelfReported),
     KeySpec::new("process:parent:binary:path", Kernel),
+    // What a process listens on is its own choice.
+    KeySpec::new("process:network:binding", SelfReported),
 ];
 
 /// Reads `process:*` labels from procfs.
@@ -388,6 +391,30 @@ impl Inner {
                 }
             }
             Err(e) => gaps.note("cgroup", &e),
+        }
+        if !kernel_thread {
+            match sockets::socket_inodes(&dir) {
+                Ok((inodes, cut)) => {
+                    if !inodes.is_empty() {
+                        let mut bindings: Vec<String> =
+                            sockets::listening(|table| dir.read(&format!("net/{table}")))
+                                .into_iter()
+                                .filter(|socket| inodes.contains(&socket.inode))
+                                .map(|socket| socket.binding())
+                                .collect();
+                        bindings.sort();
+                        bindings.dedup();
+                        labels.insert_all("process:network:binding", bindings);
+                    }
+                    if cut {
+                        gaps.unreadable.push(format!(
+                            "listening sockets: more than {} descriptors, the rest not looked at",
+                            sockets::MAX_FDS
+                        ));
+                    }
+                }
+                Err(e) => gaps.note("listening sockets", &e),
+            }
         }
         if self.extract_envs {
             match read_capped(dir.open_file("environ")) {

@@ -226,7 +226,15 @@ fn evaluation(
     query: &ExplainQuery,
 ) -> Value {
     let set = state.policies.current();
-    let value = match (&query.to, query.explain) {
+    // Who is at the destination, when the node knows.
+    let to = query.to.clone().map(|mut target| {
+        let snapshot = state.destinations.current();
+        if let Some(known) = snapshot.lookup(target.address, target.port, target.protocol) {
+            target.identity = Some((known.labels.clone(), known.trust.clone()));
+        }
+        target
+    });
+    let value = match (&to, query.explain) {
         (Some(target), true) => serde_json::to_value(set.explain_to(labels, Some(trust), target)),
         (Some(target), false) => serde_json::to_value(set.evaluate_to(labels, Some(trust), target)),
         (None, true) => serde_json::to_value(set.explain_with(labels, trust)),

@@ -37,6 +37,8 @@ pub struct AppState {
     pub resolver: Arc<Resolver>,
     /// The policies in force.
     pub policies: Arc<PolicyStore>,
+    /// Who is at a destination.
+    pub destinations: Arc<crate::destinations::Destinations>,
     /// `/events` subscribers.
     pub bus: Arc<EventBus>,
     /// Prometheus metrics.

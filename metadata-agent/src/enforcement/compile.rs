@@ -51,11 +51,11 @@ impl PolicyTable {
     }
 }
 
-/// A destination the node knows: who is at an address (on one port, or on all).
-#[derive(Debug, Clone)]
+/// A destination the node knows: who is at an address range (on one port, or on all).
+#[derive(Debug, Clone, PartialEq)]
 pub struct KnownDestination {
-    /// The address.
-    pub address: IpAddr,
+    /// Where: one address, or a range (a wildcard listener is reachable on all of loopback).
+    pub prefix: Prefix,
     /// The port, when the identity is that of one listening socket.
     pub port: Option<u16>,
     /// The transport of that socket.
@@ -64,6 +64,8 @@ pub struct KnownDestination {
     pub labels: LabelSet,
     /// The trust classes of `labels`.
     pub trust: TrustMap,
+    /// What it is, for logs and explanations (`process 42 listening on tcp/0.0.0.0:80`).
+    pub what: String,
 }
 
 /// A rule set as the kernel holds it. Equal rule sets are one rule set, shared by every
@@ -199,7 +201,14 @@ fn reaches(
     // the entry's ranges, ports and protocol.
     let mut reached = Vec::new();
     for destination in destinations {
-        if !to.cidrs.is_empty() && !to.cidrs.iter().any(|c| c.contains(destination.address)) {
+        let within_a_cidr = to.cidrs.iter().any(|cidr| {
+            let range = Prefix {
+                address: cidr.network,
+                length: cidr.prefix,
+            };
+            contains(&range, &destination.prefix)
+        });
+        if !to.cidrs.is_empty() && !within_a_cidr {
             continue;
         }
         let matched = to.selectors.iter().any(|selector| {
@@ -217,7 +226,7 @@ fn reaches(
             (ours, Some(theirs)) if ours != theirs && theirs != Protocol::Any => continue,
             (ours, _) => ours,
         };
-        let prefix = Prefix::host(destination.address);
+        let prefix = destination.prefix;
         match destination.port {
             Some(port) => {
                 if ports.iter().any(|range| range.contains(port)) {
@@ -409,20 +418,22 @@ mod tests {
     action: deny
     selectors: [{app: web}]
 ");
+        let host = |address: &str| Prefix::host(address.parse().unwrap());
         let mut db = KnownDestination {
-            address: "172.18.0.3".parse().unwrap(),
+            prefix: host("172.18.0.3"),
             port: None,
             protocol: None,
             labels: labels(&[("app", "db")]),
             trust: TrustMap::new(),
+            what: "db".to_owned(),
         };
         let other = KnownDestination {
-            address: "172.18.0.4".parse().unwrap(),
+            prefix: host("172.18.0.4"),
             labels: labels(&[("app", "cache")]),
             ..db.clone()
         };
         let listener = KnownDestination {
-            address: "127.0.0.1".parse().unwrap(),
+            prefix: host("127.0.0.1"),
             port: Some(5432),
             protocol: Some(Protocol::Tcp),
             ..db.clone()
@@ -449,7 +460,7 @@ mod tests {
         // rules plus the /16's, at most RULES_PER_PREFIX.
         let mut many = Vec::new();
         for n in 0..40u8 {
-            db.address = format!("10.0.0.{n}").parse().unwrap();
+            db.prefix = host(&format!("10.0.0.{n}"));
             many.push(db.clone());
         }
         let set = set_with_many_ports();

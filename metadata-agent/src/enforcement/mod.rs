@@ -20,8 +20,9 @@ use kernel_hook::maps::{ImageKey, POLICY_NONE, Prefix, RuleList, VerdictEntry, r
 use kernel_hook::{Hook, HookError, Verdict};
 use selectors::{Action, PolicySet, PolicyStore};
 
+use crate::destinations::Snapshot;
 use crate::resolver::{Resolution, Resolver};
-use compile::{CompiledRuleset, KnownDestination, PolicyTable};
+use compile::{CompiledRuleset, PolicyTable};
 
 /// The hook's verdict for a policy action: only `deny` refuses; `log` lets the call through.
 pub fn verdict_of(action: Action) -> Verdict {
@@ -76,6 +77,8 @@ struct Inner {
     next_id: u32,
     /// The label keys the current policies depend on, for one policy set (by address).
     keys: (usize, Vec<String>),
+    /// Who is at the destinations the node knows, for destination selectors.
+    destinations: Arc<Snapshot>,
     /// The exec-time identities given a rule set: container cgroup id → rule set and the
     /// cgroup's directory.
     images: HashMap<u64, (u32, std::path::PathBuf)>,
@@ -107,6 +110,7 @@ impl Enforcer {
                 prefixes: HashMap::new(),
                 next_id,
                 keys: (0, Vec::new()),
+                destinations: Arc::new(Snapshot::default()),
                 images: HashMap::new(),
             }),
             enforce,
@@ -118,6 +122,17 @@ impl Enforcer {
     /// Whether connects are judged.
     pub fn enforcing(&self) -> bool {
         self.enforce
+    }
+
+    /// The rule set the kernel judges process `pid` by now, when the agent's verdict for its
+    /// current image is recorded.
+    pub fn ruleset_of(&self, pid: u32) -> Option<u32> {
+        let inner = self.lock();
+        let hook = inner.hook.as_ref()?;
+        let state = hook.process(pid).ok()??;
+        let verdict = hook.verdict(pid).ok()??;
+        (verdict.start == state.start && verdict.generation == state.generation)
+            .then_some(verdict.ruleset)
     }
 
     /// The name of the policy the kernel reports as number `id`.
@@ -163,8 +178,8 @@ impl Enforcer {
             Some(_) => CompiledRuleset::everywhere(Verdict::Deny, POLICY_NONE),
             None => {
                 let evaluation = set.evaluate_with(&resolution.labels, &resolution.trust);
-                let destinations: &[KnownDestination] = &[];
-                compile::compile(&evaluation, set, &mut inner.table, destinations)
+                let destinations = Arc::clone(&inner.destinations);
+                compile::compile(&evaluation, set, &mut inner.table, &destinations.known)
             }
         };
         if compiled.truncated {
@@ -199,13 +214,21 @@ impl Enforcer {
         if let Err(error) = hook.set_verdict(pid, verdict) {
             return warn(pid, &error);
         }
-        if failed.is_none() {
-            self.container_image(&mut inner, resolution, set);
-        }
+        self.container_image(&mut inner, resolution, set, failed.is_some());
         match failed {
             Some(collector) => Applied::Unjudgeable { collector },
             None => Applied::Judged { ruleset: id },
         }
+    }
+
+    /// Compiles destination selectors against `snapshot` from now on. Returns whether the
+    /// policies of `set` have destination selectors (their processes are then to be judged
+    /// again).
+    pub fn set_destinations(&self, snapshot: Arc<Snapshot>, set: &PolicySet) -> bool {
+        self.lock().destinations = snapshot;
+        set.policies()
+            .iter()
+            .any(|policy| policy.to.iter().any(|to| !to.selectors.is_empty()))
     }
 
     /// Judges every cached process again (after a policy reload or the pre-resolution), then
@@ -267,13 +290,21 @@ impl Enforcer {
 
     /// Gives the container of `resolution` (a runtime confirmed it, in a cgroup v2 of its own)
     /// the rule set every process started in its cgroup gets from its first instruction, when
-    /// the policies decide it from container and node labels alone.
-    fn container_image(&self, inner: &mut Inner, resolution: &Resolution, set: &Arc<PolicySet>) {
+    /// the policies decide it from container and node labels alone. When a collector the
+    /// policies depend on `failed`, the container's processes are refused everywhere from their
+    /// start, until one of them can be judged.
+    fn container_image(
+        &self,
+        inner: &mut Inner,
+        resolution: &Resolution,
+        set: &Arc<PolicySet>,
+        failed: bool,
+    ) {
         let Some(container) = &resolution.container else {
             return;
         };
         let confirmed = resolution.trust.get("process:container:id") == labels::Trust::Runtime;
-        if !confirmed || !container.hierarchy.is_empty() {
+        if !(confirmed || failed) || !container.hierarchy.is_empty() {
             return;
         }
         let dir = collectors::cgroup::cgroup_dir(&self.roots, container);
@@ -286,21 +317,30 @@ impl Enforcer {
             key.starts_with("process:container:")
                 || matches!(catalog.scope(key), Some(Scope::Container | Scope::Node))
         };
-        let Some(evaluation) =
+        let evaluation = if failed {
+            None
+        } else {
             set.evaluate_determined(&resolution.labels, Some(&resolution.trust), &known)
-        else {
-            // Process labels decide too: such processes wait for their own verdict.
-            if let Some(hook) = inner.hook.as_mut()
-                && inner.images.remove(&cgroup_id).is_some()
-            {
-                hook.remove_image(&ImageKey {
-                    cgroup_id,
-                    ..ImageKey::default()
-                });
-            }
-            return;
         };
-        let compiled = compile::compile(&evaluation, set, &mut inner.table, &[]);
+        let compiled = match evaluation {
+            Some(evaluation) => {
+                let destinations = Arc::clone(&inner.destinations);
+                compile::compile(&evaluation, set, &mut inner.table, &destinations.known)
+            }
+            None if failed => CompiledRuleset::everywhere(Verdict::Deny, POLICY_NONE),
+            None => {
+                // Process labels decide too: such processes wait for their own verdict.
+                if let Some(hook) = inner.hook.as_mut()
+                    && inner.images.remove(&cgroup_id).is_some()
+                {
+                    hook.remove_image(&ImageKey {
+                        cgroup_id,
+                        ..ImageKey::default()
+                    });
+                }
+                return;
+            }
+        };
         let Ok(id) = inner.intern(compiled) else {
             return;
         };

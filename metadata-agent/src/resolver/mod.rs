@@ -170,6 +170,11 @@ impl Resolver {
         Ok(answer.json.get_or_init(|| json).clone())
     }
 
+    /// The collectors.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// What the collectors declare about label keys (their trust classes), for policies.
     pub fn key_catalog(&self) -> Arc<KeyCatalog> {
         Arc::clone(&self.catalog)

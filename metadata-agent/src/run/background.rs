@@ -37,6 +37,25 @@ impl Agent {
             }
         });
 
+        let (destinations, policies) =
+            (Arc::clone(&state.destinations), Arc::clone(&state.policies));
+        let (resolver, enforcer) = (Arc::clone(&state.resolver), self.enforcer.clone());
+        let refresh = self.config.destinations.refresh_interval;
+        every(refresh, shutdown.clone(), true, move || {
+            let (destinations, policies) = (Arc::clone(&destinations), Arc::clone(&policies));
+            let (resolver, enforcer) = (Arc::clone(&resolver), enforcer.clone());
+            async move {
+                let Some(snapshot) = destinations.refresh().await else {
+                    return;
+                };
+                if let Some(enforcer) = enforcer
+                    && enforcer.set_destinations(snapshot, &policies.current())
+                {
+                    enforcer.apply_all(&resolver, &policies).await;
+                }
+            }
+        });
+
         if self.config.policies.path.is_some() {
             let (policies, metrics) = (Arc::clone(&state.policies), Arc::clone(&state.metrics));
             let (resolver, enforcer) = (Arc::clone(&state.resolver), self.enforcer.clone());
@@ -96,6 +115,7 @@ impl Agent {
                 receiver,
                 Arc::clone(&state.resolver),
                 Arc::clone(&state.policies),
+                Arc::clone(&state.destinations),
                 Arc::clone(&state.bus),
                 Arc::clone(&state.metrics),
                 self.enforcer.clone(),

@@ -70,9 +70,13 @@ impl Agent {
             Arc::clone(&metrics),
         ));
         let (hook_events, hook_receiver) = mpsc::channel(events::PIPELINE_QUEUE);
+        let destinations = Arc::new(crate::destinations::Destinations::new(Arc::clone(
+            &resolver,
+        )));
         let state = Arc::new(AppState {
             resolver,
             policies,
+            destinations,
             bus,
             metrics,
             token,

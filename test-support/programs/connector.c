@@ -5,6 +5,7 @@
  *   udp ADDR PORT    sendto() one datagram; same answers
  *   fork CMD...      a child runs CMD (tcp/udp) and answers; the parent waits for it
  *   exec             execs this program again (a new image of the same process): answers ready
+ *   run PATH ARGS... execs PATH with ARGS (another program, in the same process)
  *   leaderexit       the main thread starts a worker that goes on reading commands, then calls
  *                    pthread_exit: the process lives on without its leader; answers threaded
  *   quit             exits
@@ -132,6 +133,15 @@ static int run(char *line)
 	} else if (strcmp(line, "exec") == 0) {
 		char *argv[] = {self_path, 0};
 		execv(self_path, argv);
+		say("ERR exec");
+	} else if (strncmp(line, "run ", 4) == 0) {
+		char *argv[16];
+		int argc = 0;
+		for (char *word = strtok(line + 4, " "); word && argc < 15; word = strtok(0, " "))
+			argv[argc++] = word;
+		argv[argc] = 0;
+		if (argc > 0)
+			execv(argv[0], argv);
 		say("ERR exec");
 	} else if (strcmp(line, "leaderexit") == 0) {
 		pthread_t thread;
