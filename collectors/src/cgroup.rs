@@ -338,16 +338,21 @@ pub struct ContainersConfig {
     pub rootless_uids: Vec<u32>,
 }
 
+/// The cgroup v2 hierarchy: alone at `<sys>/fs/cgroup`, or beside v1 as `unified`.
+pub fn v2_root(roots: &HostRoots) -> PathBuf {
+    let base = roots.sys.join("fs/cgroup");
+    if base.join("cgroup.controllers").exists() {
+        base
+    } else {
+        base.join("unified")
+    }
+}
+
 /// The directory of `identity`'s cgroup on the host: under `<sys>/fs/cgroup`, in its hierarchy.
 pub fn cgroup_dir(roots: &HostRoots, identity: &ContainerIdentity) -> PathBuf {
     let base = roots.sys.join("fs/cgroup");
     let hierarchy = if identity.hierarchy.is_empty() {
-        // cgroup v2 alone at the root, or beside v1 as `unified`.
-        if base.join("cgroup.controllers").exists() {
-            base
-        } else {
-            base.join("unified")
-        }
+        v2_root(roots)
     } else {
         let name = identity
             .hierarchy

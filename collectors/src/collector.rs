@@ -143,6 +143,10 @@ pub struct Collected {
     /// A later collection may complete what this one lacks (a binary hash still being
     /// computed): the answer is given, but not kept.
     pub provisional: bool,
+    /// The identity (device, inode, change time) of the executable whose bytes
+    /// `process:binary:hash` is the hash of, when one was hashed soundly: what the kernel can
+    /// recognize at a later `exec` of the same file.
+    pub executable: Option<crate::procfs::FileIdentity>,
 }
 
 impl Collected {

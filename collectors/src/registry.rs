@@ -111,6 +111,9 @@ pub struct CollectorReport {
     /// [`Collected::provisional`](crate::Collected::provisional)).
     #[serde(skip)]
     pub provisional: bool,
+    /// See [`Collected::executable`](crate::Collected::executable).
+    #[serde(skip)]
+    pub executable: Option<crate::procfs::FileIdentity>,
 }
 
 impl CollectorReport {
@@ -128,6 +131,7 @@ impl CollectorReport {
             labels: LabelSet::new(),
             untrusted: Vec::new(),
             provisional: false,
+            executable: None,
         }
     }
 }
@@ -231,6 +235,7 @@ impl Registry {
                     labels: collected.labels,
                     untrusted: collected.untrusted,
                     provisional: collected.provisional,
+                    executable: collected.executable,
                     ..CollectorReport::without_labels(collector, CollectorStatus::Ok, latency)
                 },
                 Ok(Err(error)) => {

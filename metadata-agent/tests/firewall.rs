@@ -713,3 +713,39 @@ async fn the_agent_is_exempt_even_when_everything_else_fails_closed() {
         "EPERM"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_the_agent_has_judged_is_refused_from_the_first_instruction_of_its_next_run() {
+    if !common::require(common::is_root(), "root (to load BPF programs)") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let denied = connector_copy(dir.path(), "denied");
+    let hash = common::sha256sum(&denied);
+    let policies = format!(
+        "policies:\n  - name: denied-binary\n    action: deny\n    selectors: [{{process:binary:hash: \"{hash}\"}}]\n"
+    );
+    // Pending processes are allowed: a refusal at the first instruction is the binary's.
+    let firewall = Firewall::start("binary", &policies, Action::Allow, None).await;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let first = ["tcp", "127.0.0.1", port.as_str()];
+
+    // The agent meets the binary once...
+    let (process, _) = Driven::start(Some(&firewall.cgroup), Path::new(&denied), &[]);
+    firewall.judged(process.pid).await;
+    drop(process);
+    // ...and every later run of that file is refused from its first connect, before the agent
+    // could look at it.
+    for _ in 0..5 {
+        let (_, said) = Driven::start(Some(&firewall.cgroup), Path::new(&denied), &first);
+        assert_eq!(said, ["EPERM"]);
+    }
+    // A rewrite in place is another file version: not the one judged.
+    let bytes = std::fs::read(&denied).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&denied, bytes).unwrap();
+    let (_, said) = Driven::start(Some(&firewall.cgroup), Path::new(&denied), &first);
+    assert_eq!(said, ["ok"], "the rewritten file, not judged yet");
+}

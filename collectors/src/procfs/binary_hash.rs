@@ -88,6 +88,21 @@ impl FileIdentity {
     pub fn size(&self) -> u64 {
         self.size
     }
+
+    /// Its filesystem's device (major, minor).
+    pub fn dev(&self) -> (u32, u32) {
+        self.dev
+    }
+
+    /// Its inode number.
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+
+    /// Its inode change time (seconds, nanoseconds).
+    pub fn ctime(&self) -> (i64, u32) {
+        (self.ctime_sec, self.ctime_nsec)
+    }
 }
 
 /// A binary's hash.
@@ -98,6 +113,8 @@ pub struct BinaryHash {
     /// Why the bytes hashed may differ from the ones executed (a FUSE or network filesystem):
     /// the hash is then only `self`-class.
     pub unsound: Option<String>,
+    /// The version of the file hashed.
+    pub identity: FileIdentity,
 }
 
 /// Why there is no hash.
@@ -312,7 +329,11 @@ impl Shared {
             return Err(changed(path));
         }
         self.files_hashed.fetch_add(1, Ordering::Relaxed);
-        let hashed = BinaryHash { hash, unsound };
+        let hashed = BinaryHash {
+            hash,
+            unsound,
+            identity: opened,
+        };
         self.cache.insert(opened, hashed.clone());
         Ok(hashed)
     }

@@ -450,6 +450,7 @@ impl Inner {
             partial,
             untrusted,
             provisional: no_arguments,
+            executable: None,
         })
     }
 
@@ -515,9 +516,12 @@ impl Inner {
         match hash {
             Ok(hash) => {
                 collected.labels.insert("process:binary:hash", hash.hash);
-                if let Some(why) = hash.unsound {
-                    collected.untrusted.push("process:binary:hash");
-                    add_partial(collected, why);
+                match hash.unsound {
+                    Some(why) => {
+                        collected.untrusted.push("process:binary:hash");
+                        add_partial(collected, why);
+                    }
+                    None => collected.executable = Some(hash.identity),
                 }
             }
             Err(HashFailure::Io(error)) => {

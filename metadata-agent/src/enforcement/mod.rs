@@ -10,13 +10,14 @@
 //! failed, the process gets a rule set that refuses everything until it can be judged.
 
 pub mod compile;
+mod images;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use collectors::{CollectorStatus, HostRoots, KeyCatalog, Scope};
-use kernel_hook::maps::{ImageKey, POLICY_NONE, Prefix, RuleList, VerdictEntry, ruleset};
+use kernel_hook::maps::{POLICY_NONE, Prefix, RuleList, VerdictEntry, ruleset};
 use kernel_hook::{Hook, HookError, Verdict};
 use selectors::{Action, PolicySet, PolicyStore};
 
@@ -79,9 +80,8 @@ struct Inner {
     keys: (usize, Vec<String>),
     /// Who is at the destinations the node knows, for destination selectors.
     destinations: Arc<Snapshot>,
-    /// The exec-time identities given a rule set: container cgroup id → rule set and the
-    /// cgroup's directory.
-    images: HashMap<u64, (u32, std::path::PathBuf)>,
+    /// The exec-time identities given a rule set.
+    images: images::Images,
 }
 
 impl Enforcer {
@@ -111,7 +111,7 @@ impl Enforcer {
                 next_id,
                 keys: (0, Vec::new()),
                 destinations: Arc::new(Snapshot::default()),
-                images: HashMap::new(),
+                images: images::Images::default(),
             }),
             enforce,
             catalog,
@@ -214,7 +214,7 @@ impl Enforcer {
         if let Err(error) = hook.set_verdict(pid, verdict) {
             return warn(pid, &error);
         }
-        self.container_image(&mut inner, resolution, set, failed.is_some());
+        self.exec_images(&mut inner, resolution, set, failed.is_some(), version);
         match failed {
             Some(collector) => Applied::Unjudgeable { collector },
             None => Applied::Judged { ruleset: id },
@@ -237,8 +237,16 @@ impl Enforcer {
         if !self.enforce {
             return;
         }
+        let version = policies.status().reloads;
         for pid in resolver.cached_pids() {
             enforce(self, resolver, policies, pid).await;
+        }
+        {
+            let mut inner = self.lock();
+            let Inner { hook, images, .. } = &mut *inner;
+            if let Some(hook) = hook.as_mut() {
+                images.prune(hook, Some(version));
+            }
         }
         self.collect_garbage();
     }
@@ -256,8 +264,8 @@ impl Enforcer {
         let Some(hook) = hook.as_mut() else {
             return;
         };
-        // Containers that are gone.
-        inner_images_retain(hook, &mut *images);
+        // Containers and files that are gone.
+        images.prune(hook, None);
         let in_use = hook.rulesets_in_use();
         rulesets.retain(|_, id| {
             if in_use.contains(id) {
@@ -288,79 +296,99 @@ impl Enforcer {
         }
     }
 
-    /// Gives the container of `resolution` (a runtime confirmed it, in a cgroup v2 of its own)
-    /// the rule set every process started in its cgroup gets from its first instruction, when
-    /// the policies decide it from container and node labels alone. When a collector the
-    /// policies depend on `failed`, the container's processes are refused everywhere from their
-    /// start, until one of them can be judged.
-    fn container_image(
+    /// Gives the exec-time identities of `resolution`'s process the rule set every process
+    /// with them gets from its first instruction, where the policies decide it from what the
+    /// kernel knows at `exec` (and node labels) alone:
+    ///
+    /// - its container's cgroup (a runtime confirmed the container, in a cgroup v2 of its
+    ///   own): container labels;
+    /// - its executable (hashed soundly: its device, inode and change time name those bytes):
+    ///   the binary's hash, in any cgroup;
+    /// - both: its cgroup (a container's, or its own) and its executable.
+    ///
+    /// When a collector the policies depend on `failed`, the container's processes are refused
+    /// everywhere from their start, until one of them can be judged.
+    fn exec_images(
         &self,
         inner: &mut Inner,
         resolution: &Resolution,
         set: &Arc<PolicySet>,
         failed: bool,
+        version: u64,
     ) {
-        let Some(container) = &resolution.container else {
-            return;
-        };
-        let confirmed = resolution.trust.get("process:container:id") == labels::Trust::Runtime;
-        if !(confirmed || failed) || !container.hierarchy.is_empty() {
-            return;
-        }
-        let dir = collectors::cgroup::cgroup_dir(&self.roots, container);
-        let Ok(meta) = std::fs::metadata(&dir) else {
-            return;
-        };
-        let cgroup_id = std::os::unix::fs::MetadataExt::ino(&meta);
         let catalog = &self.catalog;
-        let known = |key: &str| {
-            key.starts_with("process:container:")
-                || matches!(catalog.scope(key), Some(Scope::Container | Scope::Node))
+        let node = |key: &str| catalog.scope(key) == Some(Scope::Node);
+        let container_keys = |key: &str| {
+            key.starts_with("process:container:") || catalog.scope(key) == Some(Scope::Container)
         };
-        let evaluation = if failed {
-            None
-        } else {
-            set.evaluate_determined(&resolution.labels, Some(&resolution.trust), &known)
-        };
-        let compiled = match evaluation {
-            Some(evaluation) => {
-                let destinations = Arc::clone(&inner.destinations);
-                compile::compile(&evaluation, set, &mut inner.table, &destinations.known)
-            }
-            None if failed => CompiledRuleset::everywhere(Verdict::Deny, POLICY_NONE),
-            None => {
-                // Process labels decide too: such processes wait for their own verdict.
-                if let Some(hook) = inner.hook.as_mut()
-                    && inner.images.remove(&cgroup_id).is_some()
-                {
-                    hook.remove_image(&ImageKey {
-                        cgroup_id,
-                        ..ImageKey::default()
-                    });
-                }
-                return;
-            }
-        };
-        let Ok(id) = inner.intern(compiled) else {
-            return;
-        };
-        if inner.images.get(&cgroup_id).map(|(id, _)| *id) == Some(id) {
-            return;
-        }
-        if let Some(hook) = inner.hook.as_mut() {
-            let key = ImageKey {
-                cgroup_id,
-                ..ImageKey::default()
+        let binary = |key: &str| key == "process:binary:hash";
+        let confirmed = resolution.trust.get("process:container:id") == labels::Trust::Runtime;
+        let container_dir = resolution
+            .container
+            .as_ref()
+            .filter(|container| container.hierarchy.is_empty() && (confirmed || failed))
+            .map(|container| collectors::cgroup::cgroup_dir(&self.roots, container));
+        if let Some(dir) = &container_dir {
+            let known = |key: &str| container_keys(key) || node(key);
+            let compiled = if failed {
+                Some(CompiledRuleset::everywhere(Verdict::Deny, POLICY_NONE))
+            } else {
+                self.determined(inner, resolution, set, &known)
             };
-            match hook.put_image(key, id) {
-                Ok(()) => {
-                    inner.images.insert(cgroup_id, (id, dir));
-                }
-                Err(error) => {
-                    warn(resolution.pid, &error);
-                }
+            if let Some(cgroup_id) = dir_id(dir) {
+                let alive = images::Alive::Cgroup(dir.clone());
+                inner.set_image(cgroup_id, None, compiled, alive, version);
             }
         }
+        let executable = resolution.collectors.iter().find_map(|r| r.executable);
+        let sound = resolution.trust.get("process:binary:hash") != labels::Trust::SelfReported;
+        let (Some(executable), false, true) = (executable, failed, sound) else {
+            return;
+        };
+        let alive = images::Alive::File;
+        let known = |key: &str| binary(key) || node(key);
+        let compiled = self.determined(inner, resolution, set, &known);
+        inner.set_image(0, Some(&executable), compiled, alive, version);
+        // With its cgroup: a container's, or for a process outside containers its own.
+        let own = || {
+            let path = resolution.labels.get("process:cgroup").first()?.clone();
+            let root = collectors::cgroup::v2_root(&self.roots);
+            Some(root.join(path.trim_start_matches('/')))
+        };
+        let dir = match (&resolution.container, container_dir) {
+            (Some(_), Some(dir)) => dir,
+            (Some(_), None) => return,
+            (None, _) => match own() {
+                Some(dir) => dir,
+                None => return,
+            },
+        };
+        let known = |key: &str| binary(key) || container_keys(key) || node(key);
+        let compiled = self.determined(inner, resolution, set, &known);
+        let alive = images::Alive::Cgroup(dir.clone());
+        if let Some(cgroup_id) = dir_id(&dir) {
+            inner.set_image(cgroup_id, Some(&executable), compiled, alive, version);
+        }
+    }
+
+    /// The rule set every process whose labels on the `known` keys are `resolution`'s gets,
+    /// when the policies decide it from those keys alone.
+    fn determined(
+        &self,
+        inner: &mut Inner,
+        resolution: &Resolution,
+        set: &Arc<PolicySet>,
+        known: &dyn Fn(&str) -> bool,
+    ) -> Option<CompiledRuleset> {
+        let evaluation =
+            set.evaluate_determined(&resolution.labels, Some(&resolution.trust), known)?;
+        let destinations = Arc::clone(&inner.destinations);
+        Some(compile::compile(
+            &evaluation,
+            set,
+            &mut inner.table,
+            &destinations.known,
+        ))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -369,6 +397,44 @@ impl Enforcer {
 }
 
 impl Inner {
+    /// Gives the exec-time identity (`cgroup_id`, `executable`) rule set `compiled`, or takes
+    /// it away (`None`: the policies do not decide such processes from it alone).
+    fn set_image(
+        &mut self,
+        cgroup_id: u64,
+        executable: Option<&collectors::procfs::FileIdentity>,
+        compiled: Option<CompiledRuleset>,
+        alive: images::Alive,
+        version: u64,
+    ) {
+        let key = images::key_of(cgroup_id, executable);
+        let id = match compiled.map(|compiled| self.intern(compiled)) {
+            Some(Ok(id)) => Some(id),
+            Some(Err(error)) => {
+                tracing::warn!(
+                    "cannot define a rule set: {}",
+                    collectors::error_chain(&error)
+                );
+                None
+            }
+            None => None,
+        };
+        let Some(hook) = self.hook.as_mut() else {
+            return;
+        };
+        match id {
+            Some(id) => {
+                if let Err(error) = self.images.put(hook, key, id, alive, version) {
+                    tracing::warn!(
+                        "cannot record an exec-time identity: {}",
+                        collectors::error_chain(&error)
+                    );
+                }
+            }
+            None => self.images.remove(hook, &key),
+        }
+    }
+
     /// The id of `compiled`, defined in the kernel if it is new.
     fn intern(&mut self, compiled: CompiledRuleset) -> Result<u32, HookError> {
         if let Some(id) = self.rulesets.get(&compiled) {
@@ -414,18 +480,11 @@ impl Inner {
     }
 }
 
-/// Forgets the images of cgroups that no longer exist (cgroup ids are not reused).
-fn inner_images_retain(hook: &mut Hook, images: &mut HashMap<u64, (u32, std::path::PathBuf)>) {
-    images.retain(|cgroup_id, (_, dir)| {
-        if dir.exists() {
-            return true;
-        }
-        hook.remove_image(&ImageKey {
-            cgroup_id: *cgroup_id,
-            ..ImageKey::default()
-        });
-        false
-    });
+/// The cgroup id of the cgroup directory `dir` (its inode number), when it exists.
+fn dir_id(dir: &std::path::Path) -> Option<u64> {
+    std::fs::metadata(dir)
+        .ok()
+        .map(|meta| std::os::unix::fs::MetadataExt::ino(&meta))
 }
 
 /// Every label key a policy of `set` tests, for the source or a destination.
