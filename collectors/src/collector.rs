@@ -245,11 +245,46 @@ pub trait Collector: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// What this collector can tell of the labels it will give the processes of `container`,
+    /// asked when its cgroup was just made, before any of them runs (for container-scope
+    /// collectors whose source already describes a container it is starting). The default:
+    /// nothing.
+    async fn prospective(
+        &self,
+        container: &crate::cgroup::ContainerIdentity,
+    ) -> Result<Option<Prospect>, CollectError> {
+        let _ = container;
+        Ok(None)
+    }
+
     /// Notices of cached labels gone stale, for collectors whose source reports changes (the
     /// Docker event stream). Called once by the daemon, inside the async runtime; `None` (the
     /// default) means the collector's labels only change with the process.
     fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
         None
+    }
+}
+
+/// Labels of a container known before its processes run, and which keys they settle: a key
+/// [`Prospect::settles`] and absent from `labels` will be absent; any other key may still take
+/// any value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prospect {
+    /// The labels.
+    pub labels: LabelSet,
+    /// The keys settled, as [`KeySpec`] patterns (`docker:label:<k>`).
+    pub keys: Vec<&'static str>,
+    /// Keys the patterns cover that are not settled after all.
+    pub except: Vec<String>,
+}
+
+impl Prospect {
+    /// Whether `key`'s values are settled by this prospect.
+    pub fn settles(&self, key: &str) -> bool {
+        self.keys
+            .iter()
+            .any(|pattern| KeySpec::new(pattern, Trust::Runtime).matches(key))
+            && !self.except.iter().any(|except| except == key)
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,7 +24,7 @@ use tokio::sync::{OnceCell, broadcast};
 use crate::builtin::Builtin;
 use crate::cgroup::{ContainerIdentity, Runtime, parse_cgroup_file};
 use crate::collector::{
-    CollectError, Collected, Collector, Invalidation, KeySpec, Scope, Subject, Workload,
+    CollectError, Collected, Collector, Invalidation, KeySpec, Prospect, Scope, Subject, Workload,
 };
 use crate::config::{DEFAULT_TIMEOUT, Enabled, duration, section};
 use crate::error::BoxError;
@@ -94,6 +95,39 @@ pub struct DockerCollector {
     /// Connected and version-negotiated once, on first use.
     client: OnceCell<Docker>,
     invalidations: broadcast::Sender<Invalidation>,
+    /// Containers created and not yet destroyed, described right after their `create` event:
+    /// their labels are known before they start (while starting, the engine answers no
+    /// inspection until the container's process runs).
+    created: Arc<Mutex<Created>>,
+}
+
+/// Labels of containers described at their `create` event, oldest first.
+#[derive(Default)]
+struct Created {
+    labels: HashMap<String, Prospect>,
+    order: std::collections::VecDeque<String>,
+}
+
+/// Created containers remembered at most.
+const MAX_CREATED: usize = 1024;
+
+impl Created {
+    fn insert(&mut self, id: String, labels: Prospect) {
+        if self.labels.insert(id.clone(), labels).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > MAX_CREATED {
+            if let Some(oldest) = self.order.pop_front() {
+                self.labels.remove(&oldest);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if self.labels.remove(id).is_some() {
+            self.order.retain(|known| known != id);
+        }
+    }
 }
 
 impl DockerCollector {
@@ -110,6 +144,7 @@ impl DockerCollector {
             redactor: Redactor::new(&config.redact_env_patterns, &config.allow_envs),
             client: OnceCell::new(),
             invalidations: broadcast::channel(1024).0,
+            created: Arc::new(Mutex::new(Created::default())),
         }
     }
 
@@ -261,6 +296,39 @@ impl Collector for DockerCollector {
         Ok(Collected::complete(labels_of(&inspected, &self.redactor)))
     }
 
+    /// A Docker container being started (its cgroup made, its process not yet running) was
+    /// described by its `create` event (its id, name, image and labels); otherwise the engine
+    /// is asked (which answers once the container's process runs).
+    async fn prospective(
+        &self,
+        container: &ContainerIdentity,
+    ) -> Result<Option<Prospect>, CollectError> {
+        if self.enabled == Enabled::Never
+            || container.runtime != Runtime::Docker
+            || !self.socket.exists()
+        {
+            return Ok(None);
+        }
+        let described = self
+            .created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .labels
+            .get(&container.id)
+            .cloned();
+        if described.is_some() {
+            return Ok(described);
+        }
+        Ok(self
+            .inspect(&container.id)
+            .await?
+            .map(|inspected| Prospect {
+                labels: labels_of(&inspected, &self.redactor),
+                keys: vec!["docker:<key>"],
+                except: Vec::new(),
+            }))
+    }
+
     async fn workloads(&self) -> Result<Vec<Workload>, CollectError> {
         if self.enabled == Enabled::Never || !self.socket.exists() {
             return Ok(Vec::new());
@@ -320,6 +388,7 @@ impl Collector for DockerCollector {
             self.socket.clone(),
             self.timeout,
             self.invalidations.clone(),
+            Arc::clone(&self.created),
         ));
         Some(receiver)
     }
@@ -331,6 +400,7 @@ async fn follow_events(
     socket: PathBuf,
     timeout: Duration,
     sender: broadcast::Sender<Invalidation>,
+    created: Arc<Mutex<Created>>,
 ) {
     let mut pause = Duration::from_millis(500);
     let mut reconnecting = false;
@@ -348,11 +418,31 @@ async fn follow_events(
             }));
             pause = Duration::from_millis(500);
             while let Some(Ok(event)) = events.next().await {
-                let stale = event
-                    .action
-                    .as_deref()
-                    .is_some_and(|action| STALE_AFTER.contains(&action));
-                if let (true, Some(id)) = (stale, event.actor.and_then(|actor| actor.id)) {
+                let action = event.action.as_deref().unwrap_or_default();
+                let Some(actor) = event.actor else {
+                    continue;
+                };
+                let Some(id) = actor.id else {
+                    continue;
+                };
+                match action {
+                    // Described now, before its start (while starting, the engine answers no
+                    // inspection of it).
+                    "create" => {
+                        let attributes = actor.attributes.unwrap_or_default();
+                        let prospect = described_at_creation(&id, &attributes);
+                        created
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(id.clone(), prospect);
+                    }
+                    "destroy" => created
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id),
+                    _ => {}
+                }
+                if STALE_AFTER.contains(&action) {
                     let _ = sender.send(Invalidation::Container(id));
                 }
             }
@@ -360,6 +450,35 @@ async fn follow_events(
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// What a container's `create` event tells: the engine puts the container's labels in the
+/// event's attributes, then its `name` and `image` over any label of those names (so
+/// `docker:label:name` and `docker:label:image` are not settled by it).
+fn described_at_creation(id: &str, attributes: &HashMap<String, String>) -> Prospect {
+    let mut labels = LabelSet::new();
+    let mut put = |key: &str, value: &str| labels.insert(key, escape_bytes(value.as_bytes()));
+    put("docker:id", id);
+    for (key, value) in attributes {
+        match key.as_str() {
+            "name" => put("docker:name", value),
+            "image" => put("docker:image:name", value),
+            _ => put(&format!("docker:label:{}", escape_key(key)), value),
+        }
+    }
+    Prospect {
+        labels,
+        keys: vec![
+            "docker:id",
+            "docker:name",
+            "docker:image:name",
+            "docker:label:<k>",
+        ],
+        except: vec![
+            "docker:label:name".to_owned(),
+            "docker:label:image".to_owned(),
+        ],
     }
 }
 
@@ -432,6 +551,29 @@ pub fn labels_of(container: &ContainerInspectResponse, redactor: &Redactor) -> L
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_create_event_settles_the_id_name_image_and_labels_it_carries() {
+        let attributes = HashMap::from([
+            ("name".to_owned(), "web".to_owned()),
+            ("image".to_owned(), "nginx:1.27".to_owned()),
+            ("tier".to_owned(), "front".to_owned()),
+        ]);
+        let prospect = described_at_creation("abc", &attributes);
+        assert_eq!(prospect.labels.get("docker:name"), ["web"]);
+        assert_eq!(prospect.labels.get("docker:image:name"), ["nginx:1.27"]);
+        assert_eq!(prospect.labels.get("docker:label:tier"), ["front"]);
+        assert_eq!(prospect.labels.get("docker:id"), ["abc"]);
+        assert!(prospect.settles("docker:label:other"), "absent, and known to be");
+        assert!(prospect.settles("docker:name"));
+        // The engine writes its own `name` and `image` over labels of those names.
+        assert!(!prospect.settles("docker:label:name"));
+        assert!(!prospect.settles("docker:label:image"));
+        // Not in the event.
+        assert!(!prospect.settles("docker:image:hash"));
+        assert!(!prospect.settles("docker:env:PATH"));
+        assert!(!prospect.settles("k8s:label:app"));
+    }
     use std::sync::Arc;
 
     fn inspect_fixture() -> ContainerInspectResponse {

@@ -28,7 +28,7 @@ pub mod sysfsdmi;
 pub use builtin::{Builtin, CollectorsConfig, SECTIONS, build_registry};
 pub use catalog::KeyCatalog;
 pub use collector::{
-    CollectError, Collected, Collector, Invalidation, KeySpec, Scope, Subject, Workload,
+    CollectError, Collected, Collector, Invalidation, KeySpec, Prospect, Scope, Subject, Workload,
 };
 pub use error::{BoxError, BuildError, error_chain};
 pub use host::{HostRoots, HostRootsConfig};

@@ -7,7 +7,8 @@
 //! - a host process reaches a loopback server by the server's labels, and is refused another;
 //! - a program whose `main` calls `pthread_exit` stays refused while a thread connects on;
 //! - the `exec` of a denied binary from an allowed one is refused at its first connect;
-//! - a process started in a denied container is refused at a connect made right at its start;
+//! - a process started in a denied container is refused at a connect made right at its start,
+//!   also the first process of a new container;
 //! - the agent killed with SIGKILL under `hook.pin: true`: enforcement goes on, a restarted
 //!   agent adopts the pins, `hook detach` removes them.
 
@@ -478,6 +479,37 @@ async fn a_process_started_in_a_denied_container_is_refused_from_its_start() {
         );
         let allowed = exec("trusted").await.unwrap();
         assert!(allowed.status.success(), "{allowed:?}");
+    }
+
+    // A new container: its cgroup is seen as the runtime makes it, and judged from the labels
+    // the runtime describes before its first process runs, which is refused at once.
+    for round in 0..5 {
+        let name = format!("new-{round}");
+        let first = docker.cli(&[
+            "run",
+            "--name",
+            &name,
+            "--network",
+            "host",
+            "--cgroup-parent",
+            &parent,
+            "--label",
+            "policy=quarantined",
+            "fw-test",
+            "nc",
+            "-w",
+            "2",
+            "127.0.0.1",
+            &port,
+            "-e",
+            "true",
+        ]);
+        let _ = docker.cli(&["rm", "-f", &name]);
+        assert!(
+            !first.status.success()
+                && String::from_utf8_lossy(&first.stderr).contains("not permitted"),
+            "round {round}: {first:?}"
+        );
     }
     drop(firewall);
 

@@ -11,6 +11,7 @@
 
 pub mod compile;
 mod images;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -66,6 +67,8 @@ pub struct Enforcer {
     enforce: bool,
     catalog: Arc<KeyCatalog>,
     roots: HostRoots,
+    /// The cgroup the programs are attached to.
+    cgroup_root: std::path::PathBuf,
 }
 
 struct Inner {
@@ -96,6 +99,7 @@ impl Enforcer {
     ) -> Result<Self, HookError> {
         hook.set_mode(enforce, verdict_of(pending))?;
         exempt_self(&mut hook)?;
+        let cgroup_root = hook.cgroup_root().to_owned();
         // A pinned hook keeps a previous agent's rule sets: number ours after them.
         let next_id = hook
             .ruleset_ids()
@@ -116,12 +120,64 @@ impl Enforcer {
             enforce,
             catalog,
             roots,
+            cgroup_root,
         })
     }
 
     /// Whether connects are judged.
     pub fn enforcing(&self) -> bool {
         self.enforce
+    }
+
+    /// The cgroup the programs are attached to.
+    pub fn cgroup_root(&self) -> &std::path::Path {
+        &self.cgroup_root
+    }
+
+    /// Gives a container whose cgroup `dir` was just made, before its first process runs, the
+    /// rule set its `labels` (as the runtime describes it; `node` labels added) decide, when
+    /// the policies decide it from them alone.
+    pub fn judge_container(
+        &self,
+        starting: watch::Starting<'_>,
+        node: &labels::LabelSet,
+        set: &Arc<PolicySet>,
+        version: u64,
+    ) {
+        if !self.enforce {
+            return;
+        }
+        let watch::Starting {
+            dir,
+            identity,
+            prospect,
+        } = starting;
+        let mut labels = prospect.labels.clone();
+        labels.merge(node);
+        labels.insert("process:container:id", identity.id.clone());
+        let trust = self.catalog.classify(&labels, &[], true);
+        let catalog = &self.catalog;
+        // Known: what the describing collector settles, the node's labels, and the
+        // container's own keys; Kubernetes' keys too, as absent, outside pods. Other keys are
+        // not known yet.
+        let known = |key: &str| {
+            key.starts_with("process:container:")
+                || catalog.scope(key) == Some(Scope::Node)
+                || prospect.settles(key)
+                || (identity.pod_uid.is_none() && catalog.owner(key) == Some("kubernetes"))
+        };
+        let Some(evaluation) = set.evaluate_determined(&labels, Some(&trust), &known) else {
+            return;
+        };
+        let Some(cgroup_id) = dir_id(dir) else {
+            return;
+        };
+        let mut inner = self.lock();
+        let destinations = Arc::clone(&inner.destinations);
+        let compiled = compile::compile(&evaluation, set, &mut inner.table, &destinations.known);
+        let alive = images::Alive::Cgroup(dir.to_owned());
+        inner.set_image(cgroup_id, None, Some(compiled), alive, version);
+        tracing::debug!(container = identity.id, "judged before its first process");
     }
 
     /// The rule set the kernel judges process `pid` by now, when the agent's verdict for its

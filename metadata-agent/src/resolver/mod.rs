@@ -170,6 +170,11 @@ impl Resolver {
         Ok(answer.json.get_or_init(|| json).clone())
     }
 
+    /// Which cgroups may hold containers.
+    pub fn placement(&self) -> &ContainersConfig {
+        &self.placement
+    }
+
     /// The collectors.
     pub fn registry(&self) -> &Registry {
         &self.registry

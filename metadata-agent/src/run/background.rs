@@ -110,6 +110,32 @@ impl Agent {
             ));
         }
 
+        if let Some(enforcer) = self.enforcer.clone().filter(|e| e.enforcing()) {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let root = enforcer.cgroup_root().to_owned();
+            let started = crate::enforcement::watch::watch_containers(
+                root.clone(),
+                enforcer,
+                Arc::clone(&state.resolver),
+                Arc::clone(&state.policies),
+                Arc::clone(&stop),
+            );
+            match started {
+                Ok(()) => {
+                    let mut shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        let _ = shutdown.changed().await;
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    });
+                }
+                Err(error) => tracing::warn!(
+                    "cannot watch {} for new containers (they are judged once their processes \
+                     run): {error}",
+                    root.display()
+                ),
+            }
+        }
+
         if let Some(receiver) = self.hook_receiver.take() {
             tokio::spawn(events::run_pipeline(
                 receiver,
