@@ -564,7 +564,10 @@ mod tests {
         assert_eq!(prospect.labels.get("docker:image:name"), ["nginx:1.27"]);
         assert_eq!(prospect.labels.get("docker:label:tier"), ["front"]);
         assert_eq!(prospect.labels.get("docker:id"), ["abc"]);
-        assert!(prospect.settles("docker:label:other"), "absent, and known to be");
+        assert!(
+            prospect.settles("docker:label:other"),
+            "absent, and known to be"
+        );
         assert!(prospect.settles("docker:name"));
         // The engine writes its own `name` and `image` over labels of those names.
         assert!(!prospect.settles("docker:label:name"));

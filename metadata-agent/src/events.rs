@@ -227,8 +227,10 @@ pub async fn run_pipeline(
                     let mut report =
                         report_connect(connect, &resolver, &policies, &destinations).await;
                     if let Some(enforcer) = &enforcer {
-                        report.decided_by =
-                            report.event.policy.and_then(|id| enforcer.policy_name(id));
+                        report.decided_by = report
+                            .event
+                            .policy
+                            .and_then(|id| enforcer.policy_name(report.event.ruleset, id));
                     }
                     bus.publish(&report);
                     // A process met first at a connect (older than the hook, or not judged yet).

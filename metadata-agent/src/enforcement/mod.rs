@@ -191,9 +191,15 @@ impl Enforcer {
             .then_some(verdict.ruleset)
     }
 
-    /// The name of the policy the kernel reports as number `id`.
-    pub fn policy_name(&self, id: u16) -> Option<Arc<str>> {
-        self.lock().table.name(id).cloned()
+    /// The name of the policy the kernel reports as number `id` of rule set `ruleset`.
+    /// `None` for a rule set this agent did not define (a previous agent's, adopted with the
+    /// pins, whose numbers were that agent's), rather than a wrong name.
+    pub fn policy_name(&self, ruleset: u32, id: u16) -> Option<Arc<str>> {
+        let inner = self.lock();
+        if !inner.prefixes.contains_key(&ruleset) {
+            return None;
+        }
+        inner.table.name(id).cloned()
     }
 
     /// Records the verdict of `resolution`'s process for its current image, from `set`
