@@ -39,14 +39,39 @@ impl LabelSet {
         }
     }
 
-    /// Adds every value of `values` to `key`, in order.
+    /// Adds every value of `values` to `key`, in order (duplicates and empty values ignored),
+    /// in time linear in the number of values, however many.
     pub fn insert_all<I, V>(&mut self, key: &str, values: I)
     where
         I: IntoIterator<Item = V>,
         V: Into<String>,
     {
-        for value in values {
-            self.insert(key, value);
+        /// Below this many values a scan is cheaper than a hash set.
+        const SCAN: usize = 16;
+        let mut values = values.into_iter().peekable();
+        if values.peek().is_none() {
+            return;
+        }
+        let few = values.size_hint().1.is_some_and(|n| n < SCAN);
+        let existing = self.labels.entry(key.to_owned()).or_default();
+        if few && existing.len() < SCAN {
+            for value in values {
+                let value = value.into();
+                if !value.is_empty() && !existing.contains(&value) {
+                    existing.push(value);
+                }
+            }
+        } else {
+            let mut seen: std::collections::HashSet<String> = existing.iter().cloned().collect();
+            for value in values {
+                let value = value.into();
+                if !value.is_empty() && seen.insert(value.clone()) {
+                    existing.push(value);
+                }
+            }
+        }
+        if existing.is_empty() {
+            self.labels.remove(key);
         }
     }
 
@@ -118,8 +143,10 @@ impl LabelSet {
     /// Parses the text rendering back (`key: value` lines; blank lines and `#` comments skipped).
     ///
     /// The key ends at the first `": "` (keys never contain a space), so values may contain `: `.
+    /// Linear in the size of the text, however many values a key has.
     pub fn from_text(text: &str) -> Result<Self, LabelParseError> {
         let mut labels = LabelSet::new();
+        let mut seen: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
         for (index, line) in text.lines().enumerate() {
             let trimmed = line.trim_end();
             if trimmed.trim_start().is_empty() || trimmed.trim_start().starts_with('#') {
@@ -138,7 +165,13 @@ impl LabelSet {
                     message: format!("invalid key {key:?}: keys are non-empty and have no spaces"),
                 });
             }
-            labels.insert(key, value);
+            if !value.is_empty() && seen.insert((key, value)) {
+                labels
+                    .labels
+                    .entry(key.to_owned())
+                    .or_default()
+                    .push(value.to_owned());
+            }
         }
         Ok(labels)
     }
@@ -223,5 +256,27 @@ mod tests {
         assert_eq!(LabelSet::from_text(&labels.to_text()).unwrap(), labels);
         let err = LabelSet::from_text("ok: 1\nnot a label\n").unwrap_err();
         assert_eq!(err.line, 2);
+    }
+}
+
+#[cfg(test)]
+mod scale_tests {
+    use super::*;
+
+    #[test]
+    fn many_values_of_one_key_are_deduplicated_in_order() {
+        let text: String = (0..50_000)
+            .map(|n| format!("k: {}\n", n % 40_000))
+            .collect();
+        let labels = LabelSet::from_text(&text).unwrap();
+        assert_eq!(labels.get("k").len(), 40_000);
+        assert_eq!(labels.get("k")[..3], ["0", "1", "2"]);
+        let mut merged = LabelSet::new();
+        merged.insert("k", "39999");
+        merged.insert_all("k", labels.get("k").iter().cloned());
+        assert_eq!(merged.get("k").len(), 40_000);
+        assert_eq!(merged.get("k")[0], "39999");
+        merged.insert_all("empty", [""]);
+        assert!(!merged.contains_key("empty"));
     }
 }

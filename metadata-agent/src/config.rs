@@ -49,6 +49,23 @@ pub struct ServerConfig {
     pub token_file: Option<PathBuf>,
     /// Largest accepted request body in bytes (default 1 MiB).
     pub max_body_bytes: usize,
+    /// Host names (or addresses) requests may name in `Host` besides the listen address and
+    /// loopback (default none). Other `Host`s get 421, other `Origin`s 403: a web page cannot
+    /// make a browser on the node read the API (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Serve on a non-loopback address without a token (default false: the agent refuses to
+    /// start so).
+    pub allow_unauthenticated: bool,
+    /// Most `key: value` pairs one label set in a request may hold (default 10 000; 413 above).
+    pub max_label_pairs: usize,
+    /// Longest label value in a request, in bytes (default 64 KiB; 400 above).
+    pub max_label_value_bytes: usize,
+    /// Requests served at once, health probes aside (default 512); more get 503 with
+    /// `Retry-After` at once instead of waiting.
+    pub max_concurrent_requests: usize,
+    /// Policy evaluations (`/selectors/...`) run at once, off the async workers (default 4);
+    /// more get 503 with `Retry-After`.
+    pub max_concurrent_evaluations: usize,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +74,12 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:9820".to_owned(),
             token_file: None,
             max_body_bytes: 1024 * 1024,
+            allowed_hosts: Vec::new(),
+            allow_unauthenticated: false,
+            max_label_pairs: 10_000,
+            max_label_value_bytes: 64 * 1024,
+            max_concurrent_requests: 512,
+            max_concurrent_evaluations: 4,
         }
     }
 }

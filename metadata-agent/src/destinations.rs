@@ -232,7 +232,7 @@ fn reachable_at(socket: &Listening, local: &[IpAddr]) -> Vec<Prefix> {
 }
 
 /// The addresses of this host's interfaces.
-fn local_addresses() -> Vec<IpAddr> {
+pub fn local_addresses() -> Vec<IpAddr> {
     let mut addresses = Vec::new();
     // SAFETY: getifaddrs fills a list we walk read-only and free once with freeifaddrs.
     unsafe {

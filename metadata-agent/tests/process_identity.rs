@@ -76,7 +76,8 @@ async fn a_binary_overwritten_in_place_with_its_mtime_set_back_gets_its_own_hash
     let binary = busybox_copy(dir.path(), false);
     let allowed = common::sha256sum(&binary);
     let resolver = resolver();
-    let first = Running(Command::new(&binary).args(["sleep", "30"]).spawn().unwrap());
+    let first =
+        Running(test_support::spawn_retrying(Command::new(&binary).args(["sleep", "30"])).unwrap());
     let answer = resolve(&resolver, first.0.id()).await;
     assert_eq!(answer.labels.get("process:binary:hash"), [allowed.as_str()]);
     assert_eq!(answer.trust.get("process:binary:hash").as_str(), "kernel");
@@ -101,7 +102,8 @@ async fn a_binary_overwritten_in_place_with_its_mtime_set_back_gets_its_own_hash
     let forged = common::sha256sum(&binary);
     assert_ne!(forged, allowed);
 
-    let second = Running(Command::new(&binary).args(["sleep", "30"]).spawn().unwrap());
+    let second =
+        Running(test_support::spawn_retrying(Command::new(&binary).args(["sleep", "30"])).unwrap());
     let answer = resolve(&resolver, second.0.id()).await;
     assert_eq!(answer.labels.get("process:binary:hash"), [forged.as_str()]);
 }
@@ -117,11 +119,12 @@ async fn an_exec_of_a_file_replaced_at_the_same_path_is_collected_again() {
     let resolver = resolver();
     // A shell that, when told, execs the same path again.
     let script = format!("read line; exec {} sleep 30", binary.display());
-    let mut child = Command::new(&binary)
-        .args(["sh", "-c", &script])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = test_support::spawn_retrying(
+        Command::new(&binary)
+            .args(["sh", "-c", &script])
+            .stdin(Stdio::piped()),
+    )
+    .unwrap();
     let pid = child.id();
     let mut stdin = child.stdin.take().unwrap();
     let child = Running(child);
@@ -253,7 +256,9 @@ async fn huge_sparse_executables_get_no_hash_and_stall_nothing() {
                 .unwrap()
                 .set_len(64 << 30)
                 .unwrap();
-            Running(Command::new(&binary).args(["sleep", "30"]).spawn().unwrap())
+            Running(
+                test_support::spawn_retrying(Command::new(&binary).args(["sleep", "30"])).unwrap(),
+            )
         })
         .collect();
     let normal = Running(Command::new("sleep").arg("30").spawn().unwrap());

@@ -64,7 +64,7 @@ impl Driven {
     /// Starts `command` (a connector), and waits for its `ready`.
     pub fn spawn(mut command: Command) -> (Self, Vec<String>) {
         command.stdin(Stdio::piped()).stdout(Stdio::piped());
-        let mut child = command.spawn().unwrap();
+        let mut child = crate::spawn_retrying(&mut command).unwrap();
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let (send, lines) = channel();

@@ -71,3 +71,19 @@ pub fn deep_backlog(listener: &TcpListener) {
     let result = unsafe { libc::listen(listener.as_raw_fd(), 4096) };
     assert_eq!(result, 0, "listen: {}", std::io::Error::last_os_error());
 }
+
+/// Spawns `command`, trying again while the kernel answers `ETXTBSY`: a binary a test just
+/// wrote is "busy" while any process forked meanwhile by another test thread still holds the
+/// descriptor it was written through (until that child execs).
+pub fn spawn_retrying(command: &mut std::process::Command) -> std::io::Result<std::process::Child> {
+    let mut tries = 0;
+    loop {
+        match command.spawn() {
+            Err(error) if error.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}

@@ -133,9 +133,40 @@ pub async fn selectors_of_pid(
     let pid = parse_pid(pid)?;
     let Query(query) = query?;
     let resolution = state.resolver.resolve(pid).await?;
-    let mut answer = evaluation(&state, &resolution.labels, &resolution.trust, &query);
-    answer["pid"] = json!(resolution.pid);
+    let work = Arc::clone(&state);
+    let mut answer = off_the_workers(&state, move || {
+        evaluation(&work, &resolution.labels, &resolution.trust, &query)
+    })
+    .await?;
+    answer["pid"] = json!(pid);
     Ok(Json(answer).into_response())
+}
+
+/// Runs `work` (an evaluation) on a blocking thread, at most `maxConcurrentEvaluations` at
+/// once; beyond, 503 with `Retry-After` at once: policy evaluations never hold up the async
+/// workers that answer lookups and probes.
+async fn off_the_workers<T: Send + 'static>(
+    state: &AppState,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let Ok(permit) = Arc::clone(&state.limits.evaluations).try_acquire_owned() else {
+        return Err(ApiError::overloaded(
+            "too many policy evaluations at once (server.maxConcurrentEvaluations)",
+        ));
+    };
+    tokio::task::spawn_blocking(move || {
+        let answer = work();
+        drop(permit);
+        answer
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the evaluation failed",
+        )
+    })
 }
 
 /// `POST /selectors/evaluate`: the same for a label set in the body (JSON or text).
@@ -147,8 +178,14 @@ pub async fn evaluate(
 ) -> Answer {
     let Query(query) = query?;
     let body = body?;
-    let (labels, trust) = parse_label_body(&headers, &body)?;
-    Ok(Json(evaluation(&state, &labels, &trust, &query)).into_response())
+    let work = Arc::clone(&state);
+    // Parsing a large body is work too: both off the async workers.
+    let answer = off_the_workers(&state, move || {
+        let (labels, trust) = parse_label_body(&headers, &body, &work.limits)?;
+        Ok::<_, ApiError>(evaluation(&work, &labels, &trust, &query))
+    })
+    .await??;
+    Ok(Json(answer).into_response())
 }
 
 /// A JSON label set, with the trust classes the caller vouches for (none: every value is
@@ -161,7 +198,40 @@ struct LabelBody {
     trust: TrustMap,
 }
 
-fn parse_label_body(headers: &HeaderMap, body: &[u8]) -> Result<(LabelSet, TrustMap), ApiError> {
+fn parse_label_body(
+    headers: &HeaderMap,
+    body: &[u8],
+    limits: &super::ApiLimits,
+) -> Result<(LabelSet, TrustMap), ApiError> {
+    let (labels, trust) = parse_labels(headers, body)?;
+    let pairs = labels.pair_count();
+    if pairs > limits.max_label_pairs {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_labels",
+            format!(
+                "the label set holds {pairs} pairs, more than server.maxLabelPairs ({})",
+                limits.max_label_pairs
+            ),
+        ));
+    }
+    if let Some((key, value)) = labels
+        .pairs()
+        .find(|(_, value)| value.len() > limits.max_label_value_bytes)
+    {
+        return Err(ApiError::bad_request(
+            "label_value_too_long",
+            format!(
+                "the value of {key:?} is {} bytes long, more than server.maxLabelValueBytes ({})",
+                value.len(),
+                limits.max_label_value_bytes
+            ),
+        ));
+    }
+    Ok((labels, trust))
+}
+
+fn parse_labels(headers: &HeaderMap, body: &[u8]) -> Result<(LabelSet, TrustMap), ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_labels",
@@ -284,7 +354,12 @@ pub async fn events(
 }
 
 /// `GET /healthz`: alive, with what is degraded.
-pub async fn healthz(State(state): State<Arc<AppState>>) -> Answer {
+pub async fn healthz(
+    State(state): State<Arc<AppState>>,
+    authenticated: Option<axum::Extension<super::middleware::Authenticated>>,
+) -> Answer {
+    // Error texts (collector failures, policy errors) only to a caller holding the token.
+    let details = authenticated.is_some_and(|axum::Extension(auth)| auth.0);
     let hook = state.hook.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let policies = state.policies.status();
     let failing: Vec<Value> = state
@@ -305,8 +380,37 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> Answer {
     if !failing.is_empty() {
         problems.push("a node collector is failing");
     }
+    let status = if problems.is_empty() {
+        "ok"
+    } else {
+        "degraded"
+    };
+    if !details {
+        let mut hook_summary = json!({ "attached": hook.attached });
+        if let Some(mode) = &hook.mode {
+            hook_summary["mode"] = json!(mode);
+        }
+        let failing: Vec<Value> = failing
+            .iter()
+            .map(|f| json!({ "name": f["name"], "state": f["state"] }))
+            .collect();
+        return Ok(Json(json!({
+            "status": status,
+            "problems": problems,
+            "uptime_seconds": state.started.elapsed().as_secs(),
+            "hook": hook_summary,
+            "policies": {
+                "policies": policies.policies,
+                "reloads": policies.reloads,
+                "failures": policies.failures,
+            },
+            "node_collectors_failing": failing,
+            "cached_processes": state.resolver.cached_processes(),
+        }))
+        .into_response());
+    }
     Ok(Json(json!({
-        "status": if problems.is_empty() { "ok" } else { "degraded" },
+        "status": status,
         "problems": problems,
         "uptime_seconds": state.started.elapsed().as_secs(),
         "hook": hook,
@@ -396,24 +500,23 @@ mod tests {
     #[test]
     fn label_bodies_by_content_type() {
         let mut headers = HeaderMap::new();
-        let (labels, trust) =
-            parse_label_body(&headers, br#"{"labels": {"a": ["1", "2"]}}"#).unwrap();
+        let (labels, trust) = parse_labels(&headers, br#"{"labels": {"a": ["1", "2"]}}"#).unwrap();
         assert_eq!(labels.get("a"), ["1", "2"]);
         assert!(trust.is_empty());
-        let (labels, _) = parse_label_body(&headers, b"a: 1\nb: 2\n").unwrap();
+        let (labels, _) = parse_labels(&headers, b"a: 1\nb: 2\n").unwrap();
         assert_eq!(labels.get("b"), ["2"]);
         // The classes a caller vouches for, for policies that require trusted labels.
-        let (_, trust) = parse_label_body(
+        let (_, trust) = parse_labels(
             &headers,
             br#"{"labels": {"a": ["1"]}, "trust": {"a": "kernel"}}"#,
         )
         .unwrap();
         assert_eq!(trust.get("a"), labels::Trust::Kernel);
         headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
-        let error = parse_label_body(&headers, b"a: 1").unwrap_err();
+        let error = parse_labels(&headers, b"a: 1").unwrap_err();
         assert_eq!(error.code, "invalid_labels");
         headers.insert(header::CONTENT_TYPE, "application/xml".parse().unwrap());
-        let error = parse_label_body(&headers, b"<a/>").unwrap_err();
+        let error = parse_labels(&headers, b"<a/>").unwrap_err();
         assert_eq!(error.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
 }

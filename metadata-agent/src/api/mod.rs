@@ -4,6 +4,7 @@
 pub mod error;
 pub mod handlers;
 pub mod middleware;
+pub mod token;
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -43,28 +44,74 @@ pub struct AppState {
     pub bus: Arc<EventBus>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
-    /// The bearer token requests must carry, if authentication is on.
-    pub token: Option<String>,
+    /// The bearer token requests must carry (from its file, kept current), if authentication
+    /// is on.
+    pub token: Option<token::TokenFile>,
     /// The kernel hook's state.
     pub hook: Mutex<HookHealth>,
     /// When the agent started.
     pub started: Instant,
+    /// Bounds on what one request may ask.
+    pub limits: ApiLimits,
+}
+
+/// Bounds on what one request may ask (`server.*` in the configuration).
+#[derive(Debug)]
+pub struct ApiLimits {
+    /// Most pairs in a label set.
+    pub max_label_pairs: usize,
+    /// Longest label value.
+    pub max_label_value_bytes: usize,
+    /// Permits for policy evaluations at once.
+    pub evaluations: Arc<tokio::sync::Semaphore>,
+    /// Requests served at once, health probes aside.
+    pub max_concurrent_requests: usize,
+}
+
+impl ApiLimits {
+    /// The limits of `config`.
+    pub fn of(config: &crate::config::ServerConfig) -> Self {
+        Self {
+            max_label_pairs: config.max_label_pairs,
+            max_label_value_bytes: config.max_label_value_bytes,
+            evaluations: Arc::new(tokio::sync::Semaphore::new(
+                config.max_concurrent_evaluations.max(1),
+            )),
+            max_concurrent_requests: config.max_concurrent_requests.max(1),
+        }
+    }
 }
 
 /// The API's routes. `max_body_bytes` bounds request bodies (larger ones get 413).
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    use axum::error_handling::HandleErrorLayer;
+    use axum::response::IntoResponse;
     use handlers::*;
-    Router::new()
+    // Beyond the limit a request is answered 503 at once (load shedding), never queued; the
+    // health probes stay outside it, so they answer under any load.
+    let shed = tower::ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+            error::ApiError::overloaded("too many requests at once (server.maxConcurrentRequests)")
+                .into_response()
+        }))
+        .layer(tower::load_shed::LoadShedLayer::new())
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            state.limits.max_concurrent_requests,
+        ));
+    let limited = Router::new()
         .route("/metadata/{pid}", get(metadata))
         .route("/selectors/evaluate", post(evaluate))
         .route("/selectors/{pid}", get(selectors_of_pid))
         .route("/node", get(node))
         .route("/collectors", get(collectors))
         .route("/events", get(events))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .layer(shed);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(limited)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

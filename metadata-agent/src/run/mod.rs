@@ -50,10 +50,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listen = args.listen.unwrap_or_else(|| config.server.listen.clone());
     let listen = ListenAddress::parse(&listen)?;
     let authenticated = config.server.token_file.is_some();
+    if let ListenAddress::Tcp(address) = &listen
+        && !address.ip().is_loopback()
+        && !authenticated
+        && !config.server.allow_unauthenticated
+    {
+        anyhow::bail!(
+            "refusing to serve {address} without a token: anyone who can reach it would read              every process's labels; set server.tokenFile, listen on loopback or a unix: socket,              or set server.allowUnauthenticated: true"
+        );
+    }
+    let allowed_hosts = config.server.allowed_hosts.clone();
     let mut agent = Agent::build(config)?;
     agent.attach_hook()?;
     let (stop, shutdown) = watch::channel(false);
-    let server = serve::serve(&listen, agent.router(), shutdown.clone(), authenticated).await?;
+    let server = serve::serve(
+        &listen,
+        agent.router(),
+        shutdown.clone(),
+        authenticated,
+        &allowed_hosts,
+    )
+    .await?;
     agent.start_background(shutdown);
 
     signals.received().await;

@@ -40,12 +40,14 @@ impl ListenAddress {
 pub type Server = JoinHandle<std::io::Result<()>>;
 
 /// Listens on `listen` and serves `router` until `shutdown` turns true. `authenticated` is only
-/// logged.
+/// logged. On TCP, requests must name the listen address, loopback or one of `allowed_hosts`
+/// (see [`crate::api::middleware::guard_host`]).
 pub async fn serve(
     listen: &ListenAddress,
     router: Router,
     mut shutdown: watch::Receiver<bool>,
     authenticated: bool,
+    allowed_hosts: &[String],
 ) -> anyhow::Result<Server> {
     let stopped = async move {
         let _ = shutdown.changed().await;
@@ -56,6 +58,14 @@ pub async fn serve(
                 .await
                 .with_context(|| format!("cannot listen on {address}"))?;
             let bound = listener.local_addr()?;
+            let guard = std::sync::Arc::new(crate::api::middleware::HostGuard::new(
+                bound.ip(),
+                allowed_hosts,
+            ));
+            let router = router.layer(axum::middleware::from_fn_with_state(
+                guard,
+                crate::api::middleware::guard_host,
+            ));
             tracing::info!(address = %bound, authenticated, "listening on http://{bound}");
             tokio::spawn(async move {
                 axum::serve(listener, router)

@@ -2,11 +2,9 @@
 //! the configuration (collectors, caches, policies, metrics, the token), with the kernel hook
 //! attached as `hook.enabled` says.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::{Context, bail};
 use axum::Router;
 use collectors::HostRoots;
 use collectors::config::Enabled;
@@ -62,7 +60,7 @@ impl Agent {
         metrics.policies.set(policies.status().policies as i64);
         metrics.policy_reloads.inc_by(policies.status().reloads);
         let token = match &config.server.token_file {
-            Some(path) => Some(read_token(path)?),
+            Some(path) => Some(crate::api::token::TokenFile::open(path)?),
             None => None,
         };
         let bus = Arc::new(EventBus::new(
@@ -86,6 +84,7 @@ impl Agent {
                 reason: Some("not attached yet".to_owned()),
             }),
             started: Instant::now(),
+            limits: crate::api::ApiLimits::of(&config.server),
         });
         Ok(Self {
             state,
@@ -180,22 +179,6 @@ impl Agent {
     }
 }
 
-fn read_token(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read the token file", path.display()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        bail!("{}: the token file is empty", path.display());
-    }
-    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        bail!(
-            "{}: the token must be one line without spaces",
-            path.display()
-        );
-    }
-    Ok(token.to_owned())
-}
-
 /// Logs to stderr, filtered by `METADATA_AGENT_LOG` (default `info`).
 pub(super) fn init_logging() {
     use tracing_subscriber::EnvFilter;
@@ -223,29 +206,5 @@ pub(super) fn raise_open_file_limit() {
     };
     if let Err(error) = setrlimit(Resource::Nofile, raised) {
         tracing::warn!(%error, soft = ?limit.current, "cannot raise the open-file limit");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_files_must_hold_one_token() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("token");
-        std::fs::write(&path, "abc.def_ghi\n").unwrap();
-        assert_eq!(read_token(&path).unwrap(), "abc.def_ghi");
-        std::fs::write(&path, "\n").unwrap();
-        assert!(read_token(&path).unwrap_err().to_string().contains("empty"));
-        std::fs::write(&path, "two words").unwrap();
-        assert!(read_token(&path).is_err());
-        let missing = dir.path().join("missing");
-        assert!(
-            read_token(&missing)
-                .unwrap_err()
-                .to_string()
-                .contains("missing")
-        );
     }
 }

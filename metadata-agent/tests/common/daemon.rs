@@ -148,6 +148,12 @@ pub fn write(dir: &Path, name: &str, text: &str) -> String {
 /// the configuration's path.
 pub fn token_config(dir: &Path, token: &str) -> String {
     write(dir, "token", &format!("{token}\n"));
+    // Private: the agent refuses a token others may read.
+    std::fs::set_permissions(
+        dir.join("token"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     write(
         dir,
         "agent.yaml",
