@@ -63,21 +63,59 @@ impl Serialize for Enabled {
 pub mod duration {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
-    /// Parses `500ms`, `2s`, `1m 30s`.
+    /// The longest duration any setting takes: beyond, a value is a mistake (a unit missed).
+    pub const MAX: Duration = Duration::from_secs(24 * 60 * 60);
+
+    /// Parses a duration from 1 ms to [`MAX`]: a zero interval would spin (a `0s` refresh polls
+    /// as fast as it can) and a zero timeout fail everything.
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {text:?} ({e}): expected a number with a unit, e.g. `500ms` or `2s`"
-            ))
-        })
+        let duration = super::duration_or_zero::deserialize(deserializer)?;
+        if duration.is_zero() {
+            return Err(serde::de::Error::custom(
+                "a duration of 0 is not accepted here: give at least 1ms",
+            ));
+        }
+        Ok(duration)
     }
 
-    /// Writes the duration as `deserialize` reads it back.
+    /// Writes the duration with units.
     pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(&humantime::format_duration(*duration))
+    }
+
+    pub(super) fn parse(text: &str) -> Result<Duration, String> {
+        let duration = humantime::parse_duration(text).map_err(|e| {
+            format!(
+                "invalid duration {text:?} ({e}): expected a number with a unit, e.g. `500ms` or `2s`"
+            )
+        })?;
+        if duration > MAX {
+            return Err(format!(
+                "duration {text:?} is longer than the longest accepted, {}",
+                humantime::format_duration(MAX)
+            ));
+        }
+        Ok(duration)
+    }
+}
+
+/// Like [`duration`], where 0 means something (no wait, no grace).
+pub mod duration_or_zero {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Parses a duration from 0 to [`super::duration::MAX`].
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        super::duration::parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    /// Writes the duration with units.
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        super::duration::serialize(duration, serializer)
     }
 }
 

@@ -29,7 +29,7 @@ use crate::collector::{
 use crate::config::{DEFAULT_TIMEOUT, Enabled, duration, section};
 use crate::error::BoxError;
 use crate::host::HostRoots;
-use crate::redaction::{REDACTED, Redactor, default_redact_patterns};
+use crate::redaction::{Redactor, default_redact_patterns};
 use labels::{LabelSet, Trust, escape_bytes, escape_key};
 
 /// Where the Docker socket is unless configured.
@@ -46,11 +46,18 @@ pub struct DockerConfig {
     pub timeout: Duration,
     /// Docker socket: a path or a `unix://` URL (default `/var/run/docker.sock`).
     pub socket_path: String,
+    /// Export `docker:env:*` labels (default false): containers' environments often hold
+    /// credentials.
+    pub extract_envs: bool,
     /// Keys of `docker:env:*` whose values are replaced by `<redacted>` (default: the same
-    /// patterns as procfs).
+    /// patterns as procfs); other values have secret-shaped parts hidden.
     pub redact_env_patterns: Vec<String>,
     /// Keys shown even though they match a pattern.
     pub allow_envs: Vec<String>,
+    /// Most `docker:env:*` labels of one container (default 256).
+    pub max_env_labels: usize,
+    /// Flags whose value `docker:cmdline` hides (default as procfs's `secretFlags`).
+    pub secret_flags: Vec<String>,
 }
 
 impl Default for DockerConfig {
@@ -59,8 +66,11 @@ impl Default for DockerConfig {
             enabled: Enabled::Auto,
             timeout: DEFAULT_TIMEOUT,
             socket_path: DEFAULT_SOCKET.to_owned(),
+            extract_envs: false,
             redact_env_patterns: default_redact_patterns(),
             allow_envs: Vec::new(),
+            max_env_labels: 256,
+            secret_flags: crate::redaction::default_secret_flags(),
         }
     }
 }
@@ -91,7 +101,7 @@ pub struct DockerCollector {
     socket: PathBuf,
     enabled: Enabled,
     timeout: Duration,
-    redactor: Redactor,
+    disclosure: Disclosure,
     /// Connected and version-negotiated once, on first use.
     client: OnceCell<Docker>,
     invalidations: broadcast::Sender<Invalidation>,
@@ -141,7 +151,7 @@ impl DockerCollector {
             socket: PathBuf::from(socket),
             enabled: config.enabled,
             timeout: config.timeout,
-            redactor: Redactor::new(&config.redact_env_patterns, &config.allow_envs),
+            disclosure: Disclosure::of(config),
             client: OnceCell::new(),
             invalidations: broadcast::channel(1024).0,
             created: Arc::new(Mutex::new(Created::default())),
@@ -293,7 +303,7 @@ impl Collector for DockerCollector {
                 ..Default::default()
             });
         }
-        Ok(Collected::complete(labels_of(&inspected, &self.redactor)))
+        Ok(Collected::complete(labels_of(&inspected, &self.disclosure)))
     }
 
     /// A Docker container being started (its cgroup made, its process not yet running) was
@@ -323,7 +333,7 @@ impl Collector for DockerCollector {
             .inspect(&container.id)
             .await?
             .map(|inspected| Prospect {
-                labels: labels_of(&inspected, &self.redactor),
+                labels: labels_of(&inspected, &self.disclosure),
                 keys: vec!["docker:<key>"],
                 except: Vec::new(),
             }))
@@ -372,7 +382,7 @@ impl Collector for DockerCollector {
             if addresses.is_empty() {
                 continue;
             }
-            let mut labels = labels_of(&container, &self.redactor);
+            let mut labels = labels_of(&container, &self.disclosure);
             labels.insert("process:container:id", id);
             endpoints.push(Workload { addresses, labels });
         }
@@ -483,7 +493,33 @@ fn described_at_creation(id: &str, attributes: &HashMap<String, String>) -> Pros
 }
 
 /// The `docker:*` labels of one inspected container.
-pub fn labels_of(container: &ContainerInspectResponse, redactor: &Redactor) -> LabelSet {
+/// What of a container's description its labels disclose: its environment only when asked for
+/// (and then without secrets), its command line without the values of secret flags.
+#[derive(Debug, Clone)]
+pub struct Disclosure {
+    /// Export `docker:env:*`.
+    pub extract_envs: bool,
+    /// Which env values are hidden.
+    pub redactor: Redactor,
+    /// Most env labels of one container.
+    pub max_env_labels: usize,
+    /// Flags whose values the command line hides.
+    pub secret_flags: Vec<String>,
+}
+
+impl Disclosure {
+    /// The disclosure `config` asks for.
+    pub fn of(config: &DockerConfig) -> Self {
+        Self {
+            extract_envs: config.extract_envs,
+            redactor: Redactor::new(&config.redact_env_patterns, &config.allow_envs),
+            max_env_labels: config.max_env_labels,
+            secret_flags: config.secret_flags.clone(),
+        }
+    }
+}
+
+pub fn labels_of(container: &ContainerInspectResponse, disclosure: &Disclosure) -> LabelSet {
     let mut labels = LabelSet::new();
     let mut put = |key: &str, value: &str| labels.insert(key, escape_bytes(value.as_bytes()));
     if let Some(id) = &container.id {
@@ -499,19 +535,21 @@ pub fn labels_of(container: &ContainerInspectResponse, redactor: &Redactor) -> L
         .map(String::as_str)
         .filter(|part| !part.is_empty())
         .collect();
+    let command = crate::redaction::redact_args(&command, &disclosure.secret_flags);
     put("docker:cmdline", &command.join(" "));
     if let Some(config) = &container.config {
-        for entry in config.env.iter().flatten() {
+        let envs = config
+            .env
+            .iter()
+            .flatten()
+            .filter(|_| disclosure.extract_envs);
+        for entry in envs.take(disclosure.max_env_labels) {
             let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
             let key = key.to_ascii_uppercase();
-            let value = if redactor.redacts(&key) {
-                REDACTED
-            } else {
-                value
-            };
+            let value = disclosure.redactor.env_value(&key, value);
             put(
                 &format!("docker:env:{}", escape_bytes(key.as_bytes())),
-                value,
+                &value,
             );
         }
         let mut container_labels: Vec<(&String, &String)> =
@@ -551,6 +589,7 @@ pub fn labels_of(container: &ContainerInspectResponse, redactor: &Redactor) -> L
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redaction::REDACTED;
 
     #[test]
     fn a_create_event_settles_the_id_name_image_and_labels_it_carries() {
@@ -590,8 +629,12 @@ mod tests {
 
     #[test]
     fn the_reference_container_gives_the_reference_labels() {
-        let redactor = Redactor::new(&["*TOKEN*".to_owned()], &[]);
-        let labels = labels_of(&inspect_fixture(), &redactor);
+        let disclosure = Disclosure {
+            extract_envs: true,
+            redactor: Redactor::new(&["*TOKEN*".to_owned()], &[]),
+            ..Disclosure::of(&DockerConfig::default())
+        };
+        let labels = labels_of(&inspect_fixture(), &disclosure);
         let expected = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../tests/fixtures/docker/nginx-expected.txt"
@@ -612,8 +655,25 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert("odd key".to_owned(), "line\nbreak".to_owned());
-        let labels = labels_of(&container, &redactor);
+        config
+            .env
+            .as_mut()
+            .unwrap()
+            .push("DATABASE_URL=postgres://u:secret@db/x".to_owned());
+        container.args = Some(vec!["--password=hunter2".to_owned()]);
+        let labels = labels_of(&container, &disclosure);
         assert_eq!(labels.get("docker:env:API_TOKEN"), [REDACTED]);
+        assert_eq!(
+            labels.get("docker:env:DATABASE_URL"),
+            ["postgres://u:<redacted>@db/x"]
+        );
+        assert!(
+            labels.get("docker:cmdline")[0].ends_with("--password=<redacted>"),
+            "{labels}"
+        );
+        // By default, no environment at all.
+        let labels = labels_of(&container, &Disclosure::of(&DockerConfig::default()));
+        assert!(!labels.to_text().contains("docker:env:"), "{labels}");
         assert!(!labels.contains_key("docker:env:EMPTY"));
         assert_eq!(labels.get("docker:label:odd\\x20key"), ["line\\x0abreak"]);
     }

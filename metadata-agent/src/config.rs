@@ -147,12 +147,18 @@ impl Default for ResolverConfig {
 pub struct EventsConfig {
     /// Events a subscriber may fall behind by before it is dropped (default 4096).
     pub subscriber_buffer: usize,
+    /// Bytes of events a subscriber may fall behind by before it is dropped (default 16 MiB).
+    pub subscriber_buffer_bytes: usize,
+    /// Subscribers streaming at once at most (default 64); more get 503.
+    pub max_subscribers: usize,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
         Self {
             subscriber_buffer: 4096,
+            subscriber_buffer_bytes: 16 * 1024 * 1024,
+            max_subscribers: 64,
         }
     }
 }
@@ -370,5 +376,23 @@ mod tests {
         assert!(message.contains("`auto`, `true`, `false`"), "{message}");
         let message = error_of("- a list\n");
         assert!(message.starts_with("agent.yaml: "), "{message}");
+    }
+
+    #[test]
+    fn zero_and_absurd_durations_are_refused_naming_the_field() {
+        let message = error_of("resolver:\n  nodeRefreshInterval: 0s\n");
+        assert!(
+            message.contains("resolver.nodeRefreshInterval") && message.contains("at least 1ms"),
+            "{message}"
+        );
+        let message = error_of("collectors:\n  ec2:\n    timeout: 3d\n");
+        assert!(
+            message.contains("collectors.ec2.timeout") && message.contains("longer than"),
+            "{message}"
+        );
+        // Where 0 means something, it is accepted.
+        let config =
+            Config::parse("collectors:\n  procfs:\n    hashWait: 0s\n", Path::new("x")).unwrap();
+        assert!(config.collectors.procfs.hash_wait.is_zero());
     }
 }

@@ -91,23 +91,46 @@ impl Serialize for ResolvedLabels {
 
 /// Fans serialized events out to subscribers without ever waiting for one.
 pub struct EventBus {
-    subscribers: Mutex<Vec<mpsc::Sender<Arc<str>>>>,
+    subscribers: Mutex<Vec<Subscriber>>,
     buffer: usize,
+    /// Bytes of events one subscriber may have waiting.
+    buffer_bytes: usize,
+    /// Subscribers at most.
+    max_subscribers: usize,
     closed: AtomicBool,
     metrics: Arc<Metrics>,
+}
+
+/// The bus's end of one subscription.
+struct Subscriber {
+    sender: mpsc::Sender<Arc<str>>,
+    /// Bytes of the events queued for it and not yet taken.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// The agent is shutting down.
+    Closed,
+    /// `events.maxSubscribers` are subscribed already.
+    Full(usize),
 }
 
 /// One subscriber's end: yields events until the subscriber is dropped for falling behind or
 /// the agent shuts down.
 pub struct Subscription {
     receiver: mpsc::Receiver<Arc<str>>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     bus: Weak<EventBus>,
 }
 
 impl Subscription {
     /// The next event (JSON), or `None` when the subscription ended.
     pub async fn next(&mut self) -> Option<Arc<str>> {
-        self.receiver.recv().await
+        let event = self.receiver.recv().await?;
+        self.queued.fetch_sub(event.len(), Ordering::AcqRel);
+        Some(event)
     }
 }
 
@@ -124,25 +147,47 @@ impl Drop for Subscription {
 impl EventBus {
     /// A bus whose subscribers may fall `buffer` events behind.
     pub fn new(buffer: usize, metrics: Arc<Metrics>) -> Self {
+        Self::with_limits(buffer, usize::MAX, usize::MAX, metrics)
+    }
+
+    /// A bus whose subscribers may fall `buffer` events or `buffer_bytes` bytes behind, and
+    /// which takes at most `max_subscribers`.
+    pub fn with_limits(
+        buffer: usize,
+        buffer_bytes: usize,
+        max_subscribers: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             subscribers: Mutex::new(Vec::new()),
             buffer: buffer.max(1),
+            buffer_bytes: buffer_bytes.max(1),
+            max_subscribers: max_subscribers.max(1),
             closed: AtomicBool::new(false),
             metrics,
         }
     }
 
-    /// A new subscription, or `None` once the bus is closed.
-    pub fn subscribe(self: &Arc<Self>) -> Option<Subscription> {
+    /// A new subscription; refused once the bus is closed or full.
+    pub fn subscribe(self: &Arc<Self>) -> Result<Subscription, SubscribeError> {
         if self.closed.load(Ordering::Acquire) {
-            return None;
+            return Err(SubscribeError::Closed);
+        }
+        let mut subscribers = self.lock();
+        subscribers.retain(|subscriber| !subscriber.sender.is_closed());
+        if subscribers.len() >= self.max_subscribers {
+            return Err(SubscribeError::Full(self.max_subscribers));
         }
         let (sender, receiver) = mpsc::channel(self.buffer);
-        let mut subscribers = self.lock();
-        subscribers.push(sender);
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        subscribers.push(Subscriber {
+            sender,
+            queued: Arc::clone(&queued),
+        });
         self.metrics.subscribers.set(subscribers.len() as i64);
-        Some(Subscription {
+        Ok(Subscription {
             receiver,
+            queued,
             bus: Arc::downgrade(self),
         })
     }
@@ -150,7 +195,7 @@ impl EventBus {
     /// Forgets subscribers that went away.
     fn prune(&self) {
         let mut subscribers = self.lock();
-        subscribers.retain(|sender| !sender.is_closed());
+        subscribers.retain(|subscriber| !subscriber.sender.is_closed());
         self.metrics.subscribers.set(subscribers.len() as i64);
     }
 
@@ -164,25 +209,38 @@ impl EventBus {
             return;
         };
         let json: Arc<str> = json.into();
-        subscribers.retain(|sender| match sender.try_send(Arc::clone(&json)) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                // Dropping the sender ends the subscriber's stream once it catches up with the
-                // events already queued.
-                self.metrics.subscribers_dropped.inc();
-                self.metrics
-                    .events_dropped
-                    .get_or_create(&DropLabels {
-                        reason: "slow_subscriber".to_owned(),
-                    })
-                    .inc();
-                tracing::warn!(
-                    buffer = self.buffer,
-                    "an /events subscriber fell behind and was disconnected"
-                );
-                false
+        let budget = self.buffer_bytes;
+        subscribers.retain(|subscriber| {
+            let queued = subscriber.queued.load(Ordering::Acquire);
+            let over_budget = queued.saturating_add(json.len()) > budget;
+            let sent = if over_budget {
+                Err(mpsc::error::TrySendError::Full(Arc::clone(&json)))
+            } else {
+                subscriber.sender.try_send(Arc::clone(&json))
+            };
+            if sent.is_ok() {
+                subscriber.queued.fetch_add(json.len(), Ordering::AcqRel);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            match sent {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // Dropping the sender ends the subscriber's stream once it catches up with the
+                    // events already queued.
+                    self.metrics.subscribers_dropped.inc();
+                    self.metrics
+                        .events_dropped
+                        .get_or_create(&DropLabels {
+                            reason: "slow_subscriber".to_owned(),
+                        })
+                        .inc();
+                    tracing::warn!(
+                        buffer = self.buffer,
+                        "an /events subscriber fell behind and was disconnected"
+                    );
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
         });
         self.metrics.subscribers.set(subscribers.len() as i64);
     }
@@ -194,7 +252,7 @@ impl EventBus {
         self.metrics.subscribers.set(0);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<mpsc::Sender<Arc<str>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Subscriber>> {
         self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -346,6 +404,27 @@ mod tests {
         assert_eq!(metrics.subscribers.get(), 1);
         bus.close();
         assert!(fast.next().await.is_none());
-        assert!(bus.subscribe().is_none());
+        assert!(matches!(bus.subscribe(), Err(SubscribeError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn subscribers_are_capped_in_number_and_in_bytes_behind() {
+        let metrics = Arc::new(Metrics::new());
+        let bus = Arc::new(EventBus::with_limits(1000, 10, 2, Arc::clone(&metrics)));
+        let mut small = bus.subscribe().unwrap();
+        let _other = bus.subscribe().unwrap();
+        assert!(matches!(bus.subscribe(), Err(SubscribeError::Full(2))));
+        // Two 4-byte events fit in 10 bytes; a third would not: dropped, though the queue has
+        // room for 1000 events.
+        for n in 1000..1003 {
+            bus.publish(&n);
+        }
+        assert_eq!(small.next().await.unwrap().as_ref(), "1000");
+        assert_eq!(small.next().await.unwrap().as_ref(), "1001");
+        assert!(small.next().await.is_none());
+        assert_eq!(metrics.subscribers_dropped.get(), 2);
+        // Room again for a new one.
+        drop(small);
+        assert!(bus.subscribe().is_ok());
     }
 }

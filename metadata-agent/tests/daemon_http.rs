@@ -107,6 +107,7 @@ async fn serves_labels_verdicts_and_clear_errors_for_real_processes() {
     let client = common::http_client();
     let sleeper = Sleeper::start();
     let pid = sleeper.pid();
+    daemon.wait_ready().await;
 
     // Labels of a real process, as JSON.
     let (status, body) = get_json(&client, &daemon.url(&format!("/metadata/{pid}"))).await;

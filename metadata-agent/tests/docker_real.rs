@@ -84,7 +84,7 @@ async fn a_container_process_gets_exact_docker_and_process_labels() {
         dir.path(),
         "agent.yaml",
         &format!(
-            "collectors:\n  docker:\n    socketPath: unix://{}\n",
+            "collectors:\n  docker:\n    socketPath: unix://{}\n    extractEnvs: true\n",
             docker.socket.display()
         ),
     );
@@ -213,4 +213,54 @@ async fn a_container_process_gets_exact_docker_and_process_labels() {
         metrics.contains(r#"metadata_agent_cache_removals_total{scope="container"} 1"#),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_containers_secrets_appear_in_no_answer() {
+    let missing = missing_prerequisite();
+    if !common::require(missing.is_none(), missing.unwrap_or_default()) {
+        return;
+    }
+    let docker = Dockerd::start();
+    docker.import_busybox_image("ma-test:1");
+    let id = docker.ok(&[
+        "run",
+        "-d",
+        "-e",
+        "DATABASE_URL=postgres://u:secret-in-url@db/x",
+        "-e",
+        "DB_PASS=secret-in-env",
+        "ma-test:1",
+        "sh",
+        "-c",
+        "sleep 1000",
+        "--password=secret-in-args",
+    ]);
+    let pid = docker.ok(&["inspect", "-f", "{{.State.Pid}}", &id]);
+    let dir = tempfile::tempdir().unwrap();
+    let answers = |extract_envs: bool| {
+        let config = write(
+            dir.path(),
+            "agent.yaml",
+            &format!(
+                "collectors:\n  docker:\n    socketPath: unix://{}\n    extractEnvs: {extract_envs}\n  \
+                 procfs:\n    extractEnvs: {extract_envs}\n",
+                docker.socket.display()
+            ),
+        );
+        let output =
+            common::run(common::agent().args(["inspect", &pid, "--json", "--config", &config]));
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    // By default: no environment at all, and the command line without the secret.
+    let answer = answers(false);
+    assert!(!answer.contains("secret-in"), "{answer}");
+    assert!(!answer.contains("docker:env:"), "{answer}");
+    assert!(answer.contains("--password=<redacted>"), "{answer}");
+    // Environments asked for: still no secret, the URL's password hidden in place.
+    let answer = answers(true);
+    assert!(!answer.contains("secret-in"), "{answer}");
+    assert!(answer.contains("postgres://u:<redacted>@db/x"), "{answer}");
+    assert!(answer.contains("process:env:DB_PASS"), "{answer}");
 }

@@ -510,6 +510,7 @@ async fn real_cgroups_shaped_like_a_kubelets_resolve_to_their_pods() {
         &pods[1],
         &proxy,
         collectors::kubernetes::labels::find_status(&pods[1], &proxy),
+        &KubernetesConfig::default().drop_annotations,
     );
     assert_eq!(
         k8s_labels(&resolution),

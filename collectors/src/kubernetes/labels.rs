@@ -56,7 +56,19 @@ pub fn find_status<'p>(pod: &'p Pod, id: &str) -> Option<&'p ContainerStatus> {
 }
 
 /// The labels of `pod`, and of its container `container` when its status is known.
-pub fn labels_of(pod: &Pod, container_id: &str, container: Option<&ContainerStatus>) -> LabelSet {
+/// Annotations left out by default: `kubectl apply`'s copy of the whole object, which holds
+/// literal environment values.
+pub const DEFAULT_DROPPED_ANNOTATIONS: &[&str] =
+    &["kubectl.kubernetes.io/last-applied-configuration"];
+
+/// The labels of `pod` (and of its container `container_id`), without the annotations named in
+/// `dropped`, annotation values with secret-shaped parts hidden.
+pub fn labels_of(
+    pod: &Pod,
+    container_id: &str,
+    container: Option<&ContainerStatus>,
+    dropped: &[String],
+) -> LabelSet {
     let mut labels = LabelSet::new();
     let mut put = |key: &str, value: &str| labels.insert(key, escape_bytes(value.as_bytes()));
     let meta = &pod.metadata;
@@ -78,7 +90,11 @@ pub fn labels_of(pod: &Pod, container_id: &str, container: Option<&ContainerStat
         put(&format!("k8s:label:{}", escape_key(key)), value);
     }
     for (key, value) in meta.annotations.iter().flatten() {
-        put(&format!("k8s:annotation:{}", escape_key(key)), value);
+        if dropped.iter().any(|name| name == key) {
+            continue;
+        }
+        let value = crate::redaction::redact_shapes(value);
+        put(&format!("k8s:annotation:{}", escape_key(key)), &value);
     }
 
     put("k8s:container:id", container_id);
@@ -150,7 +166,7 @@ mod tests {
 
     fn labels_for(pod: &Pod, container: &str) -> LabelSet {
         let id = id(container);
-        labels_of(pod, &id, find_status(pod, &id))
+        labels_of(pod, &id, find_status(pod, &id), &[])
     }
 
     #[test]

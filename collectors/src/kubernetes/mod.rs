@@ -62,8 +62,11 @@ pub struct KubernetesConfig {
     /// How often the pod list is fetched in the background (default 30s).
     #[serde(with = "duration")]
     pub refresh_interval: Duration,
+    /// Annotations left out of `k8s:annotation:*` (default:
+    /// `kubectl.kubernetes.io/last-applied-configuration`, which holds literal env values).
+    pub drop_annotations: Vec<String>,
     /// How long a pod gone from the kubelet's list stays resolvable (default 5m).
-    #[serde(with = "duration")]
+    #[serde(with = "crate::config::duration_or_zero")]
     pub deleted_pod_grace: Duration,
 }
 
@@ -78,6 +81,10 @@ impl Default for KubernetesConfig {
             skip_kubelet_verification: false,
             credentials: String::new(),
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
+            drop_annotations: labels::DEFAULT_DROPPED_ANNOTATIONS
+                .iter()
+                .map(|name| (*name).to_owned())
+                .collect(),
             deleted_pod_grace: DEFAULT_DELETED_POD_GRACE,
         }
     }
@@ -346,6 +353,7 @@ impl Collector for KubernetesCollector {
             &pod,
             &container.id,
             Some(status),
+            &inner.config.drop_annotations,
         )))
     }
 
@@ -400,7 +408,7 @@ impl Collector for KubernetesCollector {
             }
             workloads.push(Workload {
                 addresses,
-                labels: labels::labels_of(pod, "", None),
+                labels: labels::labels_of(pod, "", None, &inner.config.drop_annotations),
             });
         }
         Ok(workloads)

@@ -32,7 +32,7 @@ use crate::host::HostRoots;
 use crate::process::{
     ProcDir, ProcessRef, is_gone, parse_start_ticks, read_proc_file, stat_field, status_field,
 };
-use crate::redaction::{REDACTED, Redactor, default_redact_patterns};
+use crate::redaction::{Redactor, default_redact_patterns};
 use accounts::IdNames;
 use labels::Trust::{Kernel, SelfReported};
 use labels::{LabelSet, escape_bytes, escape_bytes_limited};
@@ -62,6 +62,15 @@ pub struct ProcfsConfig {
     pub redact_env_patterns: Vec<String>,
     /// Keys never redacted even when they match a pattern.
     pub allow_envs: Vec<String>,
+    /// Most `process:env:*` labels of one process (default 256); the rest are left out.
+    pub max_env_labels: usize,
+    /// Most bytes of `process:env:*` values of one process (default 64 KiB); the rest are left
+    /// out.
+    pub max_env_bytes: usize,
+    /// Flags whose value `process:cmdline` hides (`--password=…`, `--token …`; a one-letter
+    /// flag such as `-p` also hides an attached value, `-psecret`). Default
+    /// [`DEFAULT_SECRET_FLAGS`](crate::redaction::DEFAULT_SECRET_FLAGS).
+    pub secret_flags: Vec<String>,
     /// Cut-off for cmdline and env values in bytes (default 4096).
     pub max_value_bytes: usize,
     /// Number of binary hashes cached (default 4096).
@@ -71,7 +80,7 @@ pub struct ProcfsConfig {
     /// How long a lookup waits for the hash of a binary not yet in the cache (default 350ms,
     /// below the collector's deadline). Past it the other labels are returned (status partial)
     /// and the hash goes on in the background into the cache.
-    #[serde(with = "duration")]
+    #[serde(with = "crate::config::duration_or_zero")]
     pub hash_wait: Duration,
 }
 
@@ -83,6 +92,9 @@ impl Default for ProcfsConfig {
             extract_envs: false,
             redact_env_patterns: default_redact_patterns(),
             allow_envs: Vec::new(),
+            max_env_labels: 256,
+            max_env_bytes: 64 * 1024,
+            secret_flags: crate::redaction::default_secret_flags(),
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             hash_cache_entries: DEFAULT_HASH_CACHE_ENTRIES,
             max_hash_bytes: DEFAULT_MAX_HASH_BYTES,
@@ -135,6 +147,9 @@ struct Inner {
     extract_envs: bool,
     redactor: Redactor,
     max_value_bytes: usize,
+    max_env_labels: usize,
+    max_env_bytes: usize,
+    secret_flags: Vec<String>,
     hashes: BinaryHasher,
     users: IdNames,
     groups: IdNames,
@@ -155,6 +170,9 @@ impl ProcfsCollector {
                 extract_envs: config.extract_envs,
                 redactor: Redactor::new(&config.redact_env_patterns, &config.allow_envs),
                 max_value_bytes: config.max_value_bytes,
+                max_env_labels: config.max_env_labels,
+                max_env_bytes: config.max_env_bytes,
+                secret_flags: config.secret_flags.clone(),
                 hashes: BinaryHasher::new(config.hash_cache_entries, config.max_hash_bytes),
                 boot_time: OnceLock::new(),
                 host_mount_namespace: OnceLock::new(),
@@ -311,9 +329,10 @@ impl Inner {
             labels.insert("process:name", process_name(&comm, &args));
         }
         if !args.is_empty() {
+            let shown = crate::redaction::redact_arg_bytes(&args, &self.secret_flags);
             labels.insert(
                 "process:cmdline",
-                escape_bytes_limited(&args.join(&b' '), self.max_value_bytes),
+                escape_bytes_limited(&shown.join(&b' '), self.max_value_bytes),
             );
         }
 
@@ -419,7 +438,14 @@ impl Inner {
         if self.extract_envs {
             match read_capped(dir.open_file("environ")) {
                 Ok((environ, cut)) => {
-                    self.env_labels(&environ, &mut labels);
+                    let left_out = self.env_labels(&environ, &mut labels);
+                    if left_out > 0 {
+                        gaps.unreadable.push(format!(
+                            "environment: {left_out} variables left out, past \
+                             collectors.procfs.maxEnvLabels ({}) or maxEnvBytes ({})",
+                            self.max_env_labels, self.max_env_bytes
+                        ));
+                    }
                     if cut {
                         gaps.unreadable.push(format!(
                             "environment: larger than {MAX_READ_BYTES} bytes, the rest not read"
@@ -575,16 +601,23 @@ impl Inner {
         }
     }
 
-    fn env_labels(&self, environ: &[u8], labels: &mut LabelSet) {
+    /// The `process:env:*` labels of `environ`, at most `maxEnvLabels` of them and
+    /// `maxEnvBytes` of values; returns how many variables were left out.
+    fn env_labels(&self, environ: &[u8], labels: &mut LabelSet) -> usize {
+        let (mut count, mut bytes, mut left_out) = (0usize, 0usize, 0usize);
         for (key, value) in environment::parse_environ(environ) {
             let key = escape_bytes(key).to_uppercase();
-            let value = if self.redactor.redacts(&key) {
-                REDACTED.to_owned()
-            } else {
-                escape_bytes_limited(value, self.max_value_bytes)
-            };
+            let escaped = escape_bytes_limited(value, self.max_value_bytes);
+            let value = self.redactor.env_value(&key, &escaped).into_owned();
+            if count >= self.max_env_labels || bytes + value.len() > self.max_env_bytes {
+                left_out += 1;
+                continue;
+            }
+            count += 1;
+            bytes += value.len();
             labels.insert(format!("process:env:{key}"), value);
         }
+        left_out
     }
 
     /// RFC 3339 start time from clock ticks since boot.

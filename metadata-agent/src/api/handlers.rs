@@ -334,12 +334,15 @@ pub async fn collectors(State(state): State<Arc<AppState>>) -> Answer {
 pub async fn events(
     State(state): State<Arc<AppState>>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let subscription = state.bus.subscribe().ok_or_else(|| {
-        ApiError::new(
+    let subscription = state.bus.subscribe().map_err(|refused| match refused {
+        crate::events::SubscribeError::Closed => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
             "the agent is shutting down",
-        )
+        ),
+        crate::events::SubscribeError::Full(max) => ApiError::overloaded(format!(
+            "{max} subscribers are streaming events already (events.maxSubscribers)"
+        )),
     })?;
     let events = futures_util::stream::unfold(subscription, |mut subscription| async move {
         let json = subscription.next().await?;

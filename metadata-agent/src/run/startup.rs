@@ -63,8 +63,10 @@ impl Agent {
             Some(path) => Some(crate::api::token::TokenFile::open(path)?),
             None => None,
         };
-        let bus = Arc::new(EventBus::new(
+        let bus = Arc::new(EventBus::with_limits(
             config.events.subscriber_buffer,
+            config.events.subscriber_buffer_bytes,
+            config.events.max_subscribers,
             Arc::clone(&metrics),
         ));
         let (hook_events, hook_receiver) = mpsc::channel(events::PIPELINE_QUEUE);

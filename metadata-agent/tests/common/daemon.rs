@@ -90,6 +90,24 @@ impl Daemon {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits until `/readyz` answers 200 (node labels collected), at most 20 s.
+    pub async fn wait_ready(&self) {
+        let client = super::http_client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = client
+                .get(self.url("/readyz"))
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success());
+            if ready {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not ready; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the log contains `needle`.
     pub fn wait_for_log(&self, needle: &str, within: Duration) -> bool {
         let deadline = Instant::now() + within;
