@@ -23,6 +23,8 @@ pub mod process;
 pub mod procfs;
 pub mod redaction;
 pub mod registry;
+#[cfg(test)]
+mod robustness;
 pub mod sysfsdmi;
 
 pub use builtin::{Builtin, CollectorsConfig, SECTIONS, build_registry};

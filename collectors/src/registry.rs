@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use crate::collector::{CollectError, Collector, Scope, Subject};
+use crate::collector::{CollectError, Collected, Collector, Scope, Subject};
 use crate::error::error_chain;
 use labels::LabelSet;
 
@@ -114,6 +114,64 @@ pub struct CollectorReport {
     /// See [`Collected::executable`](crate::Collected::executable).
     #[serde(skip)]
     pub executable: Option<crate::procfs::FileIdentity>,
+}
+
+/// Labels one collection may give at most: a hostile source (an IMDS that answers ten thousand
+/// tags, a pod with huge annotations) cannot fan out without limit.
+pub const MAX_LABELS_PER_COLLECTION: usize = 2048;
+
+/// Longest label value a collection may give, in bytes; longer ones are cut with a visible
+/// marker.
+pub const MAX_VALUE_BYTES: usize = 16 * 1024;
+
+/// Holds `collected` to [`MAX_LABELS_PER_COLLECTION`] and [`MAX_VALUE_BYTES`]; returns its
+/// partial reason, with what was cut added.
+fn bound(collected: &mut Collected) -> Option<String> {
+    let mut cut = Vec::new();
+    let pairs = collected.labels.pair_count();
+    let long = collected
+        .labels
+        .pairs()
+        .any(|(_, value)| value.len() > MAX_VALUE_BYTES);
+    if pairs > MAX_LABELS_PER_COLLECTION || long {
+        let mut bounded = LabelSet::new();
+        let mut shortened = 0;
+        for (key, value) in collected.labels.pairs().take(MAX_LABELS_PER_COLLECTION) {
+            if value.len() > MAX_VALUE_BYTES {
+                let mut end = MAX_VALUE_BYTES;
+                while !value.is_char_boundary(end) {
+                    end -= 1;
+                }
+                bounded.insert(
+                    key,
+                    format!(
+                        "{}{}{} bytes total]",
+                        &value[..end],
+                        labels::TRUNCATION_MARKER,
+                        value.len()
+                    ),
+                );
+                shortened += 1;
+            } else {
+                bounded.insert(key, value);
+            }
+        }
+        if pairs > MAX_LABELS_PER_COLLECTION {
+            cut.push(format!(
+                "{} of {pairs} labels left out (at most {MAX_LABELS_PER_COLLECTION} per collection)",
+                pairs - MAX_LABELS_PER_COLLECTION
+            ));
+        }
+        if shortened > 0 {
+            cut.push(format!("{shortened} values cut at {MAX_VALUE_BYTES} bytes"));
+        }
+        collected.labels = bounded;
+    }
+    match (collected.partial.take(), cut.is_empty()) {
+        (partial, true) => partial,
+        (None, false) => Some(cut.join("; ")),
+        (Some(partial), false) => Some(format!("{partial}; {}", cut.join("; "))),
+    }
 }
 
 impl CollectorReport {
@@ -227,8 +285,8 @@ impl Registry {
                     },
                     latency,
                 ),
-                Ok(Ok(collected)) => CollectorReport {
-                    status: match collected.partial {
+                Ok(Ok(mut collected)) => CollectorReport {
+                    status: match bound(&mut collected) {
                         None => CollectorStatus::Ok,
                         Some(reason) => CollectorStatus::Partial { reason },
                     },
@@ -417,5 +475,31 @@ mod tests {
             reports.iter().all(|r| r.status == CollectorStatus::Ok),
             "{reports:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn a_collection_is_held_to_its_bounds() {
+        let mut collected = Collected::default();
+        for n in 0..5000 {
+            collected.labels.insert(format!("ec2:tag:t{n:05}"), "v");
+        }
+        collected.labels.insert("huge", "x".repeat(100_000));
+        let reason = bound(&mut collected).unwrap();
+        assert_eq!(collected.labels.pair_count(), MAX_LABELS_PER_COLLECTION);
+        assert!(reason.contains("labels left out"), "{reason}");
+        let mut collected = Collected::default();
+        collected.labels.insert("huge", "é".repeat(20_000));
+        let reason = bound(&mut collected).unwrap();
+        assert!(reason.contains("1 values cut"), "{reason}");
+        let value = &collected.labels.get("huge")[0];
+        assert!(value.len() < MAX_VALUE_BYTES + 64 && value.contains("truncated"));
+        let mut fine = Collected::default();
+        fine.labels.insert("k", "v");
+        assert_eq!(bound(&mut fine), None);
     }
 }

@@ -198,3 +198,27 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any record the ring buffer could hold decodes to an event or to nothing.
+        #[test]
+        fn records_of_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse_event(&bytes);
+        }
+
+        /// Records of every kind with any field values.
+        #[test]
+        fn records_with_any_fields(kind in 0u32..5, family in any::<u16>(), decision in any::<u8>(), comm in any::<[u8; 16]>(), port in any::<u16>()) {
+            let raw = RawEvent { kind, family, decision, comm, port, ..RawEvent::default() };
+            if let Some(HookEvent::Connect(event)) = parse_event(&raw.to_bytes()) {
+                prop_assert_eq!(event.port, port);
+                prop_assert!(event.comm.len() <= 16 * 3);
+            }
+        }
+    }
+}

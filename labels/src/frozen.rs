@@ -49,6 +49,11 @@ impl LabelSet {
 }
 
 impl FrozenLabels {
+    /// The bytes it holds (its text and its index), for caches bounded in bytes.
+    pub fn byte_size(&self) -> usize {
+        self.text.len() + self.ends.len() * std::mem::size_of::<usize>()
+    }
+
     /// The label set again.
     pub fn thaw(&self) -> LabelSet {
         let mut labels = BTreeMap::new();

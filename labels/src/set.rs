@@ -102,6 +102,17 @@ impl LabelSet {
         self.labels.remove(key)
     }
 
+    /// About how many bytes it holds (keys, values and their bookkeeping), for caches bounded
+    /// in bytes.
+    pub fn byte_size(&self) -> usize {
+        self.labels
+            .iter()
+            .map(|(key, values)| {
+                key.len() + 48 + values.iter().map(|v| v.len() + 24).sum::<usize>()
+            })
+            .sum()
+    }
+
     /// Number of distinct keys.
     pub fn key_count(&self) -> usize {
         self.labels.len()
@@ -278,5 +289,35 @@ mod scale_tests {
         assert_eq!(merged.get("k")[0], "39999");
         merged.insert_all("empty", [""]);
         assert!(!merged.contains_key("empty"));
+    }
+}
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text parses to a label set or to an error naming a line.
+        #[test]
+        fn text_of_any_content(text in "[ -~\n\t:#]{0,400}") {
+            if let Err(error) = LabelSet::from_text(&text) {
+                prop_assert!(error.line >= 1 && error.line <= text.lines().count().max(1));
+            }
+        }
+
+        /// What is written reads back the same.
+        #[test]
+        fn the_text_rendering_reads_back(pairs in prop::collection::vec(("[a-z:]{1,8}", "[ -~]{1,12}"), 0..20)) {
+            let mut labels = LabelSet::new();
+            for (key, value) in &pairs {
+                let value = value.trim();
+                if !value.is_empty() && !key.starts_with(':') && !key.ends_with(':') && !key.contains("::") {
+                    labels.insert(key.as_str(), value);
+                }
+            }
+            let back = LabelSet::from_text(&labels.to_text()).unwrap();
+            prop_assert_eq!(back, labels);
+        }
     }
 }

@@ -116,6 +116,9 @@ pub struct ResolverConfig {
     pub process_cache_entries: usize,
     /// Container entries kept (default 1024).
     pub container_cache_entries: usize,
+    /// Bytes the process and container caches hold at most, together (default 64 MiB; 7/8 for
+    /// processes): a few processes with huge labels cannot take more.
+    pub cache_bytes: u64,
     /// How often node labels are collected again (default 5m).
     #[serde(with = "duration")]
     pub node_refresh_interval: Duration,
@@ -132,6 +135,7 @@ impl Default for ResolverConfig {
     fn default() -> Self {
         Self {
             process_cache_entries: 16_384,
+            cache_bytes: 64 * 1024 * 1024,
             container_cache_entries: 1_024,
             node_refresh_interval: Duration::from_secs(300),
             sweep_interval: Duration::from_secs(30),

@@ -93,3 +93,38 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Any text, and YAML-shaped text in particular, compiles to policies or to errors with
+    /// positions: never a panic.
+    #[test]
+    fn policy_files_of_any_text(text in "[ -~\n]{0,300}") {
+        let _ = compile_texts(&[(Path::new("p.yaml"), text.as_str())]);
+    }
+
+    #[test]
+    fn policy_files_of_yaml_shaped_text(
+        lines in prop::collection::vec(
+            prop_oneof![
+                Just("policies:".to_owned()),
+                Just("  - name: x".to_owned()),
+                Just("    action: deny".to_owned()),
+                Just("    selectors:".to_owned()),
+                Just("      - k: {regex: \"(a|b)*c\"}".to_owned()),
+                Just("    to:".to_owned()),
+                Just("      - cidr: [10.0.0.0/8, \"::/0\"]".to_owned()),
+                Just("        ports: [1, \"2-3\", \"9-1\"]".to_owned()),
+                "[ -~]{0,30}",
+                "( {0,8})(- )?[a-z]{1,8}: (\\[|\\{)?[ -~]{0,12}",
+            ],
+            0..30,
+        )
+    ) {
+        let text = lines.join("\n");
+        if let Err(errors) = compile_texts(&[(Path::new("p.yaml"), text.as_str())]) {
+            prop_assert!(!errors.to_string().is_empty());
+        }
+    }
+}

@@ -7,7 +7,7 @@
 mod accounts;
 mod binary_hash;
 mod capabilities;
-mod environment;
+pub(crate) mod environment;
 pub mod sockets;
 
 use std::io;

@@ -523,3 +523,35 @@ mod tests {
         assert_eq!(error.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A request body of any bytes and any declared type is a label set or a 4xx.
+        #[test]
+        fn label_bodies_of_any_bytes(
+            body in prop::collection::vec(any::<u8>(), 0..400),
+            kind in prop::sample::select(vec!["application/json", "text/plain", "", "x/y"]),
+        ) {
+            let mut headers = HeaderMap::new();
+            if !kind.is_empty() {
+                headers.insert(header::CONTENT_TYPE, kind.parse().unwrap());
+            }
+            if let Err(error) = parse_labels(&headers, &body) {
+                prop_assert!(error.status.is_client_error());
+            }
+        }
+
+        /// JSON-shaped bodies: labels, trust, nesting.
+        #[test]
+        fn label_bodies_of_json_shape(text in r#"\{("labels"|"trust"|"x")?:? ?(\{("[a-z]{0,3}": ?(\[("[a-z]{0,3}",? ?){0,3}\]|"kernel"|1|null),? ?){0,3}\})?\}"#) {
+            let headers = HeaderMap::new();
+            if let Err(error) = parse_labels(&headers, text.as_bytes()) {
+                prop_assert!(error.status.is_client_error());
+            }
+        }
+    }
+}

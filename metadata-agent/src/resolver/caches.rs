@@ -8,7 +8,7 @@ use collectors::cgroup::ContainerIdentity;
 use collectors::{CollectorReport, CollectorStatus, ProcessImage, Scope, merge_labels};
 use labels::{FrozenLabels, LabelSet};
 use quick_cache::sync::Cache;
-use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder};
 
 use super::Resolver;
 use crate::config::ResolverConfig;
@@ -127,27 +127,65 @@ impl<K, V> Lifecycle<K, V> for EvictionCounter {
     }
 }
 
-pub(super) type ScopedCache<K, V> = Cache<K, V, UnitWeighter, DefaultHashBuilder, EvictionCounter>;
+/// What a cache entry weighs: its bytes.
+pub(super) trait Bytes {
+    /// About how many bytes the entry holds.
+    fn bytes(&self) -> u64;
+}
 
-/// A cache of at most `entries` entries of `scope`, counting its evictions.
+impl Bytes for Arc<ProcessEntry> {
+    fn bytes(&self) -> u64 {
+        let reports = self.reports.len() * std::mem::size_of::<CollectorReport>();
+        (std::mem::size_of::<ProcessEntry>() + self.labels.byte_size() + reports) as u64
+    }
+}
+
+impl Bytes for Arc<ScopeEntry> {
+    fn bytes(&self) -> u64 {
+        let reports = self.reports.len() * std::mem::size_of::<CollectorReport>();
+        (std::mem::size_of::<ScopeEntry>() + self.labels.byte_size() + reports) as u64
+    }
+}
+
+/// Weighs entries by their bytes, and each at least `floor`, so that the cache holds at most
+/// its byte budget and at most `budget / floor` entries.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ByteWeighter {
+    floor: u64,
+}
+
+impl<K, V: Bytes> quick_cache::Weighter<K, V> for ByteWeighter {
+    fn weight(&self, _key: &K, value: &V) -> u64 {
+        value.bytes().max(self.floor)
+    }
+}
+
+pub(super) type ScopedCache<K, V> = Cache<K, V, ByteWeighter, DefaultHashBuilder, EvictionCounter>;
+
+/// A cache of `scope` entries holding at most `entries` of them and `bytes` bytes, counting
+/// its evictions.
 pub(super) fn scoped_cache<K, V>(
     entries: usize,
+    bytes: u64,
     scope: Scope,
     metrics: &Arc<Metrics>,
 ) -> ScopedCache<K, V>
 where
     K: Eq + std::hash::Hash + Clone,
-    V: Clone,
+    V: Clone + Bytes,
 {
     let entries = entries.max(1);
+    let bytes = bytes.max(entries as u64);
     let options = OptionsBuilder::new()
         .estimated_items_capacity(entries)
-        .weight_capacity(entries as u64)
+        .weight_capacity(bytes)
         .build()
         .expect("capacity is set"); // both required fields are set just above
     Cache::with_options(
         options,
-        UnitWeighter,
+        ByteWeighter {
+            floor: bytes / entries as u64,
+        },
         DefaultHashBuilder::default(),
         EvictionCounter {
             metrics: Arc::clone(metrics),
@@ -163,6 +201,18 @@ pub struct ResolverLimits {
     pub process_entries: usize,
     /// Container entries kept.
     pub container_entries: usize,
+    /// Bytes the process and container entries hold at most (7/8 and 1/8 of it).
+    pub cache_bytes: u64,
+}
+
+impl ResolverLimits {
+    pub(super) fn process_bytes(&self) -> u64 {
+        self.cache_bytes / 8 * 7
+    }
+
+    pub(super) fn container_bytes(&self) -> u64 {
+        self.cache_bytes / 8
+    }
 }
 
 impl From<&ResolverConfig> for ResolverLimits {
@@ -170,6 +220,7 @@ impl From<&ResolverConfig> for ResolverLimits {
         Self {
             process_entries: config.process_cache_entries,
             container_entries: config.container_cache_entries,
+            cache_bytes: config.cache_bytes,
         }
     }
 }
@@ -206,5 +257,41 @@ impl Resolver {
             .cache_size(Scope::Process, self.processes.len());
         self.metrics
             .cache_size(Scope::Container, self.containers.len());
+    }
+}
+
+#[cfg(test)]
+mod byte_tests {
+    use super::*;
+
+    fn entry(bytes: usize) -> Arc<ScopeEntry> {
+        let mut labels = LabelSet::new();
+        labels.insert("docker:label:big", "x".repeat(bytes));
+        Arc::new(ScopeEntry {
+            reports: Vec::new(),
+            labels,
+            resolved_at: SystemTime::now(),
+            untrusted: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn caches_hold_their_bytes_and_their_entries_at_most() {
+        let metrics = Arc::new(Metrics::new());
+        // 100 entries or 64 KiB: ten 16 KiB entries cannot all stay.
+        let cache: ScopedCache<u32, Arc<ScopeEntry>> =
+            scoped_cache(100, 64 * 1024, Scope::Container, &metrics);
+        for n in 0..10 {
+            cache.insert(n, entry(16 * 1024));
+        }
+        assert!(cache.len() <= 4, "{}", cache.len());
+        assert!(cache.weight() <= 64 * 1024);
+        // Small entries: the entry count bounds.
+        let cache: ScopedCache<u32, Arc<ScopeEntry>> =
+            scoped_cache(5, 1 << 30, Scope::Container, &metrics);
+        for n in 0..50 {
+            cache.insert(n, entry(10));
+        }
+        assert!(cache.len() <= 5, "{}", cache.len());
     }
 }

@@ -122,8 +122,18 @@ impl Resolver {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            processes: scoped_cache(limits.process_entries, Scope::Process, &metrics),
-            containers: scoped_cache(limits.container_entries, Scope::Container, &metrics),
+            processes: scoped_cache(
+                limits.process_entries,
+                limits.process_bytes(),
+                Scope::Process,
+                &metrics,
+            ),
+            containers: scoped_cache(
+                limits.container_entries,
+                limits.container_bytes(),
+                Scope::Container,
+                &metrics,
+            ),
             answers: Cache::new(kept_answer_capacity()),
             node: RwLock::new(Arc::new(ScopeEntry::empty())),
             node_ready: std::sync::atomic::AtomicBool::new(false),
@@ -283,6 +293,7 @@ pub async fn resolve_once(
     let limits = ResolverLimits {
         process_entries: 1,
         container_entries: 1,
+        cache_bytes: 64 * 1024 * 1024,
     };
     let resolver = Resolver::new(roots, registry, limits, Arc::new(Metrics::new()))
         .with_container_placement(placement);

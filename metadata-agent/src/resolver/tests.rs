@@ -213,7 +213,7 @@ async fn a_bounded_cache_evicts_and_counts() {
     let mut resolver = proc.resolver();
     let metrics = Arc::new(Metrics::new());
     resolver.metrics = Arc::clone(&metrics);
-    resolver.processes = scoped_cache(8, Scope::Process, &metrics);
+    resolver.processes = scoped_cache(8, 1 << 30, Scope::Process, &metrics);
     for pid in 1..=40 {
         resolver.resolve(pid).await.unwrap();
     }

@@ -4,6 +4,7 @@
 //! SIGTERM and then stops cleanly, detaching the hook.
 
 mod background;
+pub mod privileges;
 pub mod serve;
 pub mod startup;
 
@@ -71,6 +72,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &allowed_hosts,
     )
     .await?;
+    // Started: the hook is attached and the listener bound; what is left needs no more than
+    // reading other users' processes.
+    match privileges::drop_unneeded() {
+        Ok(kept) => tracing::info!(?kept, "dropped every other capability"),
+        Err(error) => tracing::warn!("cannot drop capabilities: {error}"),
+    }
     agent.start_background(shutdown);
 
     signals.received().await;
