@@ -87,10 +87,14 @@ fn add<C: Builtin>(
         section,
         "a collector is named by its section"
     );
-    registry.register(
+    registry.register_filtered(
         Arc::new(collector),
         config.enabled().runs(),
         config.timeout(),
+        crate::registry::KeyFilter {
+            include: config.include_keys().to_vec(),
+            exclude: config.exclude_keys().to_vec(),
+        },
     );
     Ok(())
 }

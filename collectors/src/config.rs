@@ -127,9 +127,14 @@ pub trait Section:
     fn enabled(&self) -> Enabled;
     /// `timeout:`, the deadline of one collection.
     fn timeout(&self) -> Duration;
+    /// `includeKeys:`, key globs whose labels are kept (none: all).
+    fn include_keys(&self) -> &[String];
+    /// `excludeKeys:`, key globs whose labels are left out.
+    fn exclude_keys(&self) -> &[String];
 }
 
-/// Implements [`Section`] for a section type with `enabled` and `timeout` fields.
+/// Implements [`Section`] for a section type with `enabled`, `timeout`, `include_keys` and
+/// `exclude_keys` fields.
 macro_rules! section {
     ($type:ty) => {
         impl $crate::config::Section for $type {
@@ -138,6 +143,12 @@ macro_rules! section {
             }
             fn timeout(&self) -> std::time::Duration {
                 self.timeout
+            }
+            fn include_keys(&self) -> &[String] {
+                &self.include_keys
+            }
+            fn exclude_keys(&self) -> &[String] {
+                &self.exclude_keys
             }
         }
     };
@@ -157,6 +168,10 @@ pub struct BasicConfig {
     /// Deadline.
     #[serde(with = "duration")]
     pub timeout: Duration,
+    /// Key globs (`*` wildcard) whose labels are kept; empty (the default): all.
+    pub include_keys: Vec<String>,
+    /// Key globs whose labels are left out (default none).
+    pub exclude_keys: Vec<String>,
 }
 
 impl Default for BasicConfig {
@@ -164,6 +179,8 @@ impl Default for BasicConfig {
         Self {
             enabled: Enabled::Always,
             timeout: DEFAULT_TIMEOUT,
+            include_keys: Vec::new(),
+            exclude_keys: Vec::new(),
         }
     }
 }

@@ -58,6 +58,10 @@ pub struct DockerConfig {
     pub max_env_labels: usize,
     /// Flags whose value `docker:cmdline` hides (default as procfs's `secretFlags`).
     pub secret_flags: Vec<String>,
+    /// Key globs (`*` wildcard) whose labels are kept; empty (the default): all.
+    pub include_keys: Vec<String>,
+    /// Key globs whose labels are left out (default none).
+    pub exclude_keys: Vec<String>,
 }
 
 impl Default for DockerConfig {
@@ -71,6 +75,8 @@ impl Default for DockerConfig {
             allow_envs: Vec::new(),
             max_env_labels: 256,
             secret_flags: crate::redaction::default_secret_flags(),
+            include_keys: Vec::new(),
+            exclude_keys: Vec::new(),
         }
     }
 }

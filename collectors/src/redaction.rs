@@ -269,7 +269,7 @@ pub fn redact_args<'a>(args: &[&'a str], flags: &[String]) -> Vec<std::borrow::C
 }
 
 /// `*`-wildcard match of the whole text.
-fn wildcard_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn wildcard_match(pattern: &str, text: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
     if parts.len() == 1 {
         return pattern == text;

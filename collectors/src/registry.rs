@@ -126,7 +126,8 @@ pub const MAX_VALUE_BYTES: usize = 16 * 1024;
 
 /// Holds `collected` to [`MAX_LABELS_PER_COLLECTION`] and [`MAX_VALUE_BYTES`]; returns its
 /// partial reason, with what was cut added.
-fn bound(collected: &mut Collected) -> Option<String> {
+fn bound(collected: &mut Collected, filter: &KeyFilter) -> Option<String> {
+    filter.apply(&mut collected.labels);
     let mut cut = Vec::new();
     let pairs = collected.labels.pair_count();
     let long = collected
@@ -207,6 +208,43 @@ pub struct Registered {
     pub enabled: bool,
     /// Its deadline.
     pub timeout: Duration,
+    /// Which of its labels are kept.
+    pub filter: KeyFilter,
+}
+
+/// Which keys of a collector's labels are kept: those matching an `include` glob (all when
+/// there is none) and no `exclude` glob (`*` matches any run of characters).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyFilter {
+    /// Globs of the keys kept; none: all.
+    pub include: Vec<String>,
+    /// Globs of the keys left out.
+    pub exclude: Vec<String>,
+}
+
+impl KeyFilter {
+    /// Whether `key` is kept.
+    pub fn keeps(&self, key: &str) -> bool {
+        let matches = |glob: &String| crate::redaction::wildcard_match(glob, key);
+        (self.include.is_empty() || self.include.iter().any(matches))
+            && !self.exclude.iter().any(matches)
+    }
+
+    /// `labels` without the keys left out.
+    fn apply(&self, labels: &mut LabelSet) {
+        if self.include.is_empty() && self.exclude.is_empty() {
+            return;
+        }
+        let dropped: Vec<String> = labels
+            .iter()
+            .map(|(key, _)| key)
+            .filter(|key| !self.keeps(key))
+            .map(str::to_owned)
+            .collect();
+        for key in dropped {
+            labels.remove(&key);
+        }
+    }
 }
 
 /// The set of collectors the agent runs.
@@ -228,10 +266,22 @@ impl Registry {
         enabled: bool,
         timeout: Duration,
     ) -> &mut Self {
+        self.register_filtered(collector, enabled, timeout, KeyFilter::default())
+    }
+
+    /// [`Registry::register`], keeping only the labels `filter` keeps.
+    pub fn register_filtered(
+        &mut self,
+        collector: Arc<dyn Collector>,
+        enabled: bool,
+        timeout: Duration,
+        filter: KeyFilter,
+    ) -> &mut Self {
         self.collectors.push(Registered {
             collector,
             enabled,
             timeout,
+            filter,
         });
         self
     }
@@ -286,7 +336,7 @@ impl Registry {
                     latency,
                 ),
                 Ok(Ok(mut collected)) => CollectorReport {
-                    status: match bound(&mut collected) {
+                    status: match bound(&mut collected, &registered.filter) {
                         None => CollectorStatus::Ok,
                         Some(reason) => CollectorStatus::Partial { reason },
                     },
@@ -489,17 +539,29 @@ mod bound_tests {
             collected.labels.insert(format!("ec2:tag:t{n:05}"), "v");
         }
         collected.labels.insert("huge", "x".repeat(100_000));
-        let reason = bound(&mut collected).unwrap();
+        let none = KeyFilter::default();
+        let reason = bound(&mut collected, &none).unwrap();
         assert_eq!(collected.labels.pair_count(), MAX_LABELS_PER_COLLECTION);
         assert!(reason.contains("labels left out"), "{reason}");
         let mut collected = Collected::default();
         collected.labels.insert("huge", "é".repeat(20_000));
-        let reason = bound(&mut collected).unwrap();
+        let reason = bound(&mut collected, &none).unwrap();
         assert!(reason.contains("1 values cut"), "{reason}");
         let value = &collected.labels.get("huge")[0];
         assert!(value.len() < MAX_VALUE_BYTES + 64 && value.contains("truncated"));
         let mut fine = Collected::default();
         fine.labels.insert("k", "v");
-        assert_eq!(bound(&mut fine), None);
+        assert_eq!(bound(&mut fine, &none), None);
+        // Operators' globs.
+        let filter = KeyFilter {
+            include: vec!["k8s:*".to_owned()],
+            exclude: vec!["k8s:annotation:*".to_owned()],
+        };
+        let mut collected = Collected::default();
+        for key in ["k8s:pod:name", "k8s:annotation:secret", "other"] {
+            collected.labels.insert(key, "v");
+        }
+        assert_eq!(bound(&mut collected, &filter), None);
+        assert_eq!(collected.labels.to_text(), "k8s:pod:name: v\n");
     }
 }

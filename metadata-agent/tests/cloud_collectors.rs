@@ -322,6 +322,7 @@ fn azure_with_timeout(url: &str, timeout: Duration) -> AzureCollector {
         enabled: Enabled::Always,
         endpoint: url.to_owned(),
         timeout,
+        ..AzureConfig::default()
     };
     AzureCollector::with_env(&config, &no_dmi().1, |_| None).unwrap()
 }

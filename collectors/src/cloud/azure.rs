@@ -35,6 +35,10 @@ pub struct AzureConfig {
     /// Base URL of the metadata service (empty, the default: `AZURE_IMDS_ENDPOINT`, else
     /// `http://169.254.169.254`).
     pub endpoint: String,
+    /// Key globs (`*` wildcard) whose labels are kept; empty (the default): all.
+    pub include_keys: Vec<String>,
+    /// Key globs whose labels are left out (default none).
+    pub exclude_keys: Vec<String>,
 }
 
 impl Default for AzureConfig {
@@ -43,6 +47,8 @@ impl Default for AzureConfig {
             enabled: Enabled::Auto,
             timeout: DEFAULT_TIMEOUT,
             endpoint: String::new(),
+            include_keys: Vec::new(),
+            exclude_keys: Vec::new(),
         }
     }
 }

@@ -48,6 +48,10 @@ pub struct Ec2Config {
     /// Lifetime asked for each IMDSv2 token, 1s to 6h (default 6h).
     #[serde(with = "duration")]
     pub token_ttl: Duration,
+    /// Key globs (`*` wildcard) whose labels are kept; empty (the default): all.
+    pub include_keys: Vec<String>,
+    /// Key globs whose labels are left out (default none).
+    pub exclude_keys: Vec<String>,
 }
 
 impl Default for Ec2Config {
@@ -58,6 +62,8 @@ impl Default for Ec2Config {
             endpoint: String::new(),
             imds_v1_fallback: true,
             token_ttl: DEFAULT_TOKEN_TTL,
+            include_keys: Vec::new(),
+            exclude_keys: Vec::new(),
         }
     }
 }

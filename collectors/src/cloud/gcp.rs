@@ -42,6 +42,10 @@ pub struct GcpConfig {
     /// Instance attributes exported even though they can hold secrets or scripts (`ssh-keys`,
     /// `startup-script`, `kube-env`, multi-line values), by name.
     pub export_attributes: Vec<String>,
+    /// Key globs (`*` wildcard) whose labels are kept; empty (the default): all.
+    pub include_keys: Vec<String>,
+    /// Key globs whose labels are left out (default none).
+    pub exclude_keys: Vec<String>,
 }
 
 impl Default for GcpConfig {
@@ -51,6 +55,8 @@ impl Default for GcpConfig {
             timeout: DEFAULT_TIMEOUT,
             endpoint: String::new(),
             export_attributes: Vec::new(),
+            include_keys: Vec::new(),
+            exclude_keys: Vec::new(),
         }
     }
 }

@@ -68,6 +68,10 @@ pub struct KubernetesConfig {
     /// How long a pod gone from the kubelet's list stays resolvable (default 5m).
     #[serde(with = "crate::config::duration_or_zero")]
     pub deleted_pod_grace: Duration,
+    /// Key globs (`*` wildcard) whose labels are kept; empty (the default): all.
+    pub include_keys: Vec<String>,
+    /// Key globs whose labels are left out (default none).
+    pub exclude_keys: Vec<String>,
 }
 
 impl Default for KubernetesConfig {
@@ -86,6 +90,8 @@ impl Default for KubernetesConfig {
                 .map(|name| (*name).to_owned())
                 .collect(),
             deleted_pod_grace: DEFAULT_DELETED_POD_GRACE,
+            include_keys: Vec::new(),
+            exclude_keys: Vec::new(),
         }
     }
 }

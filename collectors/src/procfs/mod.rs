@@ -82,6 +82,10 @@ pub struct ProcfsConfig {
     /// and the hash goes on in the background into the cache.
     #[serde(with = "crate::config::duration_or_zero")]
     pub hash_wait: Duration,
+    /// Key globs (`*` wildcard) whose labels are kept; empty (the default): all.
+    pub include_keys: Vec<String>,
+    /// Key globs whose labels are left out (default none).
+    pub exclude_keys: Vec<String>,
 }
 
 impl Default for ProcfsConfig {
@@ -99,6 +103,8 @@ impl Default for ProcfsConfig {
             hash_cache_entries: DEFAULT_HASH_CACHE_ENTRIES,
             max_hash_bytes: DEFAULT_MAX_HASH_BYTES,
             hash_wait: DEFAULT_HASH_WAIT,
+            include_keys: Vec::new(),
+            exclude_keys: Vec::new(),
         }
     }
 }
