@@ -63,9 +63,15 @@ pub struct ServerConfig {
     /// Requests served at once, health probes aside (default 512); more get 503 with
     /// `Retry-After` at once instead of waiting.
     pub max_concurrent_requests: usize,
-    /// Policy evaluations (`/selectors/...`) run at once, off the async workers (default 4);
+    /// Policy evaluations (`/selectors/...`) run at once, off the async workers (default 2);
     /// more get 503 with `Retry-After`.
     pub max_concurrent_evaluations: usize,
+    /// Connections open at once (default 4096); more are closed as they come.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's head (default 10s): a client that
+    /// trickles its headers (slowloris) is cut off.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -79,7 +85,9 @@ impl Default for ServerConfig {
             max_label_pairs: 10_000,
             max_label_value_bytes: 64 * 1024,
             max_concurrent_requests: 512,
-            max_concurrent_evaluations: 4,
+            max_concurrent_evaluations: 2,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }

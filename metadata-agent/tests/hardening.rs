@@ -308,3 +308,55 @@ async fn health_gives_counts_not_error_texts_without_the_token() {
     .await;
     assert_eq!(status, 401);
 }
+
+#[test]
+fn a_client_trickling_its_headers_is_cut_off_and_others_are_served() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "agent.yaml",
+        "server:\n  headerReadTimeout: 1s\n  maxConnections: 8\n",
+    );
+    let daemon = Daemon::start(&["--listen", "127.0.0.1:0", "--config", &config]);
+    let address = daemon.address.trim_start_matches("http://").to_owned();
+    // Slowloris: a request head that never ends.
+    let mut slow = std::net::TcpStream::connect(&address).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = slow.read_to_end(&mut answer);
+    // Closed by the agent (with a 408 or without a word), well before our own timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // More connections than allowed: the excess is closed, the rest answer.
+    let held: Vec<_> = (0..8)
+        .map(|_| std::net::TcpStream::connect(&address).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut extra = std::net::TcpStream::connect(&address).unwrap();
+    extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = extra.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    drop(held);
+    // Once they are gone, connections are served again.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut again = std::net::TcpStream::connect(&address).unwrap();
+    again
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    again.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

@@ -203,17 +203,32 @@ fn parse_label_body(
     body: &[u8],
     limits: &super::ApiLimits,
 ) -> Result<(LabelSet, TrustMap), ApiError> {
+    // A text body's lines are its pairs: a body over the caps is refused before it is parsed.
+    if !body.trim_ascii_start().starts_with(b"{") {
+        let lines = body.split(|b| *b == b'\n');
+        let (mut count, mut longest) = (0usize, 0usize);
+        for line in lines {
+            count += usize::from(!line.trim_ascii().is_empty());
+            longest = longest.max(line.len());
+        }
+        if count > limits.max_label_pairs {
+            return Err(too_many_labels(count, limits.max_label_pairs));
+        }
+        if longest > limits.max_label_value_bytes + 1024 {
+            return Err(ApiError::bad_request(
+                "label_value_too_long",
+                format!(
+                    "a line of the body is {longest} bytes long, more than a label value may be \
+                     (server.maxLabelValueBytes, {})",
+                    limits.max_label_value_bytes
+                ),
+            ));
+        }
+    }
     let (labels, trust) = parse_labels(headers, body)?;
     let pairs = labels.pair_count();
     if pairs > limits.max_label_pairs {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_labels",
-            format!(
-                "the label set holds {pairs} pairs, more than server.maxLabelPairs ({})",
-                limits.max_label_pairs
-            ),
-        ));
+        return Err(too_many_labels(pairs, limits.max_label_pairs));
     }
     if let Some((key, value)) = labels
         .pairs()
@@ -229,6 +244,14 @@ fn parse_label_body(
         ));
     }
     Ok((labels, trust))
+}
+
+fn too_many_labels(pairs: usize, max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_many_labels",
+        format!("the label set holds {pairs} pairs, more than server.maxLabelPairs ({max})"),
+    )
 }
 
 fn parse_labels(headers: &HeaderMap, body: &[u8]) -> Result<(LabelSet, TrustMap), ApiError> {

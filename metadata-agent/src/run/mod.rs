@@ -61,6 +61,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let allowed_hosts = config.server.allowed_hosts.clone();
+    let limits = serve::ConnectionLimits {
+        max_connections: config.server.max_connections,
+        header_read_timeout: config.server.header_read_timeout,
+    };
     let mut agent = Agent::build(config)?;
     agent.attach_hook()?;
     let (stop, shutdown) = watch::channel(false);
@@ -70,6 +74,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown.clone(),
         authenticated,
         &allowed_hosts,
+        limits,
     )
     .await?;
     // Started: the hook is attached and the listener bound; what is left needs no more than

@@ -39,19 +39,114 @@ impl ListenAddress {
 /// The running server: it stops when `shutdown` turns true, once open requests are done.
 pub type Server = JoinHandle<std::io::Result<()>>;
 
+/// Bounds on connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Open at once; more are closed as they come.
+    pub max_connections: usize,
+    /// Time to send a request's head.
+    pub header_read_timeout: std::time::Duration,
+}
+
+/// A listener the server accepts connections from.
+trait Accept: Send + 'static {
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn accept(&self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<Self::Io> {
+        tokio::net::TcpListener::accept(self)
+            .await
+            .map(|(stream, _)| stream)
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<Self::Io> {
+        tokio::net::UnixListener::accept(self)
+            .await
+            .map(|(stream, _)| stream)
+    }
+}
+
+/// Serves HTTP/1 connections of `listener` with `router`: at most `limits.max_connections` at
+/// once (more are closed as they come), each given `limits.header_read_timeout` to send a
+/// request's head. On `shutdown`, stops accepting, asks open connections to finish their requests, and
+/// returns once they did.
+async fn serve_connections<A: Accept>(
+    listener: A,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+    limits: ConnectionLimits,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt;
+
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let (closing, closed) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let io = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(io) => io,
+                Err(error) => {
+                    // Out of descriptors, a connection reset before it was accepted: go on.
+                    tracing::debug!("accept failed: {error}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let Ok(permit) = std::sync::Arc::clone(&permits).try_acquire_owned() else {
+            drop(io);
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone().map_request(
+            |request: axum::http::Request<hyper::body::Incoming>| {
+                request.map(axum::body::Body::new)
+            },
+        ));
+        let mut closed = closed.clone();
+        connections.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout);
+            let connection = builder
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            let mut connection = std::pin::pin!(connection);
+            loop {
+                tokio::select! {
+                    _ = connection.as_mut() => break,
+                    _ = closed.changed() => connection.as_mut().graceful_shutdown(),
+                }
+            }
+            drop(permit);
+        });
+    }
+    let _ = closing.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
 /// Listens on `listen` and serves `router` until `shutdown` turns true. `authenticated` is only
 /// logged. On TCP, requests must name the listen address, loopback or one of `allowed_hosts`
 /// (see [`crate::api::middleware::guard_host`]).
 pub async fn serve(
     listen: &ListenAddress,
     router: Router,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     authenticated: bool,
     allowed_hosts: &[String],
+    limits: ConnectionLimits,
 ) -> anyhow::Result<Server> {
-    let stopped = async move {
-        let _ = shutdown.changed().await;
-    };
     Ok(match listen {
         ListenAddress::Tcp(address) => {
             let listener = tokio::net::TcpListener::bind(address)
@@ -67,20 +162,12 @@ pub async fn serve(
                 crate::api::middleware::guard_host,
             ));
             tracing::info!(address = %bound, authenticated, "listening on http://{bound}");
-            tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped)
-                    .await
-            })
+            tokio::spawn(serve_connections(listener, router, shutdown, limits))
         }
         ListenAddress::Unix(path) => {
             let listener = bind_unix(path)?;
             tracing::info!(socket = %path.display(), authenticated, "listening on unix:{}", path.display());
-            tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped)
-                    .await
-            })
+            tokio::spawn(serve_connections(listener, router, shutdown, limits))
         }
     })
 }
