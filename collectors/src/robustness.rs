@@ -83,6 +83,7 @@ proptest! {
             let _ = crate::kubernetes::labels::labels_of(&pod, "abc", None, &[]);
         }
         let _ = crate::cloud::azure::labels_of(&value, Some(&value));
+        let _ = crate::cloud::ec2::account_of(&value.to_string());
         let _ = crate::cloud::gcp::labels_of(&value, &["*".to_owned()]);
     }
 

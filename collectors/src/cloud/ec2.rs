@@ -401,7 +401,7 @@ impl GetError {
     }
 }
 
-fn account_of(document: &str) -> Option<String> {
+pub(crate) fn account_of(document: &str) -> Option<String> {
     let parsed: serde_json::Value = serde_json::from_str(document).ok()?;
     parsed.get("accountId")?.as_str().map(str::to_owned)
 }
