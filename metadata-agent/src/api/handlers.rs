@@ -142,9 +142,9 @@ pub async fn selectors_of_pid(
     Ok(Json(answer).into_response())
 }
 
-/// Runs `work` (an evaluation) on a blocking thread, at most `maxConcurrentEvaluations` at
-/// once; beyond, 503 with `Retry-After` at once: policy evaluations never hold up the async
-/// workers that answer lookups and probes.
+/// Runs `work` (an evaluation) on the low-priority evaluation threads, at most
+/// `maxConcurrentEvaluations` at once; beyond, 503 with `Retry-After` at once: policy
+/// evaluations never hold up the async workers that answer lookups and probes.
 async fn off_the_workers<T: Send + 'static>(
     state: &AppState,
     work: impl FnOnce() -> T + Send + 'static,
@@ -154,19 +154,22 @@ async fn off_the_workers<T: Send + 'static>(
             "too many policy evaluations at once (server.maxConcurrentEvaluations)",
         ));
     };
-    tokio::task::spawn_blocking(move || {
-        let answer = work();
-        drop(permit);
-        answer
-    })
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the evaluation failed",
-        )
-    })
+    state
+        .limits
+        .pool
+        .run(move || {
+            let answer = work();
+            drop(permit);
+            answer
+        })
+        .await
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the evaluation failed",
+            )
+        })
 }
 
 /// `POST /selectors/evaluate`: the same for a label set in the body (JSON or text).

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod handlers;
 pub mod middleware;
+pub mod pool;
 pub mod token;
 
 use std::sync::{Arc, Mutex};
@@ -66,6 +67,8 @@ pub struct ApiLimits {
     pub evaluations: Arc<tokio::sync::Semaphore>,
     /// Requests served at once, health probes aside.
     pub max_concurrent_requests: usize,
+    /// The threads evaluations run on.
+    pub pool: pool::EvaluationPool,
 }
 
 impl ApiLimits {
@@ -78,6 +81,7 @@ impl ApiLimits {
                 config.max_concurrent_evaluations.max(1),
             )),
             max_concurrent_requests: config.max_concurrent_requests.max(1),
+            pool: pool::EvaluationPool::new(config.max_concurrent_evaluations),
         }
     }
 }

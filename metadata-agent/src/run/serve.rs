@@ -39,6 +39,9 @@ impl ListenAddress {
 /// The running server: it stops when `shutdown` turns true, once open requests are done.
 pub type Server = JoinHandle<std::io::Result<()>>;
 
+/// The largest request head read (request line and headers).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// Bounds on connections.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -117,7 +120,10 @@ async fn serve_connections<A: Accept>(
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout);
+                .header_read_timeout(limits.header_read_timeout)
+                // No request of this API needs a head this large: larger ones are refused
+                // before they are read whole.
+                .max_buf_size(MAX_HEAD_BYTES);
             let connection = builder
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
