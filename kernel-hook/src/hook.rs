@@ -49,6 +49,23 @@ pub enum HookError {
         #[source]
         source: Option<std::io::Error>,
     },
+    /// The cgroup2 mount shows a sub-cgroup as its root (a cgroup namespace's view, or a bind
+    /// mount of a subtree): the hook would see only the processes below it.
+    #[error(
+        "{path} shows only part of the cgroup hierarchy: the cgroup2 mount at {mount} is rooted \
+         at a sub-cgroup (inode {inode}, where the hierarchy's root is 1), as inside a cgroup \
+         namespace, so the hook would see only the processes below it. Give the agent the \
+         host's hierarchy: mount the host's /sys (and set HOST_SYS) or its /sys/fs/cgroup and \
+         set hook.cgroupRoot, or run the container with --cgroupns=host"
+    )]
+    SubtreeView {
+        /// The cgroup root asked for.
+        path: String,
+        /// The mount point above it.
+        mount: String,
+        /// The inode of the mount's root directory.
+        inode: u64,
+    },
     /// The kernel refused a program, a map or an attachment for another reason.
     #[error("the kernel refused {what}")]
     Kernel {
@@ -117,14 +134,58 @@ where
 
 /// The cgroup v2 root: `/sys/fs/cgroup` when it is cgroup2, else `/sys/fs/cgroup/unified`.
 pub fn detect_cgroup_root() -> Result<PathBuf, HookError> {
-    for candidate in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-        if is_cgroup2(Path::new(candidate)) {
-            return Ok(PathBuf::from(candidate));
+    detect_cgroup_root_under(Path::new("/sys"))
+}
+
+/// The cgroup v2 root under the sysfs root `sys` (`/sys`, or the host's as `HOST_SYS` names it
+/// in a container): `<sys>/fs/cgroup` when it is cgroup2, else `<sys>/fs/cgroup/unified`.
+pub fn detect_cgroup_root_under(sys: &Path) -> Result<PathBuf, HookError> {
+    let alone = sys.join("fs/cgroup");
+    let beside = alone.join("unified");
+    for candidate in [&alone, &beside] {
+        if is_cgroup2(candidate) {
+            return Ok(candidate.clone());
         }
     }
     Err(HookError::NoCgroup2 {
-        path: "/sys/fs/cgroup or /sys/fs/cgroup/unified".to_owned(),
+        path: format!("{} or {}", alone.display(), beside.display()),
         source: None,
+    })
+}
+
+/// The inode of the cgroup v2 hierarchy's root directory (its cgroup id).
+const ROOT_CGROUP_INODE: u64 = 1;
+
+/// Refuses a cgroup root whose cgroup2 mount shows a sub-cgroup as its root: the view inside a
+/// cgroup namespace (`--cgroupns=private`, the default for containers on cgroup v2 hosts), or
+/// a bind mount of a subtree. A directory below a mount of the whole hierarchy is accepted (an
+/// operator may attach to a part of the tree on purpose).
+pub fn check_whole_hierarchy(path: &Path) -> Result<(), HookError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(path) = path.canonicalize() else {
+        return Ok(()); // attach names the missing directory
+    };
+    let Ok(device) = std::fs::metadata(&path).map(|m| m.dev()) else {
+        return Ok(());
+    };
+    // The mount's top: the highest ancestor on the same cgroup2 filesystem.
+    let mut top = path.as_path();
+    for ancestor in path.ancestors().skip(1) {
+        match std::fs::metadata(ancestor) {
+            Ok(m) if m.dev() == device && is_cgroup2(ancestor) => top = ancestor,
+            _ => break,
+        }
+    }
+    let inode = std::fs::metadata(top)
+        .map(|m| m.ino())
+        .unwrap_or(ROOT_CGROUP_INODE);
+    if inode == ROOT_CGROUP_INODE {
+        return Ok(());
+    }
+    Err(HookError::SubtreeView {
+        path: path.display().to_string(),
+        mount: top.display().to_string(),
+        inode,
     })
 }
 
@@ -251,6 +312,7 @@ impl Hook {
         if !is_cgroup2(cgroup_root) {
             return Err(no_cgroup2(None));
         }
+        check_whole_hierarchy(cgroup_root)?;
         let pins = pin_dir.map(Pins::new).transpose()?;
         let mut loader = EbpfLoader::new();
         if let Some(pins) = &pins {

@@ -200,8 +200,9 @@ pub struct HookConfig {
     /// `auto` (default: attach when possible, else warn and run without), `true` (failing to
     /// attach stops the start) or `false`.
     pub enabled: Enabled,
-    /// The cgroup v2 root to attach to (default: `/sys/fs/cgroup` when it is cgroup2, else
-    /// `/sys/fs/cgroup/unified`).
+    /// The cgroup v2 root to attach to (default: `<sys>/fs/cgroup` when it is cgroup2, else
+    /// `<sys>/fs/cgroup/unified`, where `<sys>` is `HOST_SYS` or `host.sysRoot`, `/sys` by
+    /// default). A mount showing only a sub-cgroup (a cgroup namespace's view) is refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_root: Option<PathBuf>,
     /// `observe` (default) or `enforce`. `enforce` needs the hook: the agent does not start

@@ -213,6 +213,130 @@ async fn a_kubelet_certificate_from_another_ca_is_a_clear_tls_error() {
     );
 }
 
+/// The kubelet at `port` with `kubelet_ca` pinned, asked by `host`: its labels, or the error.
+async fn collect_pinned(
+    port: u16,
+    host: &str,
+    kubelet_ca: &str,
+) -> Result<collectors::Collected, CollectError> {
+    let config = KubernetesConfig {
+        enabled: Enabled::Always,
+        kubelet_host: host.to_owned(),
+        kubelet_port: port,
+        kubelet_ca: kubelet_ca.to_owned(),
+        credentials: TOKEN.to_owned(),
+        ..Default::default()
+    };
+    collector(&config)
+        .collect(&subject(METRICS_SERVER_UID, "metrics-server"))
+        .await
+}
+
+#[tokio::test]
+async fn a_self_signed_ca_kubelet_certificate_pinned_as_kubelet_ca_verifies() {
+    let now = time::OffsetDateTime::now_utc();
+    let day = time::Duration::days(1);
+    let names = ["localhost", "127.0.0.1"];
+    let current = common::kubelet::self_signed_ca_certificate(&names, now - day, now + day);
+    let kubelet = Kubelet::start_serving(behaviour(), Pki::new("fixture"), current.clone()).await;
+    let port = kubelet.address.port();
+
+    // Pinned exactly: verifies, by address or by name, though the certificate says CA:TRUE.
+    let labels = collect_pinned(port, "127.0.0.1", &current.0).await.unwrap();
+    assert_eq!(labels.labels.to_text(), expected_metrics_server());
+    collect_pinned(port, "localhost", &current.0).await.unwrap();
+
+    // The name is still checked: a certificate for another node, pinned exactly.
+    let elsewhere =
+        common::kubelet::self_signed_ca_certificate(&["node-2.example"], now - day, now + day);
+    let kubelet_2 =
+        Kubelet::start_serving(behaviour(), Pki::new("fixture"), elsewhere.clone()).await;
+    let error = failure(collect_pinned(kubelet_2.address.port(), "127.0.0.1", &elsewhere.0).await);
+    assert!(error.contains("NotValidForName"), "{error}");
+
+    // Another self-signed certificate pinned: not this one.
+    let other = common::kubelet::self_signed_ca_certificate(&names, now - day, now + day);
+    let error = failure(collect_pinned(port, "127.0.0.1", &other.0).await);
+    assert!(
+        error.contains("TLS verification failed") && error.contains("SelfSignedNotPinned"),
+        "{error}"
+    );
+
+    // Validity is still checked: an expired and a not-yet-valid certificate, pinned exactly.
+    for (not_before, not_after, why) in [
+        (now - day * 3, now - day, "Expired"),
+        (now + day, now + day * 3, "NotValidYet"),
+    ] {
+        let certificate =
+            common::kubelet::self_signed_ca_certificate(&names, not_before, not_after);
+        let kubelet =
+            Kubelet::start_serving(behaviour(), Pki::new("fixture"), certificate.clone()).await;
+        let error =
+            failure(collect_pinned(kubelet.address.port(), "127.0.0.1", &certificate.0).await);
+        assert!(error.contains(why), "{why}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn in_a_pod_the_node_name_service_account_token_and_cluster_ca_are_the_defaults() {
+    let kubelet = Kubelet::start(behaviour()).await;
+    let account = tempfile::tempdir().unwrap();
+    std::fs::write(account.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::write(account.path().join("ca.crt"), &kubelet.pki.ca).unwrap();
+    let in_pod = |name: &str| match name {
+        "NODE_NAME" => Some("localhost".to_owned()),
+        "KUBERNETES_SERVICE_HOST" => Some("10.96.0.1".to_owned()),
+        _ => None,
+    };
+    let file = KubernetesConfig {
+        enabled: Enabled::Always,
+        kubelet_port: kubelet.address.port(),
+        ..Default::default()
+    };
+    let config = file.in_cluster(in_pod, account.path());
+    assert_eq!(config.kubelet_host, "localhost");
+    assert_eq!(
+        config.credentials,
+        account.path().join("token").display().to_string()
+    );
+    assert_eq!(
+        config.kubelet_ca,
+        account.path().join("ca.crt").display().to_string()
+    );
+    let labels = labels_of(
+        &collector(&config),
+        &subject(METRICS_SERVER_UID, "metrics-server"),
+    )
+    .await;
+    assert_eq!(labels.to_text(), expected_metrics_server());
+
+    // The token is the projected one, read again on every request: a rotated token is used.
+    let rotated = format!("{TOKEN}-rotated");
+    kubelet.set(|b| b.tokens = vec![rotated.clone()]);
+    std::fs::write(account.path().join("token"), &rotated).unwrap();
+    let error = collector(&config)
+        .collect(&subject(METRICS_SERVER_UID, "metrics-server"))
+        .await;
+    assert!(error.is_ok(), "{error:?}");
+
+    // What the file says wins.
+    let explicit = KubernetesConfig {
+        kubelet_host: "127.0.0.1".to_owned(),
+        credentials: "inline-token".to_owned(),
+        kubelet_ca: "/etc/kubelet-ca.pem".to_owned(),
+        ..file.clone()
+    };
+    assert_eq!(explicit.in_cluster(in_pod, account.path()), explicit);
+
+    // Outside a pod only NODE_NAME is followed; without a mounted token, nothing else either.
+    let outside = |name: &str| (name == "NODE_NAME").then(|| "node-7".to_owned());
+    let config = file.in_cluster(outside, account.path());
+    assert_eq!(config.kubelet_host, "node-7");
+    assert!(config.credentials.is_empty() && config.kubelet_ca.is_empty());
+    let config = file.in_cluster(in_pod, &account.path().join("absent"));
+    assert!(config.credentials.is_empty() && config.kubelet_ca.is_empty());
+}
+
 #[tokio::test]
 async fn skipping_verification_accepts_any_kubelet_certificate() {
     let kubelet = Kubelet::start(behaviour()).await;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use reqwest::StatusCode;
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
@@ -372,13 +373,10 @@ impl KubeletClient {
                 certificates,
                 source,
             } => {
-                let mut roots = RootCertStore::empty();
-                for certificate in certificates {
-                    roots
-                        .add(certificate.clone())
-                        .map_err(|e| format!("{source}: unusable certificate: {e}"))?;
-                }
-                builder.with_root_certificates(roots)
+                let verifier = Pinned::new(certificates, source, Arc::clone(&self.provider))?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(verifier))
             }
             Trust::Skip => builder
                 .dangerous()
@@ -528,6 +526,139 @@ impl ServerCertVerifier for Unverified {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `kubeletCA` given: a chain that ends at one of its certificates verifies as usual (name,
+/// validity, key usage); a server certificate that *is* one of them, byte for byte, verifies
+/// too, with its validity and name still checked. That second case is a self-signed kubelet
+/// certificate pinned as its own CA: kubelets make them with `CA:TRUE` (as `openssl req -x509`
+/// does), which WebPKI refuses as an end entity (`CaUsedAsEndEntity`) where Go and OpenSSL
+/// clients accept it.
+#[derive(Debug)]
+struct Pinned {
+    chains: Arc<WebPkiServerVerifier>,
+    pins: Vec<CertificateDer<'static>>,
+}
+
+impl Pinned {
+    fn new(
+        certificates: &[CertificateDer<'static>],
+        source: &str,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, String> {
+        let mut roots = RootCertStore::empty();
+        for certificate in certificates {
+            roots
+                .add(certificate.clone())
+                .map_err(|e| format!("{source}: unusable certificate: {e}"))?;
+        }
+        let chains = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| format!("{source}: {e}"))?;
+        Ok(Self {
+            chains,
+            pins: certificates.to_vec(),
+        })
+    }
+}
+
+/// The server presented a CA certificate as its own, and it is not one of `kubeletCA`'s.
+#[derive(Debug, thiserror::Error)]
+#[error("the kubelet's certificate is a CA certificate that kubeletCA does not pin")]
+struct SelfSignedNotPinned;
+
+/// Checks a pinned certificate presented as the server's own: valid now, and for `name`.
+fn verify_pinned(
+    certificate: &CertificateDer<'_>,
+    name: &ServerName<'_>,
+    now: UnixTime,
+) -> Result<(), rustls::Error> {
+    use rustls::CertificateError;
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref())
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let validity = parsed.validity();
+    let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    if now_secs < validity.not_before.timestamp() {
+        return Err(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidYet,
+        ));
+    }
+    if now_secs > validity.not_after.timestamp() {
+        return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
+    }
+    let parsed = webpki::EndEntityCert::try_from(certificate)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    parsed
+        .verify_is_valid_for_subject_name(name)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.chains.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Ok(verified) => Ok(verified),
+            Err(error) => {
+                if !self
+                    .pins
+                    .iter()
+                    .any(|pin| pin.as_ref() == end_entity.as_ref())
+                {
+                    // A CA certificate as the server's own that is not one of the pins: say
+                    // that, rather than WebPKI's `CaUsedAsEndEntity`.
+                    let ca_as_server = matches!(
+                        &error,
+                        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))
+                            if format!("{other:?}").contains("CaUsedAsEndEntity")
+                    );
+                    if ca_as_server {
+                        return Err(rustls::Error::InvalidCertificate(
+                            rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                                SelfSignedNotPinned,
+                            ))),
+                        ));
+                    }
+                    return Err(error);
+                }
+                verify_pinned(end_entity, server_name, now)?;
+                Ok(ServerCertVerified::assertion())
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chains.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chains.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chains.supported_verify_schemes()
     }
 }
 

@@ -11,6 +11,7 @@ pub mod kubelet;
 pub mod labels;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -46,18 +47,19 @@ pub struct KubernetesConfig {
     /// 2s).
     #[serde(with = "duration")]
     pub timeout: Duration,
-    /// Host or IP of the kubelet (empty, the default: the node's hostname, else 127.0.0.1).
+    /// Host or IP of the kubelet (empty, the default: `NODE_NAME` when set, else the node's
+    /// hostname when it resolves, else 127.0.0.1).
     pub kubelet_host: String,
     /// Port of the kubelet (default 10250).
     pub kubelet_port: u16,
-    /// PEM content or path of the kubelet's trust anchor (empty, the default: the system
-    /// roots).
+    /// PEM content or path of the kubelet's trust anchors, or of its self-signed certificate
+    /// (empty, the default: the cluster CA in a pod, else the system roots).
     #[serde(rename = "kubeletCA")]
     pub kubelet_ca: String,
     /// Skip verification of the kubelet's certificate (default false).
     pub skip_kubelet_verification: bool,
     /// A bearer token, PEM cert+key content, or comma-separated paths to them (default empty:
-    /// none).
+    /// the projected service-account token in a pod, else none).
     pub credentials: String,
     /// How often the pod list is fetched in the background (default 30s).
     #[serde(with = "duration")]
@@ -294,7 +296,45 @@ impl Builtin for KubernetesCollector {
     type Config = KubernetesConfig;
 
     fn build(config: &KubernetesConfig, _roots: &HostRoots) -> Result<Self, BoxError> {
-        Ok(Self::new(config)?)
+        let config = config.in_cluster(
+            |name| std::env::var(name).ok(),
+            Path::new(SERVICE_ACCOUNT_DIR),
+        );
+        Ok(Self::new(&config)?)
+    }
+}
+
+/// Where Kubernetes mounts a pod's service account: `token`, `ca.crt`, `namespace`.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+impl KubernetesConfig {
+    /// This configuration with the in-cluster defaults for what it leaves empty, when the agent
+    /// runs in a pod (`KUBERNETES_SERVICE_HOST` set and a service-account token mounted in
+    /// `service_account`): the kubelet host from `NODE_NAME` (the downward API's
+    /// `spec.nodeName`), the projected service-account token as credentials (read on every
+    /// request, so its rotation is followed) and the cluster CA as `kubeletCA`. Outside a pod,
+    /// only the kubelet host follows `NODE_NAME`. Settings given in the file always win.
+    pub fn in_cluster(&self, env: impl Fn(&str) -> Option<String>, service_account: &Path) -> Self {
+        let mut config = self.clone();
+        let set = |name: &str| env(name).filter(|value| !value.trim().is_empty());
+        if config.kubelet_host.trim().is_empty()
+            && let Some(node) = set("NODE_NAME")
+        {
+            config.kubelet_host = node.trim().to_owned();
+        }
+        let token = service_account.join("token");
+        if set("KUBERNETES_SERVICE_HOST").is_none() || !token.is_file() {
+            return config;
+        }
+        if config.credentials.trim().is_empty() {
+            config.credentials = token.display().to_string();
+        }
+        let ca = service_account.join("ca.crt");
+        if config.kubelet_ca.trim().is_empty() && !config.skip_kubelet_verification && ca.is_file()
+        {
+            config.kubelet_ca = ca.display().to_string();
+        }
+        config
     }
 }
 

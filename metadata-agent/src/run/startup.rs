@@ -120,10 +120,11 @@ impl Agent {
             );
             return Ok(());
         }
+        let sys = self.state.resolver.roots().sys.clone();
         let attached = config
             .cgroup_root
             .clone()
-            .map_or_else(kernel_hook::detect_cgroup_root, Ok)
+            .map_or_else(|| kernel_hook::detect_cgroup_root_under(&sys), Ok)
             .and_then(|root| {
                 if config.pin {
                     kernel_hook::Hook::attach_pinned(&root, &config.pin_path)

@@ -66,6 +66,33 @@ impl Pki {
     }
 }
 
+/// A self-signed serving certificate with `CA:TRUE`, as `openssl req -x509` and kubelets
+/// without a signed serving certificate make them, for `names`, valid from `not_before` to
+/// `not_after`; with its key (PEM).
+pub fn self_signed_ca_certificate(
+    names: &[&str],
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+) -> (String, String) {
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "node-1@1764547200");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+        KeyUsagePurpose::KeyCertSign,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let key = KeyPair::generate().unwrap();
+    let certificate = params.self_signed(&key).unwrap();
+    (certificate.pem(), key.serialize_pem())
+}
+
 /// What the fixture kubelet does, changeable while it runs.
 #[derive(Clone)]
 pub struct Behaviour {
@@ -94,6 +121,13 @@ impl Kubelet {
     /// Starts a kubelet serving `behaviour`, on a port of 127.0.0.1.
     pub async fn start(behaviour: Behaviour) -> Self {
         let pki = Pki::new("fixture");
+        let server = pki.server.clone();
+        Self::start_serving(behaviour, pki, server).await
+    }
+
+    /// Starts a kubelet serving `behaviour` with the certificate and key `server` (PEM),
+    /// trusting client certificates of `pki`.
+    pub async fn start_serving(behaviour: Behaviour, pki: Pki, server: (String, String)) -> Self {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         roots
@@ -106,8 +140,8 @@ impl Kubelet {
                 .allow_unauthenticated()
                 .build()
                 .unwrap();
-        let chain = vec![CertificateDer::from_pem_slice(pki.server.0.as_bytes()).unwrap()];
-        let key = PrivateKeyDer::from_pem_slice(pki.server.1.as_bytes()).unwrap();
+        let chain = vec![CertificateDer::from_pem_slice(server.0.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(server.1.as_bytes()).unwrap();
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
