@@ -72,6 +72,16 @@ pub struct ServerConfig {
     /// trickles its headers (slowloris) is cut off.
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
+    /// A second TCP listener for operations only (e.g. `0.0.0.0:9821`): `/healthz`, `/readyz`
+    /// and `/metrics`, for the kubelet's probes and Prometheus, while the API stays on loopback
+    /// or a Unix socket. None (the default): no such listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ops_listen: Option<String>,
+    /// A token file for the operations listener, separate from the API's: `/metrics` and the
+    /// health details need it when set (the probes themselves never do). None (the default):
+    /// `/metrics` is open there, and health answers give counts, not error texts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ops_token_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +98,8 @@ impl Default for ServerConfig {
             max_concurrent_evaluations: 2,
             max_connections: 4096,
             header_read_timeout: Duration::from_secs(10),
+            ops_listen: None,
+            ops_token_file: None,
         }
     }
 }

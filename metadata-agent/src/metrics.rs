@@ -60,11 +60,146 @@ pub struct DropLabels {
     pub reason: String,
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type HistogramFamily<L> = Family<L, Histogram, Buckets>;
 
-fn latency_histogram() -> Histogram {
-    // 50 µs .. ~1.6 s
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+/// Makes the histograms of a family, with the agent's latency buckets.
+#[derive(Debug, Clone)]
+pub struct Buckets(std::sync::Arc<[f64]>);
+
+impl prometheus_client::metrics::family::MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+/// The smallest latency bucket: a cache hit takes a few microseconds more.
+const SMALLEST_BUCKET: f64 = 0.000_05;
+
+/// Latency buckets from 50 µs, doubling, up to the first past `longest` (at least ~1.6 s), so
+/// that a run cut off by its timeout lands in a bucket of its own and not only in `+Inf`.
+pub fn latency_buckets(longest: Duration) -> Vec<f64> {
+    let longest = longest.as_secs_f64().max(1.0);
+    let mut count = 16;
+    while SMALLEST_BUCKET * 2f64.powi(count - 1) <= longest {
+        count += 1;
+    }
+    exponential_buckets(SMALLEST_BUCKET, 2.0, count as u16).collect()
+}
+
+fn histograms<L: Clone + std::hash::Hash + Eq>(buckets: &[f64]) -> HistogramFamily<L> {
+    Family::new_with_constructor(Buckets(buckets.into()))
+}
+
+/// `metadata_agent_build_info`'s labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// The crate version.
+    pub version: String,
+    /// The commit it was built from (`METADATA_AGENT_COMMIT` at build time), or `unknown`.
+    pub commit: String,
+}
+
+/// The standard `process_*` metrics of the agent itself, read from `/proc/self` at each scrape.
+#[derive(Debug)]
+struct ProcessMetrics;
+
+impl ProcessMetrics {
+    /// (cpu seconds, start time since boot in seconds, virtual bytes, resident bytes), from
+    /// `/proc/self/stat`.
+    fn stat() -> Option<(f64, f64, u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command, which may hold spaces: state is field 3.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        // SAFETY: as above.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+        let cpu = (field(14)? + field(15)?) as f64 / ticks;
+        let start = field(22)? as f64 / ticks;
+        Some((cpu, start, field(23)?, field(24)? * page))
+    }
+
+    /// The machine's boot time (seconds since the epoch), from `/proc/stat`.
+    fn boot_time() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        stat.lines()
+            .find_map(|line| line.strip_prefix("btime "))
+            .and_then(|value| value.trim().parse().ok())
+    }
+}
+
+impl prometheus_client::collector::Collector for ProcessMetrics {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        fn gauge<N: prometheus_client::encoding::EncodeGaugeValue>(
+            encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+            name: &str,
+            help: &str,
+            value: N,
+        ) -> Result<(), std::fmt::Error> {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+        }
+        if let Some((cpu, start, virtual_bytes, resident)) = Self::stat() {
+            let counter = ConstCounter::new(cpu);
+            counter.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "User and system CPU time spent, in seconds",
+                None,
+                counter.metric_type(),
+            )?)?;
+            gauge(
+                &mut encoder,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                resident as i64,
+            )?;
+            gauge(
+                &mut encoder,
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                virtual_bytes as i64,
+            )?;
+            if let Some(boot) = Self::boot_time() {
+                gauge(
+                    &mut encoder,
+                    "process_start_time_seconds",
+                    "Start time of the process since the epoch, in seconds",
+                    boot + start,
+                )?;
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            // The directory's own descriptor is counted by the listing: leave it out.
+            gauge(
+                &mut encoder,
+                "process_open_fds",
+                "Open file descriptors",
+                fds.count().saturating_sub(1) as i64,
+            )?;
+        }
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we own.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            gauge(
+                &mut encoder,
+                "process_max_fds",
+                "Limit of open file descriptors",
+                limit.rlim_cur as i64,
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Every metric of the agent, cheap to update from any task.
@@ -118,12 +253,39 @@ impl Default for Metrics {
     }
 }
 
+/// The longest wait the default configuration allows (the header read timeout): the latency
+/// buckets of [`Metrics::new`] reach past it.
+const DEFAULT_LONGEST: Duration = Duration::from_secs(10);
+
 impl Metrics {
-    /// Creates and registers every metric.
+    /// Creates and registers every metric, with latency buckets past 10 s.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("metadata_agent");
+        Self::with_longest_wait(DEFAULT_LONGEST)
+    }
+
+    /// Creates and registers every metric, with latency buckets reaching past `longest` (the
+    /// longest timeout of the configuration).
+    pub fn with_longest_wait(longest: Duration) -> Self {
+        let buckets = latency_buckets(longest);
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessMetrics));
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                commit: option_env!("METADATA_AGENT_COMMIT")
+                    .unwrap_or("unknown")
+                    .to_owned(),
+            })
+            .set(1);
+        let registry = root.sub_registry_with_prefix("metadata_agent");
+        registry.register(
+            "build_info",
+            "The agent's version and commit, as labels; always 1",
+            build_info,
+        );
         let metrics = Self {
-            collector_duration: Family::new_with_constructor(latency_histogram as fn() -> _),
+            collector_duration: histograms(&buckets),
             collector_runs: Family::default(),
             collector_errors: Family::default(),
             cache_hits: Family::default(),
@@ -137,7 +299,7 @@ impl Metrics {
             subscribers: Gauge::default(),
             subscribers_dropped: Counter::default(),
             http_requests: Family::default(),
-            http_duration: Family::new_with_constructor(latency_histogram as fn() -> _),
+            http_duration: histograms(&buckets),
             policy_reloads: Counter::default(),
             policy_reload_failures: Counter::default(),
             policies: Gauge::default(),
@@ -145,7 +307,7 @@ impl Metrics {
             hook_attached: Gauge::default(),
             registry: Registry::default(),
         };
-        let r = &mut registry;
+        let r = registry;
         r.register(
             "collector_duration_seconds",
             "Time a collector took, per run",
@@ -243,7 +405,7 @@ impl Metrics {
             metrics.hook_attached.clone(),
         );
         Self {
-            registry,
+            registry: root,
             ..metrics
         }
     }
@@ -370,5 +532,57 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn build_info_and_the_process_metrics_are_exposed() {
+        let text = Metrics::new().encode();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find(|line| line.starts_with(name) && !line.starts_with('#'))
+                .and_then(|line| line.rsplit(' ').next())
+                .and_then(|value| value.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        };
+        assert!(
+            text.contains(&format!(
+                "metadata_agent_build_info{{version=\"{}\",commit=",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+        let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as f64;
+        let reported = value("process_open_fds");
+        assert!(
+            reported >= 3.0 && (reported - open).abs() <= 3.0,
+            "{reported} vs {open}"
+        );
+        assert!(value("process_resident_memory_bytes") > 1_000_000.0);
+        assert!(value("process_max_fds") >= reported);
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let started = value("process_start_time_seconds");
+        assert!(
+            started <= now + 1.0 && started > now - 3600.0,
+            "{started} vs {now}"
+        );
+    }
+
+    #[test]
+    fn latency_buckets_reach_past_the_longest_wait() {
+        for longest in [1, 2, 10, 30, 120, 86_400] {
+            let buckets = latency_buckets(Duration::from_secs(longest));
+            let last = *buckets.last().unwrap();
+            assert!(last > longest as f64, "{longest}: {buckets:?}");
+            assert!(last <= longest as f64 * 2.0 + 1.7, "{longest}: {buckets:?}");
+            assert_eq!(buckets[0], 0.000_05);
+        }
+        let metrics = Metrics::with_longest_wait(Duration::from_secs(30));
+        metrics.record_request("/healthz", "GET", 200, Duration::from_secs(25));
+        let text = metrics.encode();
+        assert!(text.contains("le=\"52.4288\""), "{text}");
     }
 }

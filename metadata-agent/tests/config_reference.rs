@@ -86,7 +86,13 @@ fn the_reference_documents_every_section_and_field() {
         }
     }
     // Fields that are unset by default (and so not serialized) are documented too.
-    let optional = ["server.tokenFile", "policies.path", "hook.cgroupRoot"];
+    let optional = [
+        "server.tokenFile",
+        "server.opsListen",
+        "server.opsTokenFile",
+        "policies.path",
+        "hook.cgroupRoot",
+    ];
     for (path, section) in &sections {
         let heading = format!("`{path}`");
         let Some((_, fields)) = documented

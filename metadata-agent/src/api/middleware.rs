@@ -19,13 +19,33 @@ const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 #[derive(Debug, Clone, Copy)]
 pub struct Authenticated(pub bool);
 
-/// Requires `Authorization: Bearer <token>` when a token is configured.
+/// Requires `Authorization: Bearer <token>` when the API's token is configured.
 pub async fn authenticate(
     State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(token) = &state.token else {
+    require_token(state.token.as_ref(), request, next).await
+}
+
+/// Requires `Authorization: Bearer <token>` on the operations listener when its own token is
+/// configured.
+pub async fn authenticate_ops(
+    State(token): State<Arc<Option<super::token::TokenFile>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    require_token(token.as_ref().as_ref(), request, next).await
+}
+
+/// Lets `request` through when `token` is none or presented; on the open paths, always, noting
+/// whether it was presented.
+async fn require_token(
+    token: Option<&super::token::TokenFile>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = token else {
         return next.run(request).await;
     };
     let expected = token.current();

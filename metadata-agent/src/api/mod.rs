@@ -86,6 +86,29 @@ impl ApiLimits {
     }
 }
 
+/// The operations listener's routes (`server.opsListen`): `/healthz`, `/readyz` and
+/// `/metrics`, guarded by `token` (`server.opsTokenFile`) when there is one. Every other path
+/// is 404 there: the API is not reachable through it.
+pub fn ops_router(state: Arc<AppState>, token: Option<token::TokenFile>) -> Router {
+    use handlers::*;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(token),
+            middleware::authenticate_ops,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            middleware::record,
+        ))
+        .layer(DefaultBodyLimit::max(4096))
+        .with_state(state)
+}
+
 /// The API's routes. `max_body_bytes` bounds request bodies (larger ones get 413).
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     use axum::error_handling::HandleErrorLayer;

@@ -34,11 +34,20 @@ pub struct RunArgs {
     /// Policy file or directory of `*.yaml` files (overrides `policies.path`).
     #[arg(long, value_name = "PATH", env = "METADATA_AGENT_POLICIES")]
     pub policies: Option<PathBuf>,
+    /// Log format: `text` or `json` (one object per line). The level comes from
+    /// `METADATA_AGENT_LOG`, else `RUST_LOG`, else `info`.
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "METADATA_AGENT_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: startup::LogFormat,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    startup::init_logging();
+    startup::init_logging(args.log_format);
     startup::raise_open_file_limit();
     let signals = StopSignals::watch()?;
     let mut config = match &args.config {
@@ -57,7 +66,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         && !config.server.allow_unauthenticated
     {
         anyhow::bail!(
-            "refusing to serve {address} without a token: anyone who can reach it would read              every process's labels; set server.tokenFile, listen on loopback or a unix: socket,              or set server.allowUnauthenticated: true"
+            "refusing to serve {address} without a token: anyone who can reach it would read \
+             every process's labels; set server.tokenFile, listen on loopback or a unix: \
+             socket, or set server.allowUnauthenticated: true"
         );
     }
     let allowed_hosts = config.server.allowed_hosts.clone();
@@ -65,7 +76,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_connections: config.server.max_connections,
         header_read_timeout: config.server.header_read_timeout,
     };
+    let ops_listen = match &config.server.ops_listen {
+        Some(text) => Some(ListenAddress::parse(text).context("server.opsListen")?),
+        None => None,
+    };
+    let same_port = |a: &ListenAddress| match (a, &listen) {
+        (ListenAddress::Tcp(a), ListenAddress::Tcp(b)) => a.port() != 0 && a == b,
+        (a, b) => a == b,
+    };
+    if ops_listen.as_ref().is_some_and(same_port) {
+        anyhow::bail!(
+            "server.opsListen is the API's own listen address ({}): give it another",
+            config.server.ops_listen.as_deref().unwrap_or_default()
+        );
+    }
     let mut agent = Agent::build(config)?;
+    let ops_router = ops_listen
+        .as_ref()
+        .map(|_| agent.ops_router())
+        .transpose()?;
     agent.attach_hook()?;
     let (stop, shutdown) = watch::channel(false);
     let server = serve::serve(
@@ -77,6 +106,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         limits,
     )
     .await?;
+    let ops_server = match (&ops_listen, ops_router) {
+        (Some(address), Some(router)) => {
+            Some(serve::serve_ops(address, router, shutdown.clone(), limits).await?)
+        }
+        _ => None,
+    };
     // Started: the hook is attached and the listener bound; what is left needs no more than
     // reading other users' processes.
     match privileges::drop_unneeded() {
@@ -98,9 +133,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             SHUTDOWN_GRACE.as_secs()
         ),
     }
+    if let Some(ops_server) = ops_server {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, ops_server).await;
+    }
     agent.detach_hook();
-    if let ListenAddress::Unix(path) = &listen {
-        let _ = std::fs::remove_file(path);
+    for address in std::iter::once(&listen).chain(ops_listen.as_ref()) {
+        if let ListenAddress::Unix(path) = address {
+            let _ = std::fs::remove_file(path);
+        }
     }
     tracing::info!("stopped");
     Ok(())

@@ -178,6 +178,32 @@ pub async fn serve(
     })
 }
 
+/// Listens on `listen` (`server.opsListen`) and serves the operations routes until `shutdown`
+/// turns true. No `Host` check there: probes and scrapers name the pod's address, and nothing
+/// served there is more than counts unless its token is given.
+pub async fn serve_ops(
+    listen: &ListenAddress,
+    router: Router,
+    shutdown: watch::Receiver<bool>,
+    limits: ConnectionLimits,
+) -> anyhow::Result<Server> {
+    Ok(match listen {
+        ListenAddress::Tcp(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (server.opsListen)"))?;
+            let bound = listener.local_addr()?;
+            tracing::info!(address = %bound, "operations listening on http://{bound}");
+            tokio::spawn(serve_connections(listener, router, shutdown, limits))
+        }
+        ListenAddress::Unix(path) => {
+            let listener = bind_unix(path)?;
+            tracing::info!(socket = %path.display(), "operations listening on unix:{}", path.display());
+            tokio::spawn(serve_connections(listener, router, shutdown, limits))
+        }
+    })
+}
+
 /// Binds a Unix socket readable and writable by the agent's user only. A stale socket left by
 /// a previous run is replaced; one that still answers belongs to a running agent.
 fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {

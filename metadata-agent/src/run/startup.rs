@@ -36,9 +36,18 @@ impl Agent {
     /// Builds the agent from `config`: collectors, caches, policies, metrics. Fails when the
     /// policies or the token file cannot be loaded.
     pub fn build(config: Config) -> anyhow::Result<Self> {
-        let metrics = Arc::new(Metrics::new());
         let roots = HostRoots::resolve(&config.host);
         let registry = collectors::build_registry(&config.collectors, &roots)?;
+        // Latency buckets reach past the longest wait: a collector's deadline, or a request's
+        // head.
+        let longest = registry
+            .collectors()
+            .iter()
+            .map(|registered| registered.timeout)
+            .chain([config.server.header_read_timeout])
+            .max()
+            .unwrap_or_default();
+        let metrics = Arc::new(Metrics::with_longest_wait(longest));
         let limits = ResolverLimits::from(&config.resolver);
         let resolver = Arc::new(
             Resolver::new(roots, registry, limits, Arc::clone(&metrics))
@@ -180,18 +189,49 @@ impl Agent {
     pub fn router(&self) -> Router {
         api::router(Arc::clone(&self.state), self.config.server.max_body_bytes)
     }
+
+    /// The operations listener's routes, guarded by `server.opsTokenFile` when set. Fails when
+    /// that file cannot be used.
+    pub fn ops_router(&self) -> anyhow::Result<Router> {
+        let token = match &self.config.server.ops_token_file {
+            Some(path) => Some(crate::api::token::TokenFile::open(path)?),
+            None => None,
+        };
+        Ok(api::ops_router(Arc::clone(&self.state), token))
+    }
 }
 
-/// Logs to stderr, filtered by `METADATA_AGENT_LOG` (default `info`).
-pub(super) fn init_logging() {
+/// Logs to stderr as text or JSON lines (`format`), filtered by `METADATA_AGENT_LOG`, else
+/// `RUST_LOG`, else `info`.
+pub(super) fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("METADATA_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let filter = EnvFilter::try_from_env("METADATA_AGENT_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+}
+
+/// How the log is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (default).
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `message`, fields), for log
+    /// collectors.
+    Json,
 }
 
 /// Raises the soft limit on open files to the hard limit, as servers do: besides its
