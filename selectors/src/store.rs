@@ -30,7 +30,10 @@ pub struct ReloadStatus {
 }
 
 /// Identity of the policy files' current content.
-type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
+/// Each policy file's path, and what its path resolves to now: (device, inode), modification
+/// time and size. The inode tells a swapped symlink (a Kubernetes ConfigMap's `..data`) from
+/// the file it replaced even when both have the same size and time.
+type Fingerprint = Vec<(PathBuf, (u64, u64), Option<SystemTime>, u64)>;
 
 /// The policies in force for a set of paths.
 pub struct PolicyStore {
@@ -176,10 +179,12 @@ fn fingerprint(paths: &[PathBuf]) -> Option<Fingerprint> {
         files
             .into_iter()
             .map(|file| {
+                use std::os::unix::fs::MetadataExt;
                 let meta = std::fs::metadata(&file).ok();
                 let modified = meta.as_ref().and_then(|m| m.modified().ok());
+                let inode = meta.as_ref().map_or((0, 0), |m| (m.dev(), m.ino()));
                 let size = meta.map_or(0, |m| m.len());
-                (file, modified, size)
+                (file, inode, modified, size)
             })
             .collect(),
     )

@@ -103,3 +103,59 @@ fn broken_file_keeps_previous_policies_and_reports_the_error() {
     );
     assert_eq!(store.current().policies().len(), 2);
 }
+
+/// Publishes `files` as the kubelet's atomic writer does for a ConfigMap volume: into a new
+/// timestamped directory, `..data` swapped to it by a rename, the visible names symlinks through
+/// `..data`, the previous directory removed.
+fn publish_like_a_configmap(dir: &std::path::Path, version: u32, files: &[(&str, &str)]) {
+    let versioned = format!("..2026_12_01_17_00_0{version}.{version}");
+    std::fs::create_dir(dir.join(&versioned)).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(&versioned).join(name), text).unwrap();
+        // Same size and time as the previous version: only the inode tells them apart.
+        std::fs::File::options()
+            .write(true)
+            .open(dir.join(&versioned).join(name))
+            .unwrap()
+            .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_608_400))
+            .unwrap();
+        let visible = dir.join(name);
+        if std::fs::symlink_metadata(&visible).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &visible).unwrap();
+        }
+    }
+    let previous = std::fs::read_link(dir.join("..data")).ok();
+    std::os::unix::fs::symlink(&versioned, dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    if let Some(previous) = previous {
+        std::fs::remove_dir_all(dir.join(previous)).unwrap();
+    }
+}
+
+#[test]
+fn a_configmap_symlink_swap_is_seen_even_with_the_same_size_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let deny = "policies:\n  - name: web\n    action: deny \n    selectors: [{app: web}]\n";
+    let allow = "policies:\n  - name: web\n    action: allow\n    selectors: [{app: web}]\n";
+    assert_eq!(deny.len(), allow.len());
+    publish_like_a_configmap(dir.path(), 1, &[("policies.yaml", deny)]);
+    let store = PolicyStore::load(vec![dir.path().to_owned()], Action::Allow).unwrap();
+    assert_eq!(
+        store.current().policies().len(),
+        1,
+        "..data entries are not policies"
+    );
+    assert_eq!(
+        store.current().evaluate(&labels("web")).verdict,
+        Action::Deny
+    );
+    assert!(store.reload_if_changed().is_none());
+
+    publish_like_a_configmap(dir.path(), 2, &[("policies.yaml", allow)]);
+    let reloaded = store.reload_if_changed().expect("the swap is seen");
+    assert_eq!(reloaded.unwrap(), 1);
+    assert_eq!(
+        store.current().evaluate(&labels("web")).verdict,
+        Action::Allow
+    );
+}
