@@ -151,6 +151,16 @@ pub fn parse_cgroup_file(content: &str) -> CgroupInfo {
         else {
             continue;
         };
+        // Inside a cgroup namespace of the agent's own, paths are read relative to it: back to
+        // the host's names.
+        let host_path;
+        let path = match crate::cgroupns::current() {
+            Some(view) => {
+                host_path = view.to_host(hierarchy, path);
+                host_path.as_str()
+            }
+            None => path,
+        };
         let v2 = hierarchy == "0" && controllers.is_empty();
         if v2 {
             v2_path = Some(path.to_owned());

@@ -11,6 +11,7 @@
 pub mod builtin;
 pub mod catalog;
 pub mod cgroup;
+pub mod cgroupns;
 pub mod cloud;
 pub mod collector;
 pub mod config;

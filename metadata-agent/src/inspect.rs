@@ -43,6 +43,7 @@ async fn print(args: InspectArgs) -> anyhow::Result<()> {
         None => Config::default(),
     };
     let roots = HostRoots::resolve(&config.host);
+    collectors::cgroupns::adopt_host_view(&roots).map_err(anyhow::Error::msg)?;
     let pid = parse_pid(&args.pid, &roots)?;
     let registry = collectors::build_registry(&config.collectors, &roots)?;
     let resolution = resolve_once(registry, roots, config.containers, pid).await?;

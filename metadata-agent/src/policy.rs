@@ -110,6 +110,7 @@ async fn test(args: TestArgs) -> anyhow::Result<()> {
                 None => Config::default(),
             };
             let roots = HostRoots::resolve(&config.host);
+            collectors::cgroupns::adopt_host_view(&roots).map_err(anyhow::Error::msg)?;
             let pid = collectors::process::parse_pid(pid, &roots)?;
             let registry = collectors::build_registry(&config.collectors, &roots)?;
             let resolution = resolve_once(registry, roots, config.containers, pid).await?;

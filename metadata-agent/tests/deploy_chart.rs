@@ -393,6 +393,7 @@ fn capabilities_and_mounts_follow_the_features_turned_on() {
         ("/host/sys", "/sys"),
         ("/host/sys/fs/cgroup", "/sys/fs/cgroup"),
         ("/host/etc", "/etc"),
+        ("/host/usr/lib", "/usr/lib"),
     ] {
         assert_eq!(
             default_mounts.get(inside),

@@ -37,6 +37,7 @@ impl Agent {
     /// policies or the token file cannot be loaded.
     pub fn build(config: Config) -> anyhow::Result<Self> {
         let roots = HostRoots::resolve(&config.host);
+        collectors::cgroupns::adopt_host_view(&roots).map_err(anyhow::Error::msg)?;
         let registry = collectors::build_registry(&config.collectors, &roots)?;
         // Latency buckets reach past the longest wait: a collector's deadline, or a request's
         // head.

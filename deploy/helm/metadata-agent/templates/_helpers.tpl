@@ -49,6 +49,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
+{{/* Whether SYS_ADMIN is granted (legacy capabilities for the hook): privilege escalation
+cannot then be refused. */}}
+{{- define "metadata-agent.sysAdmin" -}}
+{{- if or (and (include "metadata-agent.hookOn" .) .Values.hook.legacyCapabilities) (has "SYS_ADMIN" .Values.extraCapabilities) -}}true{{- end -}}
+{{- end -}}
+
 {{/* Whether the hook may attach: enabled is true or "auto". */}}
 {{- define "metadata-agent.hookOn" -}}
 {{- if ne (toString .Values.hook.enabled) "false" -}}true{{- end -}}
@@ -61,7 +67,11 @@ reading other users' processes always; loading and attaching BPF programs with t
 {{- define "metadata-agent.capabilities" -}}
 {{- $caps := list "SYS_PTRACE" "DAC_READ_SEARCH" -}}
 {{- if include "metadata-agent.hookOn" . -}}
+{{- if .Values.hook.legacyCapabilities -}}
+{{- $caps = concat $caps (list "SYS_ADMIN" "NET_ADMIN") -}}
+{{- else -}}
 {{- $caps = concat $caps (list "BPF" "PERFMON" "NET_ADMIN") -}}
+{{- end -}}
 {{- end -}}
 {{- $caps = concat $caps .Values.extraCapabilities | uniq -}}
 {{- toYaml $caps -}}
