@@ -48,6 +48,7 @@ fn run_unshared(
         }
     });
     let mut log = String::new();
+    let mut found = false;
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         match received.recv_timeout(Duration::from_millis(100)) {
@@ -55,6 +56,7 @@ fn run_unshared(
                 log.push_str(&line);
                 log.push('\n');
                 if line.contains(needle) {
+                    found = true;
                     break;
                 }
             }
@@ -62,7 +64,8 @@ fn run_unshared(
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
     }
-    let running = child.try_wait().unwrap().is_none();
+    // Its stderr closed without the needle: it is exiting.
+    let running = found && child.try_wait().unwrap().is_none();
     let _ = child.kill();
     let _ = child.wait();
     (running, log)
@@ -93,6 +96,23 @@ HOST_SYS="$D/sys" exec "$AGENT" run --listen 127.0.0.1:0 --config "$CONFIG""#,
         "the agent started in a namespaced cgroup view:\n{log}"
     );
     assert!(
+        log.contains("runs in a cgroup namespace of its own")
+            && log.contains("cannot find its own cgroup")
+            && log.contains("/sys/fs/cgroup"),
+        "{log}"
+    );
+
+    // The same view without a namespace: a bind mount of a subtree where the hierarchy's root
+    // should be. The hook would judge only that subtree.
+    let script = format!(
+        r#"mkdir -p "$D/sys/fs/cgroup"
+mount --bind {} "$D/sys/fs/cgroup"
+HOST_SYS="$D/sys" exec "$AGENT" run --listen 127.0.0.1:0 --config "$CONFIG""#,
+        cgroup.path().display()
+    );
+    let (running, log) = run_unshared(None, &[], &script, "kernel hook attached");
+    assert!(!running, "the agent attached to a subtree view:\n{log}");
+    assert!(
         log.contains("shows only part of the cgroup hierarchy")
             && log.contains("cgroup namespace")
             && log.contains("/sys/fs/cgroup"),
@@ -122,4 +142,45 @@ HOST_SYS="$D/host/sys" exec "$AGENT" run --listen 127.0.0.1:0 --config "$CONFIG"
         .find(|line| line.contains("kernel hook attached"))
         .unwrap_or_else(|| panic!("no attachment in the log:\n{log}"));
     assert!(attached.contains("/host/sys/fs/cgroup"), "{attached}");
+}
+
+#[test]
+fn inside_a_cgroup_namespace_other_processes_cgroups_are_named_as_the_host_names_them() {
+    if !test_support::require(
+        test_support::is_root(),
+        "root (to make cgroups and namespaces)",
+    ) {
+        return;
+    }
+    // A process in a cgroup of its own, as a container's would be.
+    let other = TestCgroup::new("nsview-other");
+    let mut sleeper = Command::new("sleep");
+    sleeper.arg("60");
+    other.contain(&mut sleeper);
+    let mut sleeper = sleeper.spawn().unwrap();
+    // The agent in another cgroup, with a cgroup namespace rooted there (as in a pod on a
+    // cgroup v2 node), printing that process's labels.
+    let agent = TestCgroup::new("nsview-agent");
+    let mut command = Command::new("unshare");
+    command
+        .args(["--cgroup", "--"])
+        .arg(env!("CARGO_BIN_EXE_metadata-agent"))
+        .args(["inspect", "--json"])
+        .arg(sleeper.id().to_string())
+        .env_remove("HOST_SYS")
+        .env_remove("HOST_PROC")
+        .env_remove("HOST_ETC");
+    agent.contain(&mut command);
+    let output = command.output().unwrap();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(output.status.success(), "{output:?}");
+    let resolution: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    // Read from inside the namespace the kernel says `/../ma-test-...`; the agent says what the
+    // host says.
+    let expected = other.relative();
+    assert_eq!(
+        resolution["labels"]["process:cgroup"][0], expected,
+        "{resolution}"
+    );
 }

@@ -458,3 +458,60 @@ fn values_the_agent_could_not_run_with_are_refused_at_render() {
         assert!(stderr.contains(expected), "{set:?}: {stderr}");
     }
 }
+
+#[test]
+fn the_systemd_unit_verifies_and_grants_what_the_chart_grants() {
+    let analyze = Command::new("systemd-analyze").arg("--version").output();
+    if !test_support::require(
+        analyze.is_ok_and(|o| o.status.success()),
+        "systemd-analyze (Debian package systemd)",
+    ) || !tools()
+    {
+        return;
+    }
+    let unit =
+        std::fs::read_to_string(common::repo_root().join("deploy/systemd/metadata-agent.service"))
+            .unwrap();
+    // Verified as installed: ExecStart pointing at a real binary (the one under test).
+    let dir = tempfile::tempdir().unwrap();
+    let installed = dir.path().join("metadata-agent.service");
+    std::fs::write(
+        &installed,
+        unit.replace(
+            "/usr/local/bin/metadata-agent",
+            env!("CARGO_BIN_EXE_metadata-agent"),
+        ),
+    )
+    .unwrap();
+    let output = run(Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&installed));
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && complaints.trim().is_empty(),
+        "{complaints}"
+    );
+    // The capability bounding set is the chart's default set.
+    let bounding: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .unwrap()
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_owned())
+        .collect();
+    let (_, default) = render(&chart().join("ci/default-values.yaml"));
+    assert_eq!(bounding, capabilities(&default));
+    // The command line is one the agent accepts.
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    let mut words = exec.split_whitespace().skip(1).collect::<Vec<_>>();
+    words.push("--help");
+    let output = run(common::agent().args(&words));
+    assert!(output.status.success(), "{exec}: {output:?}");
+}
