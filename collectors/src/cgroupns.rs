@@ -113,8 +113,19 @@ fn hierarchy_dir(roots: &HostRoots, controllers: &str) -> PathBuf {
 /// the host's hierarchies under `<sys>/fs/cgroup`, at that depth.
 pub fn learn(roots: &HostRoots) -> Result<Option<NamespaceView>, String> {
     let init_file = roots.proc.join("1/cgroup");
-    let init = std::fs::read_to_string(&init_file)
-        .map_err(|e| format!("reading {}: {e}", init_file.display()))?;
+    let init = match std::fs::read_to_string(&init_file) {
+        Ok(init) => init,
+        // A recorded tree without PID 1, or a /proc that hides it: nothing tells a namespace.
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(
+                    "cannot read {} ({e}): assuming the agent shares the host's cgroup namespace",
+                    init_file.display()
+                );
+            }
+            return Ok(None);
+        }
+    };
     // How many levels above our namespace root the host's root is, per hierarchy.
     let depths: HashMap<&str, usize> = init
         .lines()

@@ -8,7 +8,6 @@
 //! - [`destinations`]: who is at a destination (local listeners, containers), for policies' `to`.
 //! - [`enforcement`]: policies compiled into the kernel's rule sets, and verdicts per process.
 //! - [`inspect`], [`policy`], [`hook_command`]: the one-shot CLI commands.
-//! - [`imds_mock`]: `metadata-agent imds-mock`, a cloud metadata service for CI and tests.
 
 pub mod api;
 pub mod config;
@@ -16,7 +15,6 @@ pub mod destinations;
 pub mod enforcement;
 pub mod events;
 pub mod hook_command;
-pub mod imds_mock;
 pub mod inspect;
 pub mod metrics;
 pub mod policy;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use metadata_agent::{hook_command, imds_mock, inspect, policy, run};
+use metadata_agent::{hook_command, inspect, policy, run};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,8 +28,12 @@ enum Command {
     /// Manage the pinned kernel hook (`hook.pin: true`).
     #[command(subcommand)]
     Hook(hook_command::HookCommand),
-    /// Serve a mock cloud instance metadata service (EC2, Azure, GCP) for CI and tests.
-    ImdsMock(imds_mock::ImdsMockArgs),
+    /// Moved to its own binary, `imds-mock` (the `imds-mock` crate).
+    #[command(hide = true, disable_help_flag = true)]
+    ImdsMock {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,7 +54,10 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await.map(|()| true),
             Command::Inspect(args) => inspect::run(args).await.map(|()| true),
             Command::Policy(command) => policy::run(command).await,
-            Command::ImdsMock(args) => imds_mock::run(args).await.map(|()| true),
+            Command::ImdsMock { .. } => Err(anyhow::anyhow!(
+                "the IMDS mock is a binary of its own now: run `imds-mock` (cargo run -p \
+                 imds-mock, or its image; docs/imds-mock.md)"
+            )),
             Command::Hook(command) => hook_command::run(command).map(|()| true),
         }
     });

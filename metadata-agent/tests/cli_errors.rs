@@ -128,3 +128,11 @@ fn enforce_mode_needs_the_hook() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_former_imds_mock_subcommand_names_the_binary_it_moved_to() {
+    let output = run(agent().args(["imds-mock", "--cloud", "ec2"]));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("run `imds-mock`"), "{stderr}");
+}

@@ -16,7 +16,7 @@ use collectors::cloud::gcp::GcpCollector;
 use collectors::cloud::gcp::GcpConfig;
 use collectors::config::Enabled;
 use collectors::{CollectError, Collected, Collector, HostRoots, Subject, error_chain};
-use metadata_agent::imds_mock::{self, CloudChoice, Fixtures, MockHandle, MockOptions, TokenMode};
+use imds_mock::{self, CloudChoice, Fixtures, MockHandle, MockOptions, TokenMode};
 
 /// Host roots whose sysfs has no DMI, as on this VM and in CI: `auto` must probe.
 fn no_dmi() -> (tempfile::TempDir, HostRoots) {

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use metadata_agent::imds_mock::{self, CloudChoice, MockHandle, MockOptions, TokenMode};
+use imds_mock::{self, CloudChoice, MockHandle, MockOptions, TokenMode};
 use reqwest::{Method, StatusCode};
 
 async fn mock(options: MockOptions) -> MockHandle {
@@ -431,8 +431,8 @@ fn the_cli_names_bad_fixtures_and_bad_options() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("gcp.json"), "{\"instance\": {}}").unwrap();
     let output = common::run(
-        common::agent()
-            .args(["imds-mock", "--listen", "127.0.0.1:0", "--fixtures"])
+        common::mock_cli()
+            .args(["--listen", "127.0.0.1:0", "--fixtures"])
             .arg(dir.path()),
     );
     assert!(!output.status.success());
@@ -444,14 +444,14 @@ fn the_cli_names_bad_fixtures_and_bad_options() {
 
     std::fs::write(dir.path().join("gcp.json"), "{not json").unwrap();
     let output = common::run(
-        common::agent()
-            .args(["imds-mock", "--listen", "127.0.0.1:0", "--fixtures"])
+        common::mock_cli()
+            .args(["--listen", "127.0.0.1:0", "--fixtures"])
             .arg(dir.path()),
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("gcp.json: not valid JSON"), "{stderr}");
 
-    let output = common::run(common::agent().args(["imds-mock", "--fail", "/x=999"]));
+    let output = common::run(common::mock_cli().args(["--fail", "/x=999"]));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !output.status.success() && stderr.contains("not an HTTP status"),

@@ -19,9 +19,9 @@ pub struct Fixtures {
     pub gcp: Value,
 }
 
-const BUNDLED_EC2: &str = include_str!("../../../tests/fixtures/imds/ec2.json");
-const BUNDLED_AZURE: &str = include_str!("../../../tests/fixtures/imds/azure.json");
-const BUNDLED_GCP: &str = include_str!("../../../tests/fixtures/imds/gcp.json");
+const BUNDLED_EC2: &str = include_str!("../../tests/fixtures/imds/ec2.json");
+const BUNDLED_AZURE: &str = include_str!("../../tests/fixtures/imds/azure.json");
+const BUNDLED_GCP: &str = include_str!("../../tests/fixtures/imds/gcp.json");
 
 impl Fixtures {
     /// The bundled fixtures: the reference's instance on each cloud.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use aws_config::imds;
 use aws_config::provider_config::ProviderConfig;
 use aws_credential_types::provider::ProvideCredentials;
-use metadata_agent::imds_mock::{self, CloudChoice, MockHandle, MockOptions, TokenMode};
+use imds_mock::{self, CloudChoice, MockHandle, MockOptions, TokenMode};
 
 async fn mock(cloud: CloudChoice, ec2_tokens: TokenMode) -> MockHandle {
     imds_mock::spawn(MockOptions {
@@ -98,7 +98,7 @@ async fn aws_config_is_refused_without_tokens_as_on_an_imdsv1_only_instance() {
 
 #[tokio::test]
 async fn google_cloud_auth_gets_an_access_token_from_the_metadata_server() {
-    collectors::install_crypto_provider();
+    common::install_crypto_provider();
     let mock = mock(CloudChoice::All, TokenMode::Optional).await;
     let credentials = google_cloud_auth::credentials::mds::Builder::default()
         .with_endpoint(mock.url())
@@ -130,7 +130,7 @@ fn python(script: &str, env: &[(&str, String)]) -> Option<std::process::Output> 
         return None;
     }
     let path = common::repo_root()
-        .join("metadata-agent/tests/clients")
+        .join("imds-mock/tests/clients")
         .join(script);
     let mut command = std::process::Command::new("python3");
     command.arg(&path);
@@ -184,8 +184,8 @@ impl MockProcess {
             .unwrap()
             .port();
         let address = format!("127.0.0.1:{port}");
-        let child = common::agent()
-            .args(["imds-mock", "--listen", &address])
+        let child = common::mock_cli()
+            .args(["--listen", &address])
             .args(args)
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -1,4 +1,4 @@
-//! `metadata-agent imds-mock`: a cloud instance metadata service for CI pipelines and tests.
+//! `imds-mock`: a cloud instance metadata service for CI pipelines and tests.
 //!
 //! It serves EC2 (`/latest/…`, dated versions, `/latest/api/token`), Azure (`/metadata/…`) and
 //! GCP (`/computeMetadata/v1/…`) on one port — their paths do not clash — or one of them, from
@@ -48,7 +48,7 @@ impl CloudChoice {
     }
 }
 
-/// `metadata-agent imds-mock`.
+/// `imds-mock`'s options.
 #[derive(Debug, clap::Args)]
 pub struct ImdsMockArgs {
     /// Which cloud to serve.
@@ -363,7 +363,7 @@ pub async fn spawn(options: MockOptions) -> std::io::Result<MockHandle> {
     })
 }
 
-/// Runs `metadata-agent imds-mock`.
+/// Runs the mock until SIGINT or SIGTERM.
 pub async fn run(args: ImdsMockArgs) -> anyhow::Result<()> {
     let fixtures = match &args.fixtures {
         Some(dir) => Fixtures::load(dir)?,
