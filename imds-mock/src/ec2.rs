@@ -10,26 +10,27 @@
 //!   trailing newline); anything else is 404.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use axum::http::{Method, Response, StatusCode};
 use serde_json::Value;
 
-use super::{MockRequest, reply};
+use crate::{MockRequest, State, reply};
 
 /// How the mock treats IMDSv2 tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum TokenMode {
     /// Requests with or without a token are served (a valid token is still checked).
     Optional,
     /// Requests without a token get 401.
     Required,
-    /// IMDSv2 is off: the token request gets 403.
+    /// The metadata endpoint is off (`HttpEndpoint: disabled`): every request gets 403.
     Disabled,
     /// An old IMDS without tokens: the token request gets 405.
     #[value(name = "v1-only")]
+    #[serde(rename = "v1-only")]
     V1Only,
 }
 
@@ -54,8 +55,6 @@ const VERSIONS: &[&str] = &[
 ];
 
 pub(crate) struct Ec2Mock {
-    mode: TokenMode,
-    drop_token_endpoint: bool,
     tokens: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
@@ -90,10 +89,8 @@ fn is_version(segment: &str) -> bool {
 }
 
 impl Ec2Mock {
-    pub(crate) fn new(mode: TokenMode, drop_token_endpoint: bool) -> Self {
+    pub(crate) fn new() -> Self {
         Self {
-            mode,
-            drop_token_endpoint,
             tokens: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -105,7 +102,16 @@ impl Ec2Mock {
             .clear();
     }
 
-    pub(crate) async fn handle(&self, tree: &Value, request: &MockRequest) -> Response<Body> {
+    pub(crate) async fn handle(
+        &self,
+        state: &State,
+        tree: &Value,
+        request: &MockRequest,
+    ) -> Response<Body> {
+        if state.ec2_tokens == TokenMode::Disabled {
+            // An instance whose metadata endpoint is turned off refuses everything.
+            return text(StatusCode::FORBIDDEN, "403 - Forbidden\n");
+        }
         if request.header("x-forwarded-for").is_some() {
             return text(
                 StatusCode::FORBIDDEN,
@@ -121,7 +127,7 @@ impl Ec2Mock {
         }
         if rest == ["api", "token"] {
             return match request.method {
-                Method::PUT => self.issue_token(request).await,
+                Method::PUT => self.issue_token(state, request).await,
                 _ => {
                     let mut response =
                         text(StatusCode::METHOD_NOT_ALLOWED, "405 - Method Not Allowed\n");
@@ -147,7 +153,7 @@ impl Ec2Mock {
                     return text(StatusCode::UNAUTHORIZED, "401 - Unauthorized\n");
                 }
             }
-            None if self.mode == TokenMode::Required => {
+            None if state.ec2_tokens == TokenMode::Required => {
                 return text(StatusCode::UNAUTHORIZED, "401 - Unauthorized\n");
             }
             None => {}
@@ -177,12 +183,12 @@ impl Ec2Mock {
         }
     }
 
-    async fn issue_token(&self, request: &MockRequest) -> Response<Body> {
-        if self.drop_token_endpoint {
+    async fn issue_token(&self, state: &State, request: &MockRequest) -> Response<Body> {
+        if state.drop_token_endpoint {
             // What a container behind a hop limit of 1 sees: the answer never arrives.
             std::future::pending::<()>().await;
         }
-        match self.mode {
+        match state.ec2_tokens {
             TokenMode::Disabled => return text(StatusCode::FORBIDDEN, "403 - Forbidden\n"),
             TokenMode::V1Only => {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "405 - Method Not Allowed\n");
@@ -196,7 +202,7 @@ impl Ec2Mock {
         let Some(ttl) = ttl else {
             return text(StatusCode::BAD_REQUEST, "400 - Bad Request\n");
         };
-        let token = new_token();
+        let token = crate::random_hex(48);
         let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         tokens.retain(|_, expires| *expires > now);
@@ -235,22 +241,6 @@ fn leaf_text(leaf: &Value) -> String {
     }
 }
 
-/// An unguessable token: 48 hex digits from the process's random hasher keys.
-fn new_token() -> String {
-    let mut token = String::with_capacity(48);
-    for _ in 0..3 {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos(),
-        );
-        token.push_str(&format!("{:016x}", hasher.finish()));
-    }
-    token
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,7 +264,7 @@ mod tests {
 
     #[test]
     fn tokens_differ() {
-        assert_ne!(new_token(), new_token());
-        assert_eq!(new_token().len(), 48);
+        assert_ne!(crate::random_hex(48), crate::random_hex(48));
+        assert_eq!(crate::random_hex(48).len(), 48);
     }
 }

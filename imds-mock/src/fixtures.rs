@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::Value;
 
-use super::{azure, ec2, gcp};
+use crate::{azure, ec2, gcp};
 
 /// The documents the mock serves.
 #[derive(Debug, Clone)]

@@ -15,7 +15,10 @@ use axum::body::Body;
 use axum::http::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::{MockRequest, reply};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::{Mock, MockRequest, reply};
 
 /// The fixture must hold an `instance` object with an `id`.
 pub(crate) fn check_fixture(fixture: &Value) -> Result<(), String> {
@@ -45,6 +48,77 @@ fn flavored(status: StatusCode, content_type: &str, body: String) -> Response<Bo
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
     flavored(status, "application/text", body.into())
+}
+
+/// An error as the metadata server answers them: flavored text.
+pub(crate) fn error(status: StatusCode, message: &str) -> Response<Body> {
+    text(status, message)
+}
+
+/// How long `wait_for_change` waits when the request gives no `timeout_sec` (and at most).
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+fn etag_of(response: &Response<Body>) -> String {
+    response
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Serves a request, holding `wait_for_change=true` ones until the answer's ETag differs from
+/// `last_etag` (from the current one when no `last_etag` is given), or `timeout_sec` passes
+/// (then the current answer), as the metadata server does.
+pub(crate) async fn serve(mock: &Arc<Mock>, request: &MockRequest) -> Response<Body> {
+    let wait = request
+        .param("wait_for_change")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let mut changes = mock.changes.subscribe();
+    let response = handle(&mock.snapshot().fixtures.gcp, request);
+    if !wait || response.status() != StatusCode::OK {
+        return response;
+    }
+    let current = etag_of(&response);
+    if request
+        .param("last_etag")
+        .is_some_and(|last| last != current)
+    {
+        return response;
+    }
+    let timeout = match request.param("timeout_sec") {
+        None => MAX_WAIT,
+        Some(text) => match text.parse::<u64>() {
+            Ok(seconds) => Duration::from_secs(seconds).min(MAX_WAIT),
+            Err(_) => {
+                return text_error(
+                    StatusCode::BAD_REQUEST,
+                    "timeout_sec must be a number of seconds\n",
+                );
+            }
+        },
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return response;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                return handle(&mock.snapshot().fixtures.gcp, request);
+            }
+        }
+        let now = handle(&mock.snapshot().fixtures.gcp, request);
+        if etag_of(&now) != current {
+            return now;
+        }
+    }
+}
+
+fn text_error(status: StatusCode, message: &str) -> Response<Body> {
+    text(status, message)
 }
 
 fn not_found() -> Response<Body> {
@@ -120,10 +194,26 @@ pub(crate) fn handle(fixture: &Value, request: &MockRequest) -> Response<Body> {
             "Requests with X-Forwarded-For are refused.\n",
         );
     }
+    if request.method != axum::http::Method::GET && request.method != axum::http::Method::HEAD {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
+        response
+            .headers_mut()
+            .insert(axum::http::header::ALLOW, "GET".parse().expect("static"));
+        return response;
+    }
     let segments: Vec<&str> = request.segments.iter().map(String::as_str).collect();
     match segments.as_slice() {
         [] => text(StatusCode::OK, "computeMetadata/\n"),
         ["computeMetadata"] => text(StatusCode::OK, "v1/\n"),
+        // Every GCE server answers its universe domain, fixture or not.
+        ["computeMetadata", "v1", "universe", "universe-domain"]
+            if fixture["universe"].is_null() =>
+        {
+            text(StatusCode::OK, "googleapis.com")
+        }
+        ["computeMetadata", "v1", "universe"] if fixture["universe"].is_null() => {
+            text(StatusCode::OK, "universe-domain\n")
+        }
         ["computeMetadata", "v1", path @ ..] => serve_path(fixture, path, request),
         _ => not_found(),
     }
@@ -179,6 +269,10 @@ fn serve_path(fixture: &Value, path: &[&str], request: &MockRequest) -> Response
         .param("recursive")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let alt = request.param("alt");
+    // `instance/tags` is the JSON text of a list, whatever `alt` says.
+    if path.last().is_some_and(|last| *last == "tags") && node.is_array() {
+        return flavored(StatusCode::OK, "application/json", node.to_string());
+    }
     if is_directory(node) {
         if recursive {
             return match alt {
@@ -187,7 +281,11 @@ fn serve_path(fixture: &Value, path: &[&str], request: &MockRequest) -> Response
                     flatten(node, place, "", &mut lines);
                     text(StatusCode::OK, lines)
                 }
-                _ => flavored(StatusCode::OK, "application/json", node.to_string()),
+                _ => flavored(
+                    StatusCode::OK,
+                    "application/json",
+                    with_aliases(node, place).to_string(),
+                ),
             };
         }
         let names = listing(node, place);
@@ -202,6 +300,43 @@ fn serve_path(fixture: &Value, path: &[&str], request: &MockRequest) -> Response
     match alt {
         Some("json") => flavored(StatusCode::OK, "application/json", node.to_string()),
         _ => text(StatusCode::OK, leaf_text(node)),
+    }
+}
+
+/// `node` as the recursive JSON shows it: a service account also under each of its aliases
+/// (`default`), as the metadata server keys them.
+fn with_aliases(node: &Value, place: Place) -> Value {
+    match node {
+        Value::Object(map) => {
+            let mut out = serde_json::Map::new();
+            for (key, child) in map {
+                let child_place = match (place, key.as_str()) {
+                    (Place::Accounts, _) => Place::Account,
+                    (Place::Plain, "attributes") => Place::Literal,
+                    (Place::Plain, "serviceAccounts") => Place::Accounts,
+                    _ => Place::Plain,
+                };
+                out.insert(key.clone(), with_aliases(child, child_place));
+            }
+            if place == Place::Accounts {
+                for account in map.values() {
+                    for alias in account["aliases"].as_array().into_iter().flatten() {
+                        if let Some(alias) = alias.as_str() {
+                            out.entry(alias.to_owned())
+                                .or_insert_with(|| account.clone());
+                        }
+                    }
+                }
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|i| with_aliases(i, Place::Plain))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 

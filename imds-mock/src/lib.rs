@@ -11,26 +11,33 @@
 //! added latency, an error status for a path, a token endpoint that never answers.
 
 mod azure;
+pub mod config;
+pub mod control;
 mod ec2;
 mod fixtures;
 mod gcp;
+pub mod requestlog;
+pub mod scenario;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::State as AxumState;
 use axum::http::{HeaderMap, Method, Response, StatusCode, Uri, header};
+use tokio::sync::watch;
 
+pub use azure::ScheduledEvents;
 pub use ec2::TokenMode;
 pub use fixtures::Fixtures;
+pub use scenario::Scenario;
 
 /// Which clouds the mock serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum CloudChoice {
     /// EC2 only.
     Ec2,
@@ -48,50 +55,9 @@ impl CloudChoice {
     }
 }
 
-/// `imds-mock`'s options.
-#[derive(Debug, clap::Args)]
-pub struct ImdsMockArgs {
-    /// Which cloud to serve.
-    #[arg(long, value_enum, default_value = "all")]
-    pub cloud: CloudChoice,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:1338")]
-    pub listen: SocketAddr,
-    /// Directory with `ec2.json`, `azure.json` and `gcp.json` (a missing file: the bundled one).
-    #[arg(long)]
-    pub fixtures: Option<PathBuf>,
-    /// IMDSv2 tokens: `optional` (v1 and v2), `required` (401 without a token), `disabled`
-    /// (the token request gets 403), `v1-only` (the token request gets 405).
-    #[arg(long, value_enum, default_value = "optional")]
-    pub ec2_tokens: TokenMode,
-    /// Latency added to every answer, e.g. `200ms`.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub latency: Option<Duration>,
-    /// Answer STATUS to every request whose path starts with PATH (repeatable), e.g.
-    /// `/latest/meta-data/instance-id=500`.
-    #[arg(long = "fail", value_name = "PATH=STATUS", value_parser = parse_failure)]
-    pub failures: Vec<(String, u16)>,
-    /// Never answer EC2 token requests (what a container behind a hop limit of 1 sees).
-    #[arg(long)]
-    pub drop_token_endpoint: bool,
-}
+pub use config::ImdsMockArgs;
 
-fn parse_failure(text: &str) -> Result<(String, u16), String> {
-    let (path, status) = text.rsplit_once('=').ok_or_else(|| {
-        format!("{text:?}: expected PATH=STATUS, e.g. /latest/meta-data/ami-id=500")
-    })?;
-    let status: u16 = status
-        .parse()
-        .ok()
-        .filter(|s| (100..600).contains(s))
-        .ok_or_else(|| format!("{text:?}: {status:?} is not an HTTP status (100-599)"))?;
-    if !path.starts_with('/') {
-        return Err(format!("{text:?}: the path must start with /"));
-    }
-    Ok((path.to_owned(), status))
-}
-
-/// Everything that shapes the mock's answers.
+/// Everything that shapes the mock's answers at start.
 #[derive(Debug, Clone)]
 pub struct MockOptions {
     /// Which clouds are served.
@@ -106,6 +72,10 @@ pub struct MockOptions {
     pub failures: Vec<(String, u16)>,
     /// EC2 token requests never get an answer.
     pub drop_token_endpoint: bool,
+    /// Scenarios, timed from the start.
+    pub scenarios: Vec<Scenario>,
+    /// Where the request log goes as JSON lines, if anywhere.
+    pub request_log: Option<requestlog::Sink>,
 }
 
 impl Default for MockOptions {
@@ -117,27 +87,91 @@ impl Default for MockOptions {
             latency: Duration::ZERO,
             failures: Vec::new(),
             drop_token_endpoint: false,
+            scenarios: Vec::new(),
+            request_log: None,
         }
     }
 }
 
-struct Mock {
-    options: MockOptions,
+/// What can change while the mock serves (scenarios, the control API).
+#[derive(Debug, Clone)]
+pub(crate) struct State {
+    pub(crate) fixtures: Arc<Fixtures>,
+    pub(crate) failures: Vec<(String, u16)>,
+    pub(crate) latency: Duration,
+    pub(crate) ec2_tokens: TokenMode,
+    pub(crate) drop_token_endpoint: bool,
+    pub(crate) azure_events: ScheduledEvents,
+    pub(crate) scenarios: Vec<scenario::Progress>,
+}
+
+pub(crate) struct Mock {
+    cloud: CloudChoice,
+    state: RwLock<State>,
+    /// Bumped on every change of the served data (GCP `wait_for_change` waits on it).
+    pub(crate) changes: watch::Sender<u64>,
     ec2: ec2::Ec2Mock,
-    /// The injected failures (from the options, changeable while serving).
-    failures: std::sync::Mutex<Vec<(String, u16)>>,
-    /// `METHOD /path` of every request, for tests.
-    log: std::sync::Mutex<Vec<String>>,
+    log: requestlog::RequestLog,
 }
 
 impl Mock {
-    fn new(options: MockOptions) -> Self {
-        Self {
-            ec2: ec2::Ec2Mock::new(options.ec2_tokens, options.drop_token_endpoint),
-            failures: std::sync::Mutex::new(options.failures.clone()),
-            log: std::sync::Mutex::new(Vec::new()),
-            options,
+    fn new(options: MockOptions) -> std::io::Result<Self> {
+        Ok(Self {
+            cloud: options.cloud,
+            state: RwLock::new(State {
+                fixtures: Arc::new(options.fixtures),
+                failures: options.failures,
+                latency: options.latency,
+                ec2_tokens: options.ec2_tokens,
+                drop_token_endpoint: options.drop_token_endpoint,
+                azure_events: ScheduledEvents::default(),
+                scenarios: Vec::new(),
+            }),
+            changes: watch::channel(0).0,
+            ec2: ec2::Ec2Mock::new(),
+            log: requestlog::RequestLog::new(options.request_log.as_ref())?,
+        })
+    }
+
+    /// A copy of the state (cheap: the fixtures are shared).
+    pub(crate) fn snapshot(&self) -> State {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes the state; `data` says whether served data changed (waking `wait_for_change`).
+    pub(crate) fn change<T>(&self, data: bool, change: impl FnOnce(&mut State) -> T) -> T {
+        let result = change(&mut self.state.write().unwrap_or_else(|e| e.into_inner()));
+        if data {
+            self.changes.send_modify(|generation| *generation += 1);
         }
+        result
+    }
+
+    /// Schedules `scenario`, timed from now; it fires in a task of its own.
+    pub(crate) fn schedule(self: &Arc<Self>, scenario: Scenario) {
+        let fires_at = scenario.fires_at(SystemTime::now());
+        let index = self.change(false, |state| {
+            state.scenarios.push(scenario::Progress {
+                spec: scenario.spec.clone(),
+                fires_at: scenario::rfc3339(fires_at),
+                fired: false,
+            });
+            state.scenarios.len() - 1
+        });
+        let mock = Arc::clone(self);
+        tokio::spawn(async move {
+            let wait = fires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::time::sleep(wait).await;
+            mock.change(true, |state| {
+                scenario.apply(state, SystemTime::now());
+                if let Some(progress) = state.scenarios.get_mut(index) {
+                    progress.fired = true;
+                }
+            });
+            tracing::info!(scenario = %scenario.spec, "scenario fired");
+        });
     }
 }
 
@@ -155,36 +189,42 @@ impl MockHandle {
         format!("http://{}", self.address)
     }
 
-    /// `METHOD /path` of every request so far.
+    /// `METHOD /path` of every request so far (the newest 10 000).
     pub fn requests(&self) -> Vec<String> {
         self.mock
             .log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .since(0)
+            .0
+            .into_iter()
+            .map(|entry| format!("{} {}", entry.method, entry.path))
+            .collect()
     }
 
     /// Answers `status` to paths starting with `prefix` from now on.
     pub fn fail(&self, prefix: &str, status: u16) {
-        self.mock
-            .failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((prefix.to_owned(), status));
+        self.mock.change(false, |state| {
+            state.failures.push((prefix.to_owned(), status))
+        });
     }
 
     /// Stops injecting failures.
     pub fn heal(&self) {
-        self.mock
-            .failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.mock.change(false, |state| state.failures.clear());
     }
 
     /// Forgets every EC2 token issued, as a restarted service would.
     pub fn forget_ec2_tokens(&self) {
         self.mock.ec2.forget_tokens();
+    }
+
+    /// Starts `scenario` (timed from now).
+    pub fn start_scenario(&self, scenario: Scenario) {
+        self.mock.schedule(scenario);
+    }
+
+    /// A router serving the control API of this mock (`docs/imds-mock.md`).
+    pub fn control_router(&self) -> Router {
+        control::router(Arc::clone(&self.mock))
     }
 }
 
@@ -201,6 +241,8 @@ pub(crate) struct MockRequest {
     segments: Vec<String>,
     query: Vec<(String, String)>,
     headers: HeaderMap,
+    /// The body (Azure's scheduled-event acknowledgements).
+    body: bytes::Bytes,
 }
 
 impl MockRequest {
@@ -226,7 +268,13 @@ impl MockRequest {
             segments,
             query,
             headers,
+            body: bytes::Bytes::new(),
         }
+    }
+
+    /// How many times query parameter `name` is given.
+    fn param_count(&self, name: &str) -> usize {
+        self.query.iter().filter(|(n, _)| n == name).count()
     }
 
     /// The value of query parameter `name`.
@@ -282,61 +330,115 @@ pub(crate) fn reply(
     response
 }
 
+/// The largest request body read (Azure acknowledgements are a few hundred bytes).
+const MAX_BODY: usize = 64 * 1024;
+
+/// Which cloud a request is for, by its path and headers, among those served.
+fn cloud_of(served: CloudChoice, request: &MockRequest) -> Option<CloudChoice> {
+    match request.segments.first().map(String::as_str) {
+        Some("computeMetadata") if served.serves(CloudChoice::Gcp) => Some(CloudChoice::Gcp),
+        Some("metadata") if served.serves(CloudChoice::Azure) => Some(CloudChoice::Azure),
+        // GCP clients "ping" the root with their header and check the answer's flavor.
+        None if served.serves(CloudChoice::Gcp)
+            && (request.header("metadata-flavor").is_some() || served == CloudChoice::Gcp) =>
+        {
+            Some(CloudChoice::Gcp)
+        }
+        _ if served.serves(CloudChoice::Ec2) => Some(CloudChoice::Ec2),
+        _ => None,
+    }
+}
+
+/// An injected failure, shaped as the cloud shapes its errors.
+fn injected(cloud: Option<CloudChoice>, status: u16, path: &str) -> Response<Body> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let reason = status.canonical_reason().unwrap_or("Error");
+    match cloud {
+        Some(CloudChoice::Gcp) => {
+            gcp::error(status, &format!("{reason}: injected failure for {path}\n"))
+        }
+        Some(CloudChoice::Azure) => {
+            azure::error(status, &format!("{reason}. Injected failure for {path}"))
+        }
+        _ => reply(
+            status,
+            "text/plain",
+            format!("{} - {reason}\n", status.as_u16()),
+        ),
+    }
+}
+
 async fn handle(
-    State(mock): State<Arc<Mock>>,
+    AxumState(mock): AxumState<Arc<Mock>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    body: Body,
 ) -> Response<Body> {
-    let request = MockRequest::from_parts(method, &uri, headers);
-    if !mock.options.latency.is_zero() {
-        tokio::time::sleep(mock.options.latency).await;
+    let arrived = Instant::now();
+    let time = SystemTime::now();
+    let logged_headers = requestlog::interesting_headers(&headers);
+    let mut request = MockRequest::from_parts(method, &uri, headers);
+    request.body = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .unwrap_or_default();
+    let cloud = cloud_of(mock.cloud, &request);
+    let response = answer(&mock, cloud, &request).await;
+    mock.log.record(requestlog::LoggedRequest {
+        seq: 0,
+        time: humantime::format_rfc3339_millis(time).to_string(),
+        method: request.method.to_string(),
+        path: request.path(),
+        query: uri.query().unwrap_or("").to_owned(),
+        cloud: match cloud {
+            Some(CloudChoice::Ec2) => "ec2",
+            Some(CloudChoice::Azure) => "azure",
+            Some(CloudChoice::Gcp) => "gcp",
+            _ => "none",
+        },
+        status: response.status().as_u16(),
+        headers: logged_headers,
+        millis: arrived.elapsed().as_millis() as u64,
+    });
+    response
+}
+
+async fn answer(
+    mock: &Arc<Mock>,
+    cloud: Option<CloudChoice>,
+    request: &MockRequest,
+) -> Response<Body> {
+    let state = mock.snapshot();
+    if !state.latency.is_zero() {
+        tokio::time::sleep(state.latency).await;
     }
     let path = request.path();
-    mock.log
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(format!("{} {path}", request.method));
-    let injected = mock
+    let failure = state
         .failures
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
         .iter()
         .find(|(prefix, _)| path.starts_with(prefix.as_str()))
         .map(|(_, status)| *status);
-    if let Some(status) = injected {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return reply(
-            status,
-            "text/plain",
-            format!("injected failure for {path}\n"),
-        );
+    if let Some(status) = failure {
+        return injected(cloud, status, &path);
     }
-    let cloud = mock.options.cloud;
-    let first = request.segments.first().map(String::as_str);
-    match first {
-        Some("computeMetadata") if cloud.serves(CloudChoice::Gcp) => {
-            gcp::handle(&mock.options.fixtures.gcp, &request)
+    match cloud {
+        Some(CloudChoice::Gcp) => gcp::serve(mock, request).await,
+        Some(CloudChoice::Azure) => azure::handle(mock, &state, request),
+        Some(CloudChoice::Ec2) | Some(CloudChoice::All) => {
+            mock.ec2.handle(&state, &state.fixtures.ec2, request).await
         }
-        Some("metadata") if cloud.serves(CloudChoice::Azure) => {
-            azure::handle(&mock.options.fixtures.azure, &request)
-        }
-        // GCP clients "ping" the root with their header and check the answer's flavor.
-        None if cloud.serves(CloudChoice::Gcp)
-            && (request.header("metadata-flavor").is_some() || cloud == CloudChoice::Gcp) =>
-        {
-            gcp::handle(&mock.options.fixtures.gcp, &request)
-        }
-        _ if cloud.serves(CloudChoice::Ec2) => {
-            mock.ec2.handle(&mock.options.fixtures.ec2, &request).await
-        }
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "Not Found\n"),
+        None => reply(StatusCode::NOT_FOUND, "text/plain", "Not Found\n"),
     }
 }
 
 /// Serves the mock on `listener` until the future is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, options: MockOptions) -> std::io::Result<()> {
-    serve_mock(listener, Arc::new(Mock::new(options))).await
+    let scenarios = options.scenarios.clone();
+    let mock = Arc::new(Mock::new(options)?);
+    for scenario in scenarios {
+        mock.schedule(scenario);
+    }
+    serve_mock(listener, mock).await
 }
 
 async fn serve_mock(listener: tokio::net::TcpListener, mock: Arc<Mock>) -> std::io::Result<()> {
@@ -349,7 +451,11 @@ async fn serve_mock(listener: tokio::net::TcpListener, mock: Arc<Mock>) -> std::
 pub async fn spawn(options: MockOptions) -> std::io::Result<MockHandle> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
-    let mock = Arc::new(Mock::new(options));
+    let scenarios = options.scenarios.clone();
+    let mock = Arc::new(Mock::new(options)?);
+    for scenario in scenarios {
+        mock.schedule(scenario);
+    }
     let served = Arc::clone(&mock);
     let task = tokio::spawn(async move {
         if let Err(error) = serve_mock(listener, served).await {
@@ -363,37 +469,51 @@ pub async fn spawn(options: MockOptions) -> std::io::Result<MockHandle> {
     })
 }
 
-/// Runs the mock until SIGINT or SIGTERM.
+/// Runs the mock until SIGINT or SIGTERM: the metadata service, and the control API when
+/// `--control-listen` says where.
 pub async fn run(args: ImdsMockArgs) -> anyhow::Result<()> {
-    let fixtures = match &args.fixtures {
-        Some(dir) => Fixtures::load(dir)?,
-        None => Fixtures::bundled(),
-    };
-    let options = MockOptions {
-        cloud: args.cloud,
-        fixtures,
-        ec2_tokens: args.ec2_tokens,
-        latency: args.latency.unwrap_or_default(),
-        failures: args.failures,
-        drop_token_endpoint: args.drop_token_endpoint,
-    };
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let settings = config::Settings::resolve(args)?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
-        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+        .with_context(|| format!("listen {}: cannot bind", settings.listen))?;
     let address = listener.local_addr()?;
+    let control = match settings.control_listen {
+        Some(control) => Some(
+            tokio::net::TcpListener::bind(control)
+                .await
+                .with_context(|| format!("control-listen {control}: cannot bind"))?,
+        ),
+        None => None,
+    };
+    let cloud = settings.options.cloud;
+    let scenarios = settings.options.scenarios.clone();
+    let mock = Arc::new(Mock::new(settings.options).context("request log")?);
+    for scenario in scenarios {
+        mock.schedule(scenario);
+    }
     eprintln!(
         "imds-mock: serving {} on http://{address}",
-        match args.cloud {
+        match cloud {
             CloudChoice::All => "EC2, Azure and GCP",
             CloudChoice::Ec2 => "EC2",
             CloudChoice::Azure => "Azure",
             CloudChoice::Gcp => "GCP",
         }
     );
+    let control_task = control.map(|listener| {
+        if let Ok(address) = listener.local_addr() {
+            eprintln!("imds-mock: control API on http://{address}");
+        }
+        let app = control::router(Arc::clone(&mock));
+        tokio::spawn(async move { axum::serve(listener, app).await })
+    });
     tokio::select! {
-        served = serve(listener, options) => served.context("imds-mock")?,
+        served = serve_mock(listener, mock) => served.context("imds-mock")?,
         _ = tokio::signal::ctrl_c() => {}
         _ = terminated() => {}
+    }
+    if let Some(task) = control_task {
+        task.abort();
     }
     Ok(())
 }
@@ -405,6 +525,37 @@ async fn terminated() {
         }
         Err(_) => std::future::pending().await,
     }
+}
+
+/// `n` random hex digits (unguessable enough for tokens and ids in a mock).
+pub(crate) fn random_hex(n: usize) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::with_capacity(n + 16);
+    while out.len() < n {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        out.push_str(&format!("{:016x}", hasher.finish()));
+    }
+    out.truncate(n);
+    out
+}
+
+/// A random version-4 UUID.
+pub(crate) fn random_uuid() -> String {
+    let hex = random_hex(32);
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[13..16],
+        &hex[17..20],
+        &hex[20..32]
+    )
 }
 
 #[cfg(test)]
@@ -423,25 +574,6 @@ mod tests {
         );
         assert_eq!(request.param("y"), Some("/"));
         assert_eq!(request.path(), "/latest/meta-data/tags/instance/a b");
-    }
-
-    #[test]
-    fn failures_are_path_equals_status() {
-        assert_eq!(
-            parse_failure("/latest/meta-data/ami-id=500").unwrap(),
-            ("/latest/meta-data/ami-id".to_owned(), 500)
-        );
-        assert!(
-            parse_failure("/x=99")
-                .unwrap_err()
-                .contains("not an HTTP status")
-        );
-        assert!(
-            parse_failure("x=500")
-                .unwrap_err()
-                .contains("must start with /")
-        );
-        assert!(parse_failure("/x").unwrap_err().contains("PATH=STATUS"));
     }
 
     #[test]

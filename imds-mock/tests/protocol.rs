@@ -132,7 +132,12 @@ async fn ec2_token_modes() {
             StatusCode::OK,
             StatusCode::UNAUTHORIZED,
         ),
-        (TokenMode::Disabled, StatusCode::FORBIDDEN, StatusCode::OK),
+        // The metadata endpoint turned off: everything is refused.
+        (
+            TokenMode::Disabled,
+            StatusCode::FORBIDDEN,
+            StatusCode::FORBIDDEN,
+        ),
         (
             TokenMode::V1Only,
             StatusCode::METHOD_NOT_ALLOWED,
@@ -292,7 +297,9 @@ async fn azure_header_api_version_paths_and_formats() {
         &meta,
     )
     .await;
-    assert_eq!(json_leaf.body, "\"demo\"");
+    // Azure refuses a leaf in JSON: format=text is required for leaves.
+    assert_eq!(json_leaf.status, StatusCode::BAD_REQUEST);
+    assert!(json_leaf.body.contains("format=text"), "{}", json_leaf.body);
     let text_dir = get(
         "/metadata/instance/compute?api-version=2021-02-01&format=text",
         &meta,

@@ -211,8 +211,8 @@ impl Drop for MockProcess {
 
 #[test]
 fn botocore_gets_credentials_and_region_over_imdsv2_and_the_v1_fallback() {
-    // `required` only works with a token (IMDSv2); `v1-only` (405) and `disabled` (403) only
-    // through botocore's fallback to IMDSv1.
+    // `required` only works with a token (IMDSv2); `v1-only` (405) only through botocore's
+    // fallback to IMDSv1; `disabled` (the endpoint off) not at all, as on such an instance.
     for mode in ["required", "v1-only", "disabled"] {
         let mock = MockProcess::start(&["--cloud", "ec2", "--ec2-tokens", mode]);
         let Some(output) = python(
@@ -224,6 +224,14 @@ fn botocore_gets_credentials_and_region_over_imdsv2_and_the_v1_fallback() {
         ) else {
             return;
         };
+        if mode == "disabled" {
+            assert!(!output.status.success(), "{mode}: {output:?}");
+            assert!(
+                String::from_utf8_lossy(&output.stderr).contains("no credentials"),
+                "{mode}: {output:?}"
+            );
+            continue;
+        }
         let stdout = assert_ran(&output);
         assert!(
             stdout.contains("access_key=ASIAMOCKACCESSKEY000"),
@@ -254,4 +262,110 @@ fn google_auth_finds_the_metadata_server_and_refreshes_a_token() {
         stdout.contains("email=758913618900-compute@developer.gserviceaccount.com"),
         "{stdout}"
     );
+}
+
+/// A free port of 127.0.0.1.
+fn free_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// One HTTP/1.1 request to `address`, as a pipeline's `curl` would send it: (status, body).
+fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+#[test]
+fn botocore_sees_a_spot_notice_after_its_delay_and_the_run_is_logged_and_controllable() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.jsonl");
+    let control = free_address();
+    let mock = MockProcess::start(&[
+        "--cloud",
+        "ec2",
+        "--ec2-tokens",
+        "required",
+        "--scenario",
+        "ec2-spot-interruption:stop@2s",
+        "--request-log",
+        log.to_str().unwrap(),
+        "--control-listen",
+        &control,
+    ]);
+    let endpoint = [(
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+        format!("http://{}/", mock.address),
+    )];
+    let Some(output) = python("botocore_spot_notice.py", &endpoint) else {
+        return;
+    };
+    let stdout = assert_ran(&output);
+    assert!(stdout.contains("token=yes"), "{stdout}");
+    assert!(stdout.contains("action=stop"), "{stdout}");
+    let after: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("after="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1.0..10.0).contains(&after),
+        "the notice came after {after} s"
+    );
+
+    // Every request, as JSON lines: the polls answered 404 before the notice, 200 after.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let notices: Vec<u64> = lines
+        .iter()
+        .filter(|l| l["path"] == "/latest/meta-data/spot/instance-action")
+        .map(|l| l["status"].as_u64().unwrap())
+        .collect();
+    assert!(notices.len() >= 2 && notices[0] == 404, "{notices:?}");
+    assert_eq!(notices.last(), Some(&200));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["method"] == "PUT" && l["path"] == "/latest/api/token"),
+        "{lines:?}"
+    );
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("ASIAMOCK"));
+
+    // The control API, mid-run: the scenario is reported fired, a value changes under botocore.
+    let (status, scenarios) = http(&control, "GET", "/scenarios", "");
+    assert_eq!(status, 200);
+    assert!(scenarios.contains("\"fired\":true"), "{scenarios}");
+    // botocore takes the region from the availability zone.
+    let (status, _) = http(
+        &control,
+        "PUT",
+        "/values/ec2/meta-data/placement/availability-zone",
+        "\"ap-southeast-2b\"",
+    );
+    assert_eq!(status, 204);
+    let output = python("botocore_client.py", &endpoint).unwrap();
+    let stdout = assert_ran(&output);
+    assert!(stdout.contains("region=ap-southeast-2"), "{stdout}");
 }
