@@ -75,7 +75,7 @@ pub(crate) async fn serve(mock: &Arc<Mock>, request: &MockRequest) -> Response<B
         .param("wait_for_change")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let mut changes = mock.changes.subscribe();
-    let response = handle(&mock.snapshot().fixtures.gcp, request);
+    let response = handle(mock, &mock.snapshot().fixtures.gcp, request);
     if !wait || response.status() != StatusCode::OK {
         return response;
     }
@@ -107,10 +107,10 @@ pub(crate) async fn serve(mock: &Arc<Mock>, request: &MockRequest) -> Response<B
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
-                return handle(&mock.snapshot().fixtures.gcp, request);
+                return handle(mock, &mock.snapshot().fixtures.gcp, request);
             }
         }
-        let now = handle(&mock.snapshot().fixtures.gcp, request);
+        let now = handle(mock, &mock.snapshot().fixtures.gcp, request);
         if etag_of(&now) != current {
             return now;
         }
@@ -177,7 +177,7 @@ fn is_directory(node: &Value) -> bool {
     }
 }
 
-pub(crate) fn handle(fixture: &Value, request: &MockRequest) -> Response<Body> {
+pub(crate) fn handle(mock: &Mock, fixture: &Value, request: &MockRequest) -> Response<Body> {
     let flavor = request
         .header("metadata-flavor")
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("google"));
@@ -214,17 +214,26 @@ pub(crate) fn handle(fixture: &Value, request: &MockRequest) -> Response<Body> {
         ["computeMetadata", "v1", "universe"] if fixture["universe"].is_null() => {
             text(StatusCode::OK, "universe-domain\n")
         }
-        ["computeMetadata", "v1", path @ ..] => serve_path(fixture, path, request),
+        ["computeMetadata", "v1", path @ ..] => serve_path(mock, fixture, path, request),
         _ => not_found(),
     }
 }
 
-fn serve_path(fixture: &Value, path: &[&str], request: &MockRequest) -> Response<Body> {
+fn serve_path(
+    mock: &Mock,
+    fixture: &Value,
+    path: &[&str],
+    request: &MockRequest,
+) -> Response<Body> {
     let mut node = fixture;
     let mut place = Place::Plain;
     for (index, segment) in path.iter().enumerate() {
         if place == Place::Account && *segment == "token" && index + 1 == path.len() {
             return access_token();
+        }
+        if place == Place::Account && *segment == "identity" && index + 1 == path.len() {
+            let email = node["email"].as_str().unwrap_or("default").to_owned();
+            return identity_token(mock, fixture, &email, request);
         }
         let (child, child_place) = match (node, place) {
             (Value::Object(map), Place::Accounts) => (
@@ -424,6 +433,58 @@ fn leaf_text(leaf: &Value) -> String {
             .collect(),
         other => other.to_string(),
     }
+}
+
+/// `…/service-accounts/<account>/identity?audience=…[&format=full][&licenses=TRUE]`.
+fn identity_token(
+    mock: &Mock,
+    fixture: &Value,
+    email: &str,
+    request: &MockRequest,
+) -> Response<Body> {
+    let Some(audience) = request.param("audience").filter(|a| !a.is_empty()) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "non-empty audience parameter required\n",
+        );
+    };
+    let full = match request.param("format").unwrap_or("standard") {
+        "standard" => false,
+        "full" => true,
+        _ => return text(StatusCode::BAD_REQUEST, "format must be standard or full\n"),
+    };
+    let licenses = request
+        .param("licenses")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let signer = match mock.signer() {
+        Ok(signer) => signer,
+        Err(why) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
+    };
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let claims = crate::identity::claims(fixture, email, audience, now, full, licenses);
+    text(StatusCode::OK, signer.token(&claims))
+}
+
+/// The identity tokens' public key, as Google publishes its own: `v1` (certificates by key id)
+/// or `v3` (a JWK set).
+pub(crate) fn certificates(mock: &Mock, version: &str) -> Response<Body> {
+    let signer = match mock.signer() {
+        Ok(signer) => signer,
+        Err(why) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
+    };
+    let body = match version {
+        "v1" => signer.certificates(),
+        "v3" => signer.jwks(),
+        _ => return not_found(),
+    };
+    reply(
+        StatusCode::OK,
+        "application/json; charset=UTF-8",
+        body.to_string(),
+    )
 }
 
 fn access_token() -> Response<Body> {

@@ -16,6 +16,7 @@ pub mod control;
 mod ec2;
 mod fixtures;
 mod gcp;
+mod identity;
 pub mod requestlog;
 pub mod scenario;
 
@@ -112,6 +113,8 @@ pub(crate) struct Mock {
     pub(crate) changes: watch::Sender<u64>,
     ec2: ec2::Ec2Mock,
     log: requestlog::RequestLog,
+    /// The key GCP identity tokens are signed with, made when first needed.
+    identity: std::sync::OnceLock<Result<identity::Signer, String>>,
 }
 
 impl Mock {
@@ -130,7 +133,16 @@ impl Mock {
             changes: watch::channel(0).0,
             ec2: ec2::Ec2Mock::new(),
             log: requestlog::RequestLog::new(options.request_log.as_ref())?,
+            identity: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The identity token signer (made on first use).
+    pub(crate) fn signer(&self) -> Result<&identity::Signer, &str> {
+        self.identity
+            .get_or_init(identity::Signer::new)
+            .as_ref()
+            .map_err(String::as_str)
     }
 
     /// A copy of the state (cheap: the fixtures are shared).
@@ -420,6 +432,13 @@ async fn answer(
         .map(|(_, status)| *status);
     if let Some(status) = failure {
         return injected(cloud, status, &path);
+    }
+    if mock.cloud.serves(CloudChoice::Gcp)
+        && let [first, version, certs] = request.segments.as_slice()
+        && first == "oauth2"
+        && certs == "certs"
+    {
+        return gcp::certificates(mock, version);
     }
     match cloud {
         Some(CloudChoice::Gcp) => gcp::serve(mock, request).await,

@@ -369,3 +369,34 @@ fn botocore_sees_a_spot_notice_after_its_delay_and_the_run_is_logged_and_control
     let stdout = assert_ran(&output);
     assert!(stdout.contains("region=ap-southeast-2"), "{stdout}");
 }
+
+#[test]
+fn google_auth_fetches_an_id_token_that_verifies_against_the_published_key() {
+    let mock = MockProcess::start(&["--cloud", "gcp"]);
+    let Some(output) = python(
+        "google_id_token.py",
+        &[
+            ("GCE_METADATA_HOST", mock.address.clone()),
+            ("GCE_METADATA_IP", mock.address.clone()),
+            (
+                "CERTS_URL",
+                format!("http://{}/oauth2/v1/certs", mock.address),
+            ),
+        ],
+    ) else {
+        return;
+    };
+    let stdout = assert_ran(&output);
+    for line in [
+        "aud=https://service.example/api",
+        "iss=https://accounts.google.com",
+        "email=758913618900-compute@developer.gserviceaccount.com",
+        "lifetime=3600",
+        "other_audience=refused",
+        "forged=refused",
+    ] {
+        assert!(stdout.contains(line), "{line} missing from\n{stdout}");
+    }
+    // google-auth asks for format=full: the instance's claims are in.
+    assert!(!stdout.contains("instance=None"), "{stdout}");
+}

@@ -11,6 +11,7 @@
 
 pub mod cgroup;
 pub mod connector;
+pub mod docker;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};

@@ -25,7 +25,7 @@ fn found(program: &str) -> bool {
 
 /// What is missing to run a private daemon, if anything.
 pub fn missing_prerequisite() -> Option<&'static str> {
-    if !super::is_root() {
+    if !crate::is_root() {
         return Some("root (to run dockerd)");
     }
     if !found("dockerd") || !found(docker_cli()) {
