@@ -171,7 +171,7 @@ async fn a_forgotten_token_gets_401_and_is_replaced_once() {
 #[tokio::test]
 async fn imdsv1_is_used_only_when_the_token_request_is_refused_and_fallback_allows_it() {
     for (mode, fault) in [
-        (TokenMode::Disabled, None),                             // 403
+        (TokenMode::Optional, Some(("/latest/api/token", 403))), // 403
         (TokenMode::V1Only, None),                               // 405
         (TokenMode::Optional, Some(("/latest/api/token", 404))), // 404
     ] {
@@ -193,6 +193,18 @@ async fn imdsv1_is_used_only_when_the_token_request_is_refused_and_fallback_allo
             "{mode:?}: {error}"
         );
     }
+    // An instance whose metadata endpoint is off refuses everything: a clear failure.
+    let off = mock(MockOptions {
+        ec2_tokens: TokenMode::Disabled,
+        ..MockOptions::default()
+    })
+    .await;
+    let error = error_chain(
+        &collect(&ec2(&off.url(), Enabled::Always, |_| {}))
+            .await
+            .unwrap_err(),
+    );
+    assert!(error.contains("403"), "{error}");
     // A bad TTL is a 400, not a refusal: no fallback.
     let mock = mock(MockOptions {
         failures: vec![("/latest/api/token".to_owned(), 400)],
@@ -289,14 +301,26 @@ async fn missing_paths_failing_paths_and_slow_services() {
         .unwrap_err();
     assert!(error_chain(&error).contains("500"), "{error}");
     mock.heal();
-    mock.fail("/computeMetadata/v1/instance", 503);
-    let error = collect(&gcp(&mock.url(), Enabled::Always, |_| {}))
+    // GCP: an answer without the flavor header (here an EC2-only service's) is refused.
+    let not_google = imds_mock::spawn(MockOptions {
+        cloud: CloudChoice::Ec2,
+        ..MockOptions::default()
+    })
+    .await
+    .unwrap();
+    let error = collect(&gcp(&not_google.url(), Enabled::Always, |_| {}))
         .await
         .unwrap_err();
     assert!(
         error_chain(&error).contains("Metadata-Flavor"),
         "an answer without the flavor header is refused: {error}"
     );
+    // A failure the metadata server itself answers (flavored) names its status.
+    mock.fail("/computeMetadata/v1/instance", 503);
+    let error = collect(&gcp(&mock.url(), Enabled::Always, |_| {}))
+        .await
+        .unwrap_err();
+    assert!(error_chain(&error).contains("503"), "{error}");
 
     // Slow: every request has a deadline.
     let slow = imds_mock::spawn(MockOptions {

@@ -222,6 +222,13 @@ pub fn labels_of(instance: &Value, export_attributes: &[String]) -> Result<Label
     }
     if let Some(accounts) = instance["serviceAccounts"].as_object() {
         for (account, details) in accounts {
+            // The metadata server keys each account by its email and again by each alias
+            // (`default`): the alias entries are the same account, labelled once by email.
+            let alias_entry = scalar_text(&details["email"])
+                .is_some_and(|email| email != *account && accounts.contains_key(&email));
+            if alias_entry {
+                continue;
+            }
             let prefix = format!("gcp:serviceaccount:{}", escape_key(account));
             for alias in details["aliases"].as_array().into_iter().flatten() {
                 if let Some(alias) = scalar_text(alias) {
