@@ -750,3 +750,140 @@ mod placement_tests {
         );
     }
 }
+
+/// The kernel's file handle type of kernfs nodes (cgroup directories): the handle is the
+/// 8-byte cgroup id.
+const FILEID_KERNFS: libc::c_int = 0xfe;
+
+/// The path (from the v2 root, with a leading `/`) of the cgroup whose id is `id` (the id the
+/// hook reports, the directory's inode number). Opens it by its file handle, as bpftool does
+/// (needs `CAP_DAC_READ_SEARCH`); without that, walks the hierarchy. `Ok(None)`: no such
+/// cgroup (gone, or never was).
+pub fn path_of_id(roots: &HostRoots, id: u64) -> std::io::Result<Option<String>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let root = v2_root(roots);
+    let mount = std::fs::File::open(&root)?;
+    #[repr(C)]
+    struct Handle {
+        bytes: libc::c_uint,
+        kind: libc::c_int,
+        id: [u8; 8],
+    }
+    let mut handle = Handle {
+        bytes: 8,
+        kind: FILEID_KERNFS,
+        id: id.to_ne_bytes(),
+    };
+    // SAFETY: the handle is a file_handle header followed by its 8 bytes, as declared in
+    // `bytes`; the mount descriptor is open for the call.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            mount.as_raw_fd(),
+            (&mut handle as *mut Handle).cast::<libc::file_handle>(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: a descriptor the kernel just returned, owned here.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+        let root = root.canonicalize().unwrap_or(root);
+        return Ok(path
+            .strip_prefix(&root)
+            .ok()
+            .map(|relative| format!("/{}", relative.display()).replace("//", "/")));
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::ESTALE) | Some(libc::ENOENT) => Ok(None),
+        // Not allowed (no CAP_DAC_READ_SEARCH), or a kernel without kernfs handles: walk.
+        _ => Ok(walk_for_inode(&root, id)),
+    }
+}
+
+/// The path under `root` of the directory whose inode is `inode`, by a walk of the tree.
+fn walk_for_inode(root: &std::path::Path, inode: u64) -> Option<String> {
+    if std::fs::metadata(root).is_ok_and(|m| m.ino() == inode) {
+        return Some("/".to_owned());
+    }
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if !kind.is_dir() {
+                continue;
+            }
+            let path = entry.path();
+            if entry.metadata().is_ok_and(|m| m.ino() == inode) {
+                return path
+                    .strip_prefix(root)
+                    .ok()
+                    .map(|relative| format!("/{}", relative.display()));
+            }
+            pending.push(path);
+        }
+    }
+    None
+}
+
+/// The cgroup directories (from the v2 root, with a leading `/`) whose last component holds
+/// `needle` (a container id, `pod<uid>`), by a walk of the hierarchy; at most `limit`.
+pub fn find_cgroups(roots: &HostRoots, needle: &str, limit: usize) -> Vec<String> {
+    let root = v2_root(roots);
+    let mut found = Vec::new();
+    let mut pending = vec![root.clone()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().contains(needle)
+                && let Ok(relative) = path.strip_prefix(&root)
+            {
+                found.push(format!("/{}", relative.display()));
+                if found.len() >= limit {
+                    return found;
+                }
+            }
+            pending.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The processes in the cgroup at `path` (from the v2 root) and, when `descendants`, in every
+/// cgroup below it.
+pub fn processes_in(roots: &HostRoots, path: &str, descendants: bool) -> Vec<u32> {
+    let root = v2_root(roots);
+    let start = root.join(path.trim_start_matches('/'));
+    let mut pids = Vec::new();
+    let mut pending = vec![start];
+    while let Some(dir) = pending.pop() {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if !descendants {
+            break;
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    pending.push(entry.path());
+                }
+            }
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}

@@ -72,6 +72,8 @@ pub struct ServerConfig {
     /// trickles its headers (slowloris) is cut off.
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
+    /// Most PIDs one `POST /metadata:batch` may ask (default 256; 413 above).
+    pub max_batch_pids: usize,
     /// A second TCP listener for operations only (e.g. `0.0.0.0:9821`): `/healthz`, `/readyz`
     /// and `/metrics`, for the kubelet's probes and Prometheus, while the API stays on loopback
     /// or a Unix socket. None (the default): no such listener.
@@ -98,6 +100,7 @@ impl Default for ServerConfig {
             max_concurrent_evaluations: 2,
             max_connections: 4096,
             header_read_timeout: Duration::from_secs(10),
+            max_batch_pids: 256,
             ops_listen: None,
             ops_token_file: None,
         }

@@ -894,3 +894,147 @@ async fn pods_with_addresses_of_their_own_are_the_nodes_workloads() {
     assert!(collector(&auto).workloads().await.unwrap().is_empty());
     assert_eq!(kubelet.pod_lists_served(), served);
 }
+
+/// GET `path` of a running agent: (status, JSON body).
+async fn get_json(daemon: &common::daemon::Daemon, path: &str) -> (u16, serde_json::Value) {
+    let response = common::http_client()
+        .get(daemon.url(path))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_agent_answers_by_pod_container_and_cgroup_id() {
+    let v2 = Path::new("/sys/fs/cgroup/unified");
+    if !common::require(
+        common::is_root() && v2.join("cgroup.controllers").exists(),
+        "root and cgroup v2 at /sys/fs/cgroup/unified",
+    ) {
+        return;
+    }
+    let kubelet = Kubelet::start(behaviour()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let token = dir.path().join("token");
+    std::fs::write(&ca, &kubelet.pki.ca).unwrap();
+    std::fs::write(&token, TOKEN).unwrap();
+    let config = common::daemon::write(
+        dir.path(),
+        "agent.yaml",
+        &format!(
+            "collectors:\n  docker:\n    enabled: false\n  kubernetes:\n    enabled: true\n    \
+             kubeletHost: 127.0.0.1\n    kubeletPort: {}\n    kubeletCA: {}\n    credentials: {}\n",
+            kubelet.address.port(),
+            ca.display(),
+            token.display()
+        ),
+    );
+    // The metrics-server pod's container, in a cgroup where containerd and the kubelet's
+    // systemd driver put it.
+    let id = container_id("metrics-server");
+    let slice = METRICS_SERVER_UID.replace('-', "_");
+    let leaf = format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{slice}.slice/\
+         cri-containerd-{id}.scope"
+    );
+    let pod = common::cgroups::Cgroups::spawn_into(v2, &leaf);
+    let pid = pod.child.id();
+    let daemon = common::daemon::Daemon::start(&["--listen", "127.0.0.1:0", "--config", &config]);
+
+    // By pod UID: the pod's labels, and its container's.
+    let (status, answer) = get_json(&daemon, &format!("/pods/{METRICS_SERVER_UID}")).await;
+    assert_eq!(status, 200, "{answer:#}");
+    assert_eq!(answer["uid"], METRICS_SERVER_UID, "{answer:#}");
+    assert_eq!(
+        answer["labels"]["k8s:pod:name"][0], "metrics-server-648b5df564-drsb2",
+        "{answer:#}"
+    );
+    assert!(
+        answer["labels"]["k8s:container:name"].is_null(),
+        "{answer:#}"
+    );
+    assert!(
+        answer["labels"]["linuxos:kernel:release"].is_array(),
+        "node labels too"
+    );
+    assert!(
+        answer["labels"]["process:pid"].is_null(),
+        "no process's own labels"
+    );
+    assert_eq!(answer["containers"][0]["id"], id.as_str());
+    assert_eq!(
+        answer["containers"][0]["labels"]["k8s:container:name"][0],
+        "metrics-server"
+    );
+    assert_eq!(answer["trust"]["k8s:pod:name"], "runtime");
+
+    // By container id, whole or a 12-digit prefix.
+    for asked in [id.as_str(), &id[..12]] {
+        let (status, answer) = get_json(&daemon, &format!("/containers/{asked}")).await;
+        assert_eq!(status, 200, "{asked}: {answer:#}");
+        assert_eq!(answer["id"], id.as_str());
+        assert_eq!(answer["pids"], serde_json::json!([pid]));
+        assert_eq!(answer["labels"]["k8s:container:name"][0], "metrics-server");
+    }
+
+    // By the cgroup id the hook reports (the directory's inode), with its processes.
+    let inode = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(v2.join(&leaf)).unwrap().ino()
+    };
+    let (status, answer) = get_json(
+        &daemon,
+        &format!("/metadata?cgroup_id={inode}&processes=true"),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer:#}");
+    assert_eq!(answer["cgroup"], format!("/{leaf}"));
+    assert_eq!(answer["container"]["id"], id.as_str());
+    assert_eq!(
+        answer["labels"]["k8s:pod:name"][0],
+        "metrics-server-648b5df564-drsb2"
+    );
+    assert_eq!(answer["processes"][0]["pid"], pid);
+    assert_eq!(
+        answer["processes"][0]["labels"]["process:pid"][0],
+        pid.to_string()
+    );
+
+    // What is not there, and what is not an id.
+    for (path, status, code) in [
+        (format!("/pods/{WEB_UID}"), 404, "no_such_pod"),
+        ("/pods/not-a-uid".to_owned(), 400, "invalid_pod_uid"),
+        (
+            format!("/containers/{}", container_id("nowhere")),
+            404,
+            "no_such_container",
+        ),
+        ("/containers/xyz".to_owned(), 400, "invalid_container_id"),
+        (
+            "/metadata?cgroup_id=1234567890123".to_owned(),
+            404,
+            "no_such_cgroup",
+        ),
+        (
+            "/metadata?cgroup_id=abc".to_owned(),
+            400,
+            "invalid_cgroup_id",
+        ),
+        ("/metadata".to_owned(), 400, "missing_parameter"),
+    ] {
+        let (got, answer) = get_json(&daemon, &path).await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {answer}"
+        );
+    }
+    drop(daemon);
+    drop(pod);
+}

@@ -327,8 +327,10 @@ async fn huge_sparse_executables_get_no_hash_and_stall_nothing() {
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (_, cpu_after) = threads_and_cpu(daemon.pid());
+    // Reading the holes would keep a core busy (~1 s a second); the agent's own periodic work
+    // (destination refresh over every process, on a busy CI machine) stays well under half.
     assert!(
-        cpu_after - cpu_before < Duration::from_millis(300),
+        cpu_after - cpu_before < Duration::from_millis(500),
         "the agent kept working: {:?} of CPU in a second",
         cpu_after - cpu_before
     );

@@ -21,6 +21,7 @@ pub mod load;
 pub mod matcher;
 pub mod node;
 pub mod policy;
+pub mod query;
 pub mod store;
 pub mod trust;
 

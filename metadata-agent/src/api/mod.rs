@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod handlers;
+pub mod lookups;
 pub mod middleware;
 pub mod pool;
 pub mod token;
@@ -69,6 +70,8 @@ pub struct ApiLimits {
     pub max_concurrent_requests: usize,
     /// The threads evaluations run on.
     pub pool: pool::EvaluationPool,
+    /// Most PIDs one `POST /metadata:batch` may ask.
+    pub max_batch_pids: usize,
 }
 
 impl ApiLimits {
@@ -82,6 +85,7 @@ impl ApiLimits {
             )),
             max_concurrent_requests: config.max_concurrent_requests.max(1),
             pool: pool::EvaluationPool::new(config.max_concurrent_evaluations),
+            max_batch_pids: config.max_batch_pids.max(1),
         }
     }
 }
@@ -126,7 +130,12 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             state.limits.max_concurrent_requests,
         ));
     let limited = Router::new()
+        .route("/metadata", get(lookups::by_cgroup))
+        .route("/metadata:batch", post(lookups::batch))
         .route("/metadata/{pid}", get(metadata))
+        .route("/containers/{id}", get(lookups::container))
+        .route("/pods/{uid}", get(lookups::pod))
+        .route("/processes", get(lookups::processes))
         .route("/selectors/evaluate", post(evaluate))
         .route("/selectors/{pid}", get(selectors_of_pid))
         .route("/node", get(node))
