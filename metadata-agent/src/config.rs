@@ -178,6 +178,8 @@ pub struct EventsConfig {
     pub subscriber_buffer_bytes: usize,
     /// Subscribers streaming at once at most (default 64); more get 503.
     pub max_subscribers: usize,
+    /// Events kept for subscribers that reconnect with `Last-Event-ID` (default 4096; 0: none).
+    pub history: usize,
 }
 
 impl Default for EventsConfig {
@@ -186,6 +188,7 @@ impl Default for EventsConfig {
             subscriber_buffer: 4096,
             subscriber_buffer_bytes: 16 * 1024 * 1024,
             max_subscribers: 64,
+            history: crate::events::DEFAULT_HISTORY,
         }
     }
 }

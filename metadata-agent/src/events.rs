@@ -89,23 +89,224 @@ impl Serialize for ResolvedLabels {
     }
 }
 
-/// Fans serialized events out to subscribers without ever waiting for one.
+/// What kind of event: the `kind` field and the SSE event name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// A connect (or a UDP send's first destination) the hook saw.
+    Connect,
+    /// A process started a new program.
+    Exec,
+    /// A process ended.
+    Exit,
+    /// Events a resuming subscriber missed.
+    Gap,
+}
+
+impl EventKind {
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Exec => "exec",
+            Self::Exit => "exit",
+            Self::Gap => "gap",
+        }
+    }
+
+    /// `connect`, `exec` or `exit`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "connect" => Some(Self::Connect),
+            "exec" => Some(Self::Exec),
+            "exit" => Some(Self::Exit),
+            _ => None,
+        }
+    }
+}
+
+/// An exec or exit: the process and, when it could be resolved, its labels.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessReport {
+    /// The process.
+    pub tgid: u32,
+    /// Kernel monotonic time of the event, in nanoseconds since boot (exec only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp_ns: Option<u64>,
+    /// Its labels and their trust classes, as resolved after the exec (empty for an exit, or
+    /// when it could not be resolved).
+    #[serde(flatten)]
+    pub resolution: ResolvedLabels,
+    /// Why it could not be resolved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution_error: Option<String>,
+}
+
+/// What an event says, serialized when a subscriber takes it.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A connect.
+    Connect(Arc<ConnectReport>),
+    /// An exec or an exit.
+    Process(Arc<ProcessReport>),
+    /// Anything else (tests, gaps).
+    Value(serde_json::Value),
+}
+
+/// One event on the bus, with what filters look at.
+#[derive(Debug, Clone)]
+pub struct BusEvent {
+    /// Its kind.
+    pub kind: EventKind,
+    /// What it says.
+    pub payload: Payload,
+}
+
+impl BusEvent {
+    fn source_labels(&self) -> Option<&LabelSet> {
+        match &self.payload {
+            Payload::Connect(report) => report.resolution.0.as_ref().map(|r| &r.labels),
+            Payload::Process(report) => report.resolution.0.as_ref().map(|r| &r.labels),
+            Payload::Value(_) => None,
+        }
+    }
+
+    /// The JSON line of this event with its id: `{"id": N, "kind": ..., ...}`.
+    fn json(&self, id: u64) -> Arc<str> {
+        #[derive(Serialize)]
+        struct Envelope<'a, T: Serialize> {
+            id: u64,
+            kind: EventKind,
+            #[serde(flatten)]
+            body: &'a T,
+        }
+        let kind = self.kind;
+        let text = match &self.payload {
+            Payload::Connect(report) => serde_json::to_string(&Envelope {
+                id,
+                kind,
+                body: report.as_ref(),
+            }),
+            Payload::Process(report) => serde_json::to_string(&Envelope {
+                id,
+                kind,
+                body: report.as_ref(),
+            }),
+            Payload::Value(value) => match value {
+                serde_json::Value::Object(_) => serde_json::to_string(&Envelope {
+                    id,
+                    kind,
+                    body: value,
+                }),
+                other => serde_json::to_string(other),
+            },
+        };
+        text.unwrap_or_default().into()
+    }
+}
+
+/// Which events a subscriber wants (`/events?kind=...&verdict=...&policy=...&selector=...
+/// &destination_selector=...`); everything by default.
+#[derive(Debug, Default, Clone)]
+pub struct EventFilter {
+    /// Only these kinds.
+    pub kinds: Option<Vec<EventKind>>,
+    /// Only connects with one of these verdicts.
+    pub verdicts: Option<Vec<Action>>,
+    /// Only connects this policy matched or decided.
+    pub policy: Option<String>,
+    /// Only events whose process's labels match.
+    pub source: Option<selectors::Selector>,
+    /// Only connects whose destination's labels match.
+    pub destination: Option<selectors::Selector>,
+}
+
+impl EventFilter {
+    /// Whether `event` passes. Gaps always do.
+    pub fn matches(&self, event: &BusEvent) -> bool {
+        if event.kind == EventKind::Gap {
+            return true;
+        }
+        if let Some(kinds) = &self.kinds
+            && !kinds.contains(&event.kind)
+        {
+            return false;
+        }
+        let connect = match &event.payload {
+            Payload::Connect(report) => Some(report),
+            _ => None,
+        };
+        if let Some(verdicts) = &self.verdicts
+            && !connect.is_some_and(|c| verdicts.contains(&c.verdict))
+        {
+            return false;
+        }
+        if let Some(policy) = &self.policy {
+            let named = connect.is_some_and(|c| {
+                c.policies.iter().any(|m| &*m.name == policy.as_str())
+                    || c.decided_by.as_deref() == Some(policy.as_str())
+            });
+            if !named {
+                return false;
+            }
+        }
+        if let Some(selector) = &self.source
+            && !event
+                .source_labels()
+                .is_some_and(|labels| selector.matches(labels))
+        {
+            return false;
+        }
+        if let Some(selector) = &self.destination
+            && !connect
+                .and_then(|c| c.destination.as_ref())
+                .is_some_and(|d| selector.matches(&d.labels))
+        {
+            return false;
+        }
+        true
+    }
+}
+
+/// An event as a subscriber receives it.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// Its id (for a gap, the last id missed).
+    pub id: u64,
+    /// Its kind.
+    pub kind: EventKind,
+    /// Its JSON.
+    pub json: Arc<str>,
+}
+
+/// Fans events out to subscribers without ever waiting for one, and keeps the newest
+/// `history` of them so a subscriber that reconnects can resume where it left off.
 pub struct EventBus {
-    subscribers: Mutex<Vec<Subscriber>>,
+    inner: Mutex<Inner>,
     buffer: usize,
     /// Bytes of events one subscriber may have waiting.
     buffer_bytes: usize,
     /// Subscribers at most.
     max_subscribers: usize,
+    /// Events kept for resuming subscribers.
+    history_size: usize,
     closed: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
+struct Inner {
+    subscribers: Vec<Subscriber>,
+    history: std::collections::VecDeque<(u64, BusEvent)>,
+    /// The id of the last event published (ids start at 1).
+    last_id: u64,
+}
+
 /// The bus's end of one subscription.
 struct Subscriber {
-    sender: mpsc::Sender<Arc<str>>,
+    sender: mpsc::Sender<Delivered>,
     /// Bytes of the events queued for it and not yet taken.
     queued: Arc<std::sync::atomic::AtomicUsize>,
+    filter: EventFilter,
 }
 
 /// Why a subscription was refused.
@@ -117,19 +318,23 @@ pub enum SubscribeError {
     Full(usize),
 }
 
-/// One subscriber's end: yields events until the subscriber is dropped for falling behind or
-/// the agent shuts down.
+/// One subscriber's end: yields the events it resumed from first, then live ones, until the
+/// subscriber is dropped for falling behind or the agent shuts down.
 pub struct Subscription {
-    receiver: mpsc::Receiver<Arc<str>>,
+    backlog: std::collections::VecDeque<Delivered>,
+    receiver: mpsc::Receiver<Delivered>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
     bus: Weak<EventBus>,
 }
 
 impl Subscription {
-    /// The next event (JSON), or `None` when the subscription ended.
-    pub async fn next(&mut self) -> Option<Arc<str>> {
+    /// The next event, or `None` when the subscription ended.
+    pub async fn next(&mut self) -> Option<Delivered> {
+        if let Some(event) = self.backlog.pop_front() {
+            return Some(event);
+        }
         let event = self.receiver.recv().await?;
-        self.queued.fetch_sub(event.len(), Ordering::AcqRel);
+        self.queued.fetch_sub(event.json.len(), Ordering::AcqRel);
         Some(event)
     }
 }
@@ -143,6 +348,9 @@ impl Drop for Subscription {
         }
     }
 }
+
+/// Events kept for resuming subscribers unless configured.
+pub const DEFAULT_HISTORY: usize = 4096;
 
 impl EventBus {
     /// A bus whose subscribers may fall `buffer` events behind.
@@ -159,33 +367,93 @@ impl EventBus {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            subscribers: Mutex::new(Vec::new()),
+            inner: Mutex::new(Inner {
+                subscribers: Vec::new(),
+                history: std::collections::VecDeque::new(),
+                last_id: 0,
+            }),
             buffer: buffer.max(1),
             buffer_bytes: buffer_bytes.max(1),
             max_subscribers: max_subscribers.max(1),
+            history_size: DEFAULT_HISTORY,
             closed: AtomicBool::new(false),
             metrics,
         }
     }
 
-    /// A new subscription; refused once the bus is closed or full.
+    /// Keeps the newest `size` events for resuming subscribers (0: none).
+    pub fn with_history(mut self, size: usize) -> Self {
+        self.history_size = size;
+        self
+    }
+
+    /// A new subscription to every event.
     pub fn subscribe(self: &Arc<Self>) -> Result<Subscription, SubscribeError> {
+        self.subscribe_filtered(EventFilter::default(), None)
+    }
+
+    /// A new subscription to the events `filter` passes; with `after`, first the kept events
+    /// after that id (and a gap event counting those no longer kept). Refused once the bus is
+    /// closed or full.
+    pub fn subscribe_filtered(
+        self: &Arc<Self>,
+        filter: EventFilter,
+        after: Option<u64>,
+    ) -> Result<Subscription, SubscribeError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(SubscribeError::Closed);
         }
-        let mut subscribers = self.lock();
-        subscribers.retain(|subscriber| !subscriber.sender.is_closed());
-        if subscribers.len() >= self.max_subscribers {
+        let mut inner = self.lock();
+        inner
+            .subscribers
+            .retain(|subscriber| !subscriber.sender.is_closed());
+        if inner.subscribers.len() >= self.max_subscribers {
             return Err(SubscribeError::Full(self.max_subscribers));
+        }
+        let mut backlog = std::collections::VecDeque::new();
+        if let Some(after) = after {
+            // Under the lock that publishing takes: nothing is missed or sent twice between the
+            // history and the live stream.
+            let oldest_kept = inner
+                .history
+                .front()
+                .map_or(inner.last_id + 1, |(id, _)| *id);
+            if after + 1 < oldest_kept && after < inner.last_id {
+                let missed = oldest_kept - after - 1;
+                let gap = BusEvent {
+                    kind: EventKind::Gap,
+                    payload: Payload::Value(serde_json::json!({
+                        "missed": missed,
+                        "from": after + 1,
+                        "to": oldest_kept - 1,
+                    })),
+                };
+                backlog.push_back(Delivered {
+                    id: oldest_kept - 1,
+                    kind: EventKind::Gap,
+                    json: gap.json(oldest_kept - 1),
+                });
+            }
+            for (id, event) in inner.history.iter().filter(|(id, _)| *id > after) {
+                if filter.matches(event) {
+                    backlog.push_back(Delivered {
+                        id: *id,
+                        kind: event.kind,
+                        json: event.json(*id),
+                    });
+                }
+            }
         }
         let (sender, receiver) = mpsc::channel(self.buffer);
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        subscribers.push(Subscriber {
+        inner.subscribers.push(Subscriber {
             sender,
             queued: Arc::clone(&queued),
+            filter,
         });
-        self.metrics.subscribers.set(subscribers.len() as i64);
+        self.metrics.subscribers.set(inner.subscribers.len() as i64);
         Ok(Subscription {
+            backlog,
             receiver,
             queued,
             bus: Arc::downgrade(self),
@@ -194,29 +462,39 @@ impl EventBus {
 
     /// Forgets subscribers that went away.
     fn prune(&self) {
-        let mut subscribers = self.lock();
-        subscribers.retain(|subscriber| !subscriber.sender.is_closed());
-        self.metrics.subscribers.set(subscribers.len() as i64);
+        let mut inner = self.lock();
+        inner
+            .subscribers
+            .retain(|subscriber| !subscriber.sender.is_closed());
+        self.metrics.subscribers.set(inner.subscribers.len() as i64);
     }
 
-    /// Sends `event` to every subscriber; one that is full is disconnected.
-    pub fn publish(&self, event: &impl Serialize) {
-        let mut subscribers = self.lock();
-        if subscribers.is_empty() {
-            return;
-        }
-        let Ok(json) = serde_json::to_string(event) else {
-            return;
-        };
-        let json: Arc<str> = json.into();
+    /// Numbers `event`, keeps it for resuming subscribers, and sends it to every subscriber
+    /// whose filter passes it; one that is full is disconnected. Returns its id.
+    pub fn publish(&self, event: BusEvent) -> u64 {
+        let mut inner = self.lock();
+        inner.last_id += 1;
+        let id = inner.last_id;
+        let mut json: Option<Arc<str>> = None;
         let budget = self.buffer_bytes;
-        subscribers.retain(|subscriber| {
+        let metrics = &self.metrics;
+        let buffer = self.buffer;
+        inner.subscribers.retain(|subscriber| {
+            if !subscriber.filter.matches(&event) {
+                return !subscriber.sender.is_closed();
+            }
+            let json = json.get_or_insert_with(|| event.json(id));
             let queued = subscriber.queued.load(Ordering::Acquire);
+            let delivered = Delivered {
+                id,
+                kind: event.kind,
+                json: Arc::clone(json),
+            };
             let over_budget = queued.saturating_add(json.len()) > budget;
             let sent = if over_budget {
-                Err(mpsc::error::TrySendError::Full(Arc::clone(&json)))
+                Err(mpsc::error::TrySendError::Full(delivered))
             } else {
-                subscriber.sender.try_send(Arc::clone(&json))
+                subscriber.sender.try_send(delivered)
             };
             if sent.is_ok() {
                 subscriber.queued.fetch_add(json.len(), Ordering::AcqRel);
@@ -226,15 +504,15 @@ impl EventBus {
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     // Dropping the sender ends the subscriber's stream once it catches up with the
                     // events already queued.
-                    self.metrics.subscribers_dropped.inc();
-                    self.metrics
+                    metrics.subscribers_dropped.inc();
+                    metrics
                         .events_dropped
                         .get_or_create(&DropLabels {
                             reason: "slow_subscriber".to_owned(),
                         })
                         .inc();
                     tracing::warn!(
-                        buffer = self.buffer,
+                        buffer,
                         "an /events subscriber fell behind and was disconnected"
                     );
                     false
@@ -242,18 +520,30 @@ impl EventBus {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
         });
-        self.metrics.subscribers.set(subscribers.len() as i64);
+        self.metrics.subscribers.set(inner.subscribers.len() as i64);
+        if self.history_size > 0 {
+            if inner.history.len() >= self.history_size {
+                inner.history.pop_front();
+            }
+            inner.history.push_back((id, event));
+        }
+        id
+    }
+
+    /// The id of the last event published (0 before the first).
+    pub fn last_id(&self) -> u64 {
+        self.lock().last_id
     }
 
     /// Ends every subscription (at shutdown) and refuses new ones.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        self.lock().clear();
+        self.lock().subscribers.clear();
         self.metrics.subscribers.set(0);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Subscriber>> {
-        self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -290,7 +580,11 @@ pub async fn run_pipeline(
                             .policy
                             .and_then(|id| enforcer.policy_name(report.event.ruleset, id));
                     }
-                    bus.publish(&report);
+                    let report = Arc::new(report);
+                    bus.publish(BusEvent {
+                        kind: EventKind::Connect,
+                        payload: Payload::Connect(Arc::clone(&report)),
+                    });
                     // A process met first at a connect (older than the hook, or not judged yet).
                     if let Some(enforcer) = &enforcer
                         && report.resolution_error.is_none()
@@ -310,20 +604,40 @@ pub async fn run_pipeline(
                 let resolver = Arc::clone(&resolver);
                 let policies = Arc::clone(&policies);
                 let enforcer = enforcer.clone();
+                let bus = Arc::clone(&bus);
                 // Resolve ahead of the first connect (and judge the new image); a process gone
                 // already is not an error.
                 tokio::spawn(async move {
-                    match &enforcer {
-                        Some(enforcer) => enforce(enforcer, &resolver, &policies, tgid).await,
-                        None => {
-                            let _ = resolver.resolve(tgid).await;
-                        }
+                    if let Some(enforcer) = &enforcer {
+                        enforce(enforcer, &resolver, &policies, tgid).await;
                     }
+                    let (resolution, resolution_error) = match resolver.resolve(tgid).await {
+                        Ok(resolution) => (Some(resolution), None),
+                        Err(error) => (None, Some(error.to_string())),
+                    };
+                    bus.publish(BusEvent {
+                        kind: EventKind::Exec,
+                        payload: Payload::Process(Arc::new(ProcessReport {
+                            tgid,
+                            timestamp_ns: Some(timestamp_ns),
+                            resolution: ResolvedLabels(resolution),
+                            resolution_error,
+                        })),
+                    });
                 });
             }
             HookEvent::Exit { tgid } => {
                 metrics.events_received.inc();
                 resolver.forget(tgid);
+                bus.publish(BusEvent {
+                    kind: EventKind::Exit,
+                    payload: Payload::Process(Arc::new(ProcessReport {
+                        tgid,
+                        timestamp_ns: None,
+                        resolution: ResolvedLabels(None),
+                        resolution_error: None,
+                    })),
+                });
             }
         }
     }
@@ -376,6 +690,91 @@ pub async fn report_connect(
 mod tests {
     use super::*;
 
+    fn value(n: i64) -> BusEvent {
+        BusEvent {
+            kind: EventKind::Connect,
+            payload: Payload::Value(serde_json::json!(n)),
+        }
+    }
+
+    fn tagged(kind: EventKind, n: i64) -> BusEvent {
+        BusEvent {
+            kind,
+            payload: Payload::Value(serde_json::json!({ "n": n })),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resuming_subscriber_gets_exactly_what_it_missed_or_a_gap() {
+        let metrics = Arc::new(Metrics::new());
+        let bus = Arc::new(EventBus::new(100, Arc::clone(&metrics)).with_history(5));
+        let mut first = bus.subscribe().unwrap();
+        for n in 1..=3 {
+            bus.publish(tagged(EventKind::Connect, n));
+        }
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(first.next().await.unwrap().id);
+        }
+        assert_eq!(seen, [1, 2, 3]);
+        drop(first);
+        // Missed while away: 4 and 5.
+        bus.publish(tagged(EventKind::Connect, 4));
+        bus.publish(tagged(EventKind::Exec, 5));
+        let mut back = bus
+            .subscribe_filtered(EventFilter::default(), Some(3))
+            .unwrap();
+        let a = back.next().await.unwrap();
+        let b = back.next().await.unwrap();
+        assert_eq!(
+            (a.id, a.kind, b.id, b.kind),
+            (4, EventKind::Connect, 5, EventKind::Exec)
+        );
+        assert!(a.json.contains("\"id\":4"), "{}", a.json);
+        // Then live ones, none twice.
+        bus.publish(tagged(EventKind::Connect, 6));
+        assert_eq!(back.next().await.unwrap().id, 6);
+
+        // Away too long: 7..=13 published, only the newest 5 (9..=13) kept.
+        drop(back);
+        for n in 7..=13 {
+            bus.publish(tagged(EventKind::Connect, n));
+        }
+        let mut late = bus
+            .subscribe_filtered(EventFilter::default(), Some(6))
+            .unwrap();
+        let gap = late.next().await.unwrap();
+        assert_eq!(gap.kind, EventKind::Gap);
+        let body: serde_json::Value = serde_json::from_str(&gap.json).unwrap();
+        assert_eq!(
+            (
+                body["missed"].as_u64(),
+                body["from"].as_u64(),
+                body["to"].as_u64()
+            ),
+            (Some(2), Some(7), Some(8))
+        );
+        let ids: Vec<u64> = [(); 5].iter().map(|_| 0).collect();
+        assert_eq!(ids.len(), 5);
+        let mut rest = Vec::new();
+        for _ in 0..5 {
+            rest.push(late.next().await.unwrap().id);
+        }
+        assert_eq!(rest, [9, 10, 11, 12, 13]);
+
+        // A filter applies to the backlog and the live stream alike.
+        let only_exec = EventFilter {
+            kinds: Some(vec![EventKind::Exec]),
+            ..EventFilter::default()
+        };
+        let mut execs = bus.subscribe_filtered(only_exec, Some(8)).unwrap();
+        bus.publish(tagged(EventKind::Exec, 14));
+        bus.publish(tagged(EventKind::Connect, 15));
+        bus.publish(tagged(EventKind::Exec, 16));
+        assert_eq!(execs.next().await.unwrap().id, 14);
+        assert_eq!(execs.next().await.unwrap().id, 16);
+    }
+
     #[tokio::test]
     async fn a_full_subscriber_is_dropped_and_the_others_keep_everything() {
         let metrics = Arc::new(Metrics::new());
@@ -384,14 +783,14 @@ mod tests {
         let mut fast = bus.subscribe().unwrap();
         let mut received = Vec::new();
         for n in 0..10 {
-            bus.publish(&n);
-            received.push(fast.next().await.unwrap().to_string());
+            bus.publish(value(n));
+            received.push(fast.next().await.unwrap().json.to_string());
         }
         assert_eq!(received, (0..10).map(|n| n.to_string()).collect::<Vec<_>>());
         // The slow one got the first four, then was disconnected.
         let mut slow_got = Vec::new();
         while let Some(event) = slow.next().await {
-            slow_got.push(event.to_string());
+            slow_got.push(event.json.to_string());
         }
         assert_eq!(slow_got, ["0", "1", "2", "3"]);
         assert_eq!(metrics.subscribers_dropped.get(), 1);
@@ -417,10 +816,10 @@ mod tests {
         // Two 4-byte events fit in 10 bytes; a third would not: dropped, though the queue has
         // room for 1000 events.
         for n in 1000..1003 {
-            bus.publish(&n);
+            bus.publish(value(n));
         }
-        assert_eq!(small.next().await.unwrap().as_ref(), "1000");
-        assert_eq!(small.next().await.unwrap().as_ref(), "1001");
+        assert_eq!(small.next().await.unwrap().json.as_ref(), "1000");
+        assert_eq!(small.next().await.unwrap().json.as_ref(), "1001");
         assert!(small.next().await.is_none());
         assert_eq!(metrics.subscribers_dropped.get(), 2);
         // Room again for a new one.

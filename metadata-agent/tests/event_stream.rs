@@ -62,7 +62,7 @@ async fn count_events(
         pending.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = pending.find("\n\n") {
             let record: String = pending.drain(..end + 2).collect();
-            if record.starts_with("event: connect") {
+            if record.lines().any(|line| line == "event: connect") {
                 if seen.load(Ordering::SeqCst) == 0 {
                     *first.lock().unwrap() = record.clone();
                 }
@@ -99,12 +99,17 @@ async fn connect_events_reach_subscribers_with_labels_and_verdict() {
     let json: serde_json::Value = serde_json::from_str(
         record
             .lines()
-            .nth(1)
-            .unwrap()
-            .strip_prefix("data: ")
+            .find_map(|line| line.strip_prefix("data: "))
             .unwrap(),
     )
     .unwrap();
+    // Every event carries its id, in the record and in the JSON.
+    let id = record
+        .lines()
+        .find_map(|line| line.strip_prefix("id: "))
+        .unwrap();
+    assert_eq!(json["id"].to_string(), id);
+    assert_eq!(json["kind"], "connect");
     assert_eq!(json["event"]["tgid"], me);
     assert_eq!(json["event"]["port"], 8443);
     assert_eq!(json["event"]["protocol"], "tcp");
@@ -192,4 +197,177 @@ async fn wait_for(condition: impl Fn() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// Reads SSE records from `response` until `count` events (not comments) arrived or 20 s
+/// passed: (id, event name, JSON) of each.
+async fn read_events(
+    response: &mut reqwest::Response,
+    count: usize,
+) -> Vec<(u64, String, serde_json::Value)> {
+    let mut pending = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while events.len() < count {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} events: {events:?}", events.len()))
+            .unwrap()
+            .unwrap();
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = pending.find("\n\n") {
+            let record: String = pending.drain(..end + 2).collect();
+            let field = |name: &str| {
+                record
+                    .lines()
+                    .find_map(|line| line.strip_prefix(&format!("{name}: ")).map(str::to_owned))
+            };
+            if let (Some(id), Some(kind), Some(data)) = (field("id"), field("event"), field("data"))
+            {
+                events.push((
+                    id.parse().unwrap(),
+                    kind,
+                    serde_json::from_str(&data).unwrap(),
+                ));
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_resumes_with_what_it_missed_or_is_told_of_a_gap() {
+    let mut config = config(64);
+    config.events.history = 4;
+    let (agent, base, _stop) = serve(config).await;
+    let client = common::http_client();
+    let me = std::process::id();
+    let publish = |port: u16| {
+        let sender = agent.hook_events.clone();
+        async move { sender.send(connect_event(me, port)).await.unwrap() }
+    };
+    let mut first = client.get(format!("{base}/events")).send().await.unwrap();
+    wait_for(|| agent.state.metrics.subscribers.get() == 1).await;
+    publish(1001).await;
+    let seen = read_events(&mut first, 1).await;
+    let last = seen[0].0;
+    assert_eq!(seen[0].2["event"]["port"], 1001);
+    drop(first);
+    wait_for(|| agent.state.metrics.subscribers.get() == 0).await;
+
+    // Two events while away: a reconnect with Last-Event-ID gets exactly them, then live ones.
+    publish(1002).await;
+    publish(1003).await;
+    wait_for(|| agent.state.bus.last_id() == last + 2).await;
+    let mut back = client
+        .get(format!("{base}/events"))
+        .header("Last-Event-ID", last.to_string())
+        .send()
+        .await
+        .unwrap();
+    // (Connects are resolved concurrently: ids follow publication, not the hook's order.)
+    let missed = read_events(&mut back, 2).await;
+    let mut ports: Vec<u64> = missed
+        .iter()
+        .map(|e| e.2["event"]["port"].as_u64().unwrap())
+        .collect();
+    ports.sort_unstable();
+    assert_eq!(ports, [1002, 1003]);
+    let ids: Vec<u64> = missed.iter().map(|e| e.0).collect();
+    assert_eq!(ids, [last + 1, last + 2]);
+    publish(1004).await;
+    let live = read_events(&mut back, 1).await;
+    assert_eq!(live[0].2["event"]["port"], 1004);
+    let last = live[0].0;
+    drop(back);
+    wait_for(|| agent.state.metrics.subscribers.get() == 0).await;
+
+    // Away for longer than the history (4): a gap saying how many fell out, then the rest.
+    for port in 1005..1011 {
+        publish(port).await;
+    }
+    wait_for(|| agent.state.bus.last_id() == last + 6).await;
+    let mut late = client
+        .get(format!("{base}/events?last_event_id={last}"))
+        .send()
+        .await
+        .unwrap();
+    let events = read_events(&mut late, 5).await;
+    assert_eq!(events[0].1, "gap", "{events:?}");
+    assert_eq!(events[0].2["missed"], 2);
+    let ids: Vec<u64> = events[1..].iter().map(|e| e.0).collect();
+    assert_eq!(ids, [last + 3, last + 4, last + 5, last + 6], "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_choose_events_by_kind_verdict_policy_and_labels() {
+    let (agent, base, _stop) = serve(config(64)).await;
+    let client = common::http_client();
+    let me = std::process::id();
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap();
+    let subscribe = |query: String| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            client
+                .get(format!("{base}/events?{query}"))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let mut exits = subscribe("kind=exit".into()).await;
+    let mut mine = subscribe(format!(
+        "kind=connect&selector=process:uid={uid},process:pid={me}"
+    ))
+    .await;
+    let mut denied = subscribe("verdict=deny".into()).await;
+    let mut others = subscribe("selector=process:pid=1".into()).await;
+    wait_for(|| agent.state.metrics.subscribers.get() == 4).await;
+    for bad in [
+        "kind=teleport",
+        "verdict=maybe",
+        "selector=a%20b=c",
+        "last_event_id=x",
+    ] {
+        let response = subscribe(bad.into()).await;
+        assert_eq!(response.status().as_u16(), 400, "{bad}");
+    }
+
+    agent
+        .hook_events
+        .send(connect_event(me, 2001))
+        .await
+        .unwrap();
+    agent
+        .hook_events
+        .send(HookEvent::Exit { tgid: 4_000_000 })
+        .await
+        .unwrap();
+    let exit = read_events(&mut exits, 1).await;
+    assert_eq!(
+        (exit[0].1.as_str(), &exit[0].2["tgid"]),
+        ("exit", &serde_json::json!(4_000_000))
+    );
+    let connect = read_events(&mut mine, 1).await;
+    assert_eq!(connect[0].2["event"]["port"], 2001);
+    // Nothing for the deny-only and PID-1-only subscribers: a later event shows they are live
+    // and were skipped, not late.
+    let nothing = tokio::time::timeout(Duration::from_millis(500), denied.chunk()).await;
+    let got = match nothing {
+        Ok(Ok(Some(chunk))) => String::from_utf8_lossy(&chunk).into_owned(),
+        _ => String::new(),
+    };
+    assert!(!got.contains("event: connect"), "{got}");
+    let nothing = tokio::time::timeout(Duration::from_millis(200), others.chunk()).await;
+    let got = match nothing {
+        Ok(Ok(Some(chunk))) => String::from_utf8_lossy(&chunk).into_owned(),
+        _ => String::new(),
+    };
+    assert!(!got.contains("event: "), "{got}");
 }

@@ -247,8 +247,8 @@ async fn containers_reach_each_other_by_the_destinations_labels() {
     // The allowed connect's event names who was reached and the deciding policy.
     let found = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let json = events.next().await.unwrap();
-            let event: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let delivered = events.next().await.unwrap();
+            let event: serde_json::Value = serde_json::from_str(&delivered.json).unwrap();
             if event["event"]["port"] == 5432
                 && event["event"]["destination"] == db.as_str()
                 && event["event"]["allowed"] == true

@@ -70,7 +70,7 @@ async fn connects_are_resolved_published_and_enforced() {
     let pid_event = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let json = subscription.next().await.unwrap();
-            let event: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let event: serde_json::Value = serde_json::from_str(&json.json).unwrap();
             if event["event"]["port"] == port {
                 return event;
             }

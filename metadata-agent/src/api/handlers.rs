@@ -356,28 +356,131 @@ pub async fn collectors(State(state): State<Arc<AppState>>) -> Answer {
     Ok(Json(json!({ "collectors": state.resolver.collector_states() })).into_response())
 }
 
-/// `GET /events`: Server-Sent Events, one `connect` event per connection the hook saw.
+/// `/events`' query: filters, and where to resume.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Comma-separated kinds: `connect`, `exec`, `exit`.
+    kind: Option<String>,
+    /// Comma-separated verdicts: `allow`, `deny`, `log` (connects only).
+    verdict: Option<String>,
+    /// A policy's name (connects it matched or decided).
+    policy: Option<String>,
+    /// A one-line selector over the process's labels.
+    selector: Option<String>,
+    /// A one-line selector over the destination's labels.
+    destination_selector: Option<String>,
+    /// Resume after this event id (as the `Last-Event-ID` header does).
+    last_event_id: Option<u64>,
+}
+
+fn event_filter(query: &EventsQuery) -> Result<crate::events::EventFilter, ApiError> {
+    use crate::events::{EventFilter, EventKind};
+    let list = |text: &Option<String>| -> Option<Vec<String>> {
+        text.as_ref().map(|t| {
+            t.split(',')
+                .map(|item| item.trim().to_owned())
+                .filter(|item| !item.is_empty())
+                .collect()
+        })
+    };
+    let kinds = match list(&query.kind) {
+        Some(names) => Some(
+            names
+                .iter()
+                .map(|name| {
+                    EventKind::parse(name).ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_filter",
+                            format!("kind {name:?}: expected connect, exec or exit"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        None => None,
+    };
+    let verdicts = match list(&query.verdict) {
+        Some(names) => Some(
+            names
+                .iter()
+                .map(|name| {
+                    selectors::Action::parse(name).ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_filter",
+                            format!("verdict {name:?}: expected allow, deny or log"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        None => None,
+    };
+    let selector = |text: &Option<String>, name: &str| match text {
+        Some(text) => selectors::Selector::parse_query(text)
+            .map(Some)
+            .map_err(|message| {
+                ApiError::bad_request("invalid_filter", format!("{name}: {message}"))
+            }),
+        None => Ok(None),
+    };
+    Ok(EventFilter {
+        kinds,
+        verdicts,
+        policy: query.policy.clone().filter(|p| !p.is_empty()),
+        source: selector(&query.selector, "selector")?,
+        destination: selector(&query.destination_selector, "destination_selector")?,
+    })
+}
+
+/// `GET /events`: connect, exec and exit events as server-sent events, each with its id; a
+/// reconnect with `Last-Event-ID` (or `?last_event_id=`) first gets the kept events it missed,
+/// or a `gap` event saying how many are no longer kept.
 pub async fn events(
     State(state): State<Arc<AppState>>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+    headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let subscription = state.bus.subscribe().map_err(|refused| match refused {
-        crate::events::SubscribeError::Closed => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the agent is shutting down",
-        ),
-        crate::events::SubscribeError::Full(max) => ApiError::overloaded(format!(
-            "{max} subscribers are streaming events already (events.maxSubscribers)"
-        )),
-    })?;
+    let Query(query) = query?;
+    let filter = event_filter(&query)?;
+    let header = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|text| {
+            text.trim().parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_last_event_id",
+                    format!("Last-Event-ID {text:?}: expected an event id"),
+                )
+            })
+        })
+        .transpose()?;
+    let after = query.last_event_id.or(header);
+    let subscription =
+        state
+            .bus
+            .subscribe_filtered(filter, after)
+            .map_err(|refused| match refused {
+                crate::events::SubscribeError::Closed => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "the agent is shutting down",
+                ),
+                crate::events::SubscribeError::Full(max) => ApiError::overloaded(format!(
+                    "{max} subscribers are streaming events already (events.maxSubscribers)"
+                )),
+            })?;
     let events = futures_util::stream::unfold(subscription, |mut subscription| async move {
-        let json = subscription.next().await?;
-        let event = Event::default().event("connect").data(json.as_ref());
+        let delivered = subscription.next().await?;
+        let event = Event::default()
+            .id(delivered.id.to_string())
+            .event(delivered.kind.as_str())
+            .data(delivered.json.as_ref());
         Some((Ok(event), subscription))
     });
     // A first comment makes the response head go out now, not with the first event.
     let hello = futures_util::stream::once(std::future::ready(Ok(
-        Event::default().comment("subscribed to connect events")
+        Event::default().comment("subscribed to events")
     )));
     Ok(Sse::new(hello.chain(events)).keep_alive(KeepAlive::default()))
 }

@@ -73,12 +73,15 @@ impl Agent {
             Some(path) => Some(crate::api::token::TokenFile::open(path)?),
             None => None,
         };
-        let bus = Arc::new(EventBus::with_limits(
-            config.events.subscriber_buffer,
-            config.events.subscriber_buffer_bytes,
-            config.events.max_subscribers,
-            Arc::clone(&metrics),
-        ));
+        let bus = Arc::new(
+            EventBus::with_limits(
+                config.events.subscriber_buffer,
+                config.events.subscriber_buffer_bytes,
+                config.events.max_subscribers,
+                Arc::clone(&metrics),
+            )
+            .with_history(config.events.history),
+        );
         let (hook_events, hook_receiver) = mpsc::channel(events::PIPELINE_QUEUE);
         let destinations = Arc::new(crate::destinations::Destinations::new(Arc::clone(
             &resolver,
