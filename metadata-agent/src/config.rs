@@ -180,6 +180,9 @@ pub struct EventsConfig {
     pub max_subscribers: usize,
     /// Events kept for subscribers that reconnect with `Last-Event-ID` (default 4096; 0: none).
     pub history: usize,
+    /// Write every event to a JSON-lines file, rotated by size (default: no file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<crate::export::EventFileConfig>,
 }
 
 impl Default for EventsConfig {
@@ -189,6 +192,7 @@ impl Default for EventsConfig {
             subscriber_buffer_bytes: 16 * 1024 * 1024,
             max_subscribers: 64,
             history: crate::events::DEFAULT_HISTORY,
+            file: None,
         }
     }
 }

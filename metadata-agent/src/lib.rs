@@ -14,6 +14,7 @@ pub mod config;
 pub mod destinations;
 pub mod enforcement;
 pub mod events;
+pub mod export;
 pub mod hook_command;
 pub mod inspect;
 pub mod metrics;

@@ -90,6 +90,7 @@ fn the_reference_documents_every_section_and_field() {
         "server.tokenFile",
         "server.opsListen",
         "server.opsTokenFile",
+        "events.file",
         "policies.path",
         "hook.cgroupRoot",
     ];

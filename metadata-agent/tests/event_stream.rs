@@ -371,3 +371,54 @@ async fn filters_choose_events_by_kind_verdict_policy_and_labels() {
     };
     assert!(!got.contains("event: "), "{got}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_written_to_a_rotated_json_lines_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let mut config = config(64);
+    config.events.file = Some(metadata_agent::export::EventFileConfig {
+        path: path.clone(),
+        max_bytes: 16 * 1024,
+        max_files: 2,
+    });
+    let (agent, _base, _stop) = serve(config).await;
+    let me = std::process::id();
+    // Each connect line holds this process's labels: a few KiB, so a few lines a file.
+    let total = 40u64;
+    for port in 0..total {
+        agent
+            .hook_events
+            .send(connect_event(me, 3000 + port as u16))
+            .await
+            .unwrap();
+    }
+    wait_for(|| agent.state.bus.last_id() == total).await;
+    let rotated = |n: u32| std::path::PathBuf::from(format!("{}.{n}", path.display()));
+    // Read what is on disk, oldest first, until the last event is there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let ids = loop {
+        let mut ids = Vec::new();
+        for file in [rotated(2), rotated(1), path.clone()] {
+            for line in std::fs::read_to_string(&file).unwrap_or_default().lines() {
+                let event: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", file.display()));
+                assert_eq!(event["kind"], "connect");
+                ids.push(event["id"].as_u64().unwrap());
+            }
+        }
+        if ids.last() == Some(&total) || tokio::time::Instant::now() > deadline {
+            break ids;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ids.last(), Some(&total), "{ids:?}");
+    // Consecutive ids across the files: nothing lost but what retention dropped (the oldest).
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+    assert!(ids[0] > 1, "the oldest were rotated away: {ids:?}");
+    assert!(!rotated(3).exists(), "only maxFiles rotated files are kept");
+    for file in [rotated(2), rotated(1), path.clone()] {
+        let size = std::fs::metadata(&file).unwrap().len();
+        assert!(size <= 16 * 1024, "{}: {size} bytes", file.display());
+    }
+}

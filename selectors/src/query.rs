@@ -11,7 +11,7 @@
 //!
 //! Values cannot hold `,` or `|`; write a policy file for those. Spaces around items, keys and
 //! values are ignored; empty items are skipped, and a selector with none matches everything.
-//! Keys hold no spaces, control characters, `=` or `!`.
+//! Keys hold no spaces, control characters, `=`, `!` or `|`.
 
 use crate::node::Position;
 use crate::policy::{Constraint, Operator, Selector};
@@ -22,10 +22,10 @@ fn glob_chars(value: &str) -> bool {
 
 fn check_key(key: &str, item: &str) -> Result<String, String> {
     let key = key.trim();
-    let bad = |c: char| c.is_whitespace() || c.is_control() || c == '=' || c == '!';
+    let bad = |c: char| c.is_whitespace() || c.is_control() || matches!(c, '=' | '!' | '|');
     if key.is_empty() || key.contains(bad) {
         return Err(format!(
-            "{item:?}: a label key is needed, without spaces, control characters, `=` or `!`"
+            "{item:?}: a label key is needed, without spaces, control characters, `=`, `!` or `|`"
         ));
     }
     Ok(key.to_owned())
@@ -146,7 +146,8 @@ mod tests {
             ("app=a| ", "empty value"),
             ("a b=c", "without spaces"),
             ("a\u{5}", "control characters"),
-            ("a!b=c", "`=` or `!`"),
+            ("a!b=c", "`=`, `!` or `|`"),
+            ("|a", "`=`, `!` or `|`"),
         ] {
             let error = Selector::parse_query(text).unwrap_err();
             assert!(error.contains(says), "{text:?}: {error}");

@@ -24,6 +24,14 @@ impl Agent {
 
         state.resolver.follow_invalidations();
 
+        if let Some(file) = self.config.events.file.clone() {
+            tokio::spawn(crate::export::run(
+                file,
+                Arc::clone(&state.bus),
+                shutdown.clone(),
+            ));
+        }
+
         let resolver = Arc::clone(&state.resolver);
         let enforcer = self.enforcer.clone();
         let sweep_interval = self.config.resolver.sweep_interval;

@@ -38,6 +38,9 @@ impl Agent {
     pub fn build(config: Config) -> anyhow::Result<Self> {
         let roots = HostRoots::resolve(&config.host);
         collectors::cgroupns::adopt_host_view(&roots).map_err(anyhow::Error::msg)?;
+        if let Some(file) = &config.events.file {
+            file.check().map_err(anyhow::Error::msg)?;
+        }
         let registry = collectors::build_registry(&config.collectors, &roots)?;
         // Latency buckets reach past the longest wait: a collector's deadline, or a request's
         // head.
