@@ -10,6 +10,7 @@
 //! - [`inspect`], [`policy`], [`hook_command`]: the one-shot CLI commands.
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod destinations;
 pub mod enforcement;

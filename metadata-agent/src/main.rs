@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use metadata_agent::{hook_command, inspect, policy, run};
+use metadata_agent::{client, hook_command, inspect, policy, run};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,6 +25,16 @@ enum Command {
     /// Check policy files, or test them against labels or a process.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Ask a running agent about a process, container, pod or cgroup.
+    Get(client::GetArgs),
+    /// Print (or follow) a running agent's events.
+    Events(client::EventsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Manage the pinned kernel hook (`hook.pin: true`).
     #[command(subcommand)]
     Hook(hook_command::HookCommand),
@@ -59,6 +69,19 @@ fn main() -> ExitCode {
                  imds-mock, or its image; docs/imds-mock.md)"
             )),
             Command::Hook(command) => hook_command::run(command).map(|()| true),
+            Command::Get(args) => client::get(args).await.map(|()| true),
+            Command::Events(args) => client::events(args).await.map(|()| true),
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                let mut command = Cli::command();
+                clap_complete::generate(
+                    shell,
+                    &mut command,
+                    "metadata-agent",
+                    &mut std::io::stdout(),
+                );
+                Ok(true)
+            }
         }
     });
     match outcome {

@@ -78,11 +78,19 @@ async fn a_batch_answers_each_pid_live_dead_or_invalid_in_order() {
             .unwrap()
             .contains("maxBatchPids")
     );
-    let (status, answer) = post(&daemon, "/metadata:batch", r#"{"pid": 1}"#).await;
-    assert_eq!(
-        (status, answer["error"]["code"].as_str()),
-        (400, Some("invalid_body"))
-    );
+    for body in [
+        r#"{"pid": 1}"#,
+        "[[1, 2]]",
+        r#"{"pids": [1], "more": 1}"#,
+        r#"{"pids": 1}"#,
+    ] {
+        let (status, answer) = post(&daemon, "/metadata:batch", body).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (400, Some("invalid_body")),
+            "{body}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,7 +29,7 @@ proptest! {
         text in proptest::collection::vec(
             prop::sample::select(vec![
                 "a", "b", "k8s:label:app", "=", "!", "|", ",", " ", "\t", "*", "[", "{", "?",
-                "\u{5}", "\u{80}", "é", ".", "/",
+                "\u{5}", "\u{80}", "é", ".", "/", "\u{1c}", "\u{85}", "\u{3000}", "\u{a0}",
             ]),
             0..8,
         ).prop_map(|parts| parts.concat())

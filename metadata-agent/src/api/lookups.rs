@@ -271,26 +271,29 @@ pub async fn pod(State(state): State<Arc<AppState>>, Path(uid): Path<String>) ->
 }
 
 /// `POST /metadata:batch` `{"pids": [...]}`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Batch {
+struct Batch {
     pids: Vec<Value>,
 }
 
 /// `POST /metadata:batch`: each PID's resolution or error, in the order asked.
 pub async fn batch(
     State(state): State<Arc<AppState>>,
-    body: Result<Json<Batch>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Answer {
-    let Json(batch) = body.map_err(|rejection| {
+    let expected = "expected {\"pids\": [1, 2, ...]}";
+    let Json(body) = body.map_err(|rejection| {
         ApiError::bad_request(
             "invalid_body",
-            format!(
-                "expected {{\"pids\": [1, 2, ...]}}: {}",
-                rejection.body_text()
-            ),
+            format!("{expected}: {}", rejection.body_text()),
         )
     })?;
+    // An object with `pids` only (serde would also take a bare list for a struct).
+    let pids = match body.as_object() {
+        Some(map) if map.len() == 1 => map.get("pids").and_then(Value::as_array),
+        _ => None,
+    }
+    .ok_or_else(|| ApiError::bad_request("invalid_body", expected))?;
+    let batch = Batch { pids: pids.clone() };
     let max = state.limits.max_batch_pids;
     if batch.pids.len() > max {
         return Err(ApiError::new(
