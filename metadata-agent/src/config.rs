@@ -183,6 +183,9 @@ pub struct EventsConfig {
     /// Write every event to a JSON-lines file, rotated by size (default: no file).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<crate::export::EventFileConfig>,
+    /// Export every event as an OpenTelemetry log record over OTLP/HTTP (default: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 impl Default for EventsConfig {
@@ -193,6 +196,7 @@ impl Default for EventsConfig {
             max_subscribers: 64,
             history: crate::events::DEFAULT_HISTORY,
             file: None,
+            otlp: None,
         }
     }
 }

@@ -97,7 +97,8 @@ pub async fn run(config: EventFileConfig, bus: Arc<EventBus>, mut shutdown: watc
             return;
         }
     };
-    let mut last: Option<u64> = None;
+    // From the first event: whatever was published before this task ran is in the history.
+    let mut last: Option<u64> = Some(0);
     loop {
         let mut subscription = match bus.subscribe_filtered(EventFilter::default(), last) {
             Ok(subscription) => subscription,

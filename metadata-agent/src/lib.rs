@@ -19,6 +19,7 @@ pub mod export;
 pub mod hook_command;
 pub mod inspect;
 pub mod metrics;
+pub mod otlp;
 pub mod policy;
 pub mod resolver;
 pub mod run;

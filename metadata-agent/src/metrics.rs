@@ -245,6 +245,12 @@ pub struct Metrics {
     pub policy_reload_failing: Gauge,
     /// 1 when the kernel hook is attached.
     pub hook_attached: Gauge,
+    /// Events exported over OTLP.
+    pub otlp_exported: Counter,
+    /// OTLP requests that failed (retried or refused).
+    pub otlp_failures: Counter,
+    /// Events not exported over OTLP, by reason (`queue_full`, `refused`).
+    pub otlp_dropped: Family<DropLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -305,6 +311,9 @@ impl Metrics {
             policies: Gauge::default(),
             policy_reload_failing: Gauge::default(),
             hook_attached: Gauge::default(),
+            otlp_exported: Counter::default(),
+            otlp_failures: Counter::default(),
+            otlp_dropped: Family::default(),
             registry: Registry::default(),
         };
         let r = registry;
@@ -403,6 +412,21 @@ impl Metrics {
             "hook_attached",
             "1 when the kernel hook is attached",
             metrics.hook_attached.clone(),
+        );
+        r.register(
+            "otlp_exported",
+            "Events exported over OTLP",
+            metrics.otlp_exported.clone(),
+        );
+        r.register(
+            "otlp_failures",
+            "OTLP requests that failed (retried or refused)",
+            metrics.otlp_failures.clone(),
+        );
+        r.register(
+            "otlp_dropped",
+            "Events not exported over OTLP, by reason",
+            metrics.otlp_dropped.clone(),
         );
         Self {
             registry: root,

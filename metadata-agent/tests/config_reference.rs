@@ -91,6 +91,7 @@ fn the_reference_documents_every_section_and_field() {
         "server.opsListen",
         "server.opsTokenFile",
         "events.file",
+        "events.otlp",
         "policies.path",
         "hook.cgroupRoot",
     ];

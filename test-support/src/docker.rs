@@ -141,6 +141,9 @@ impl Drop for Dockerd {
         for id in String::from_utf8_lossy(&running.stdout).split_whitespace() {
             let _ = self.cli(&["rm", "-f", id]);
         }
+        // A user-defined network leaves a bridge (and its address pool) on the host unless it
+        // is removed: enough of them and no test can make a network.
+        let _ = self.cli(&["network", "prune", "-f"]);
         // SAFETY: kill with our child's PID.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -24,6 +24,15 @@ impl Agent {
 
         state.resolver.follow_invalidations();
 
+        if let Some(otlp) = self.config.events.otlp.clone() {
+            tokio::spawn(crate::otlp::run(
+                otlp,
+                Arc::clone(&state.bus),
+                Arc::clone(&state.metrics),
+                shutdown.clone(),
+            ));
+        }
+
         if let Some(file) = self.config.events.file.clone() {
             tokio::spawn(crate::export::run(
                 file,

@@ -41,6 +41,9 @@ impl Agent {
         if let Some(file) = &config.events.file {
             file.check().map_err(anyhow::Error::msg)?;
         }
+        if let Some(otlp) = &config.events.otlp {
+            otlp.check().map_err(anyhow::Error::msg)?;
+        }
         let registry = collectors::build_registry(&config.collectors, &roots)?;
         // Latency buckets reach past the longest wait: a collector's deadline, or a request's
         // head.
