@@ -153,29 +153,16 @@ pub async fn serve(
     allowed_hosts: &[String],
     limits: ConnectionLimits,
 ) -> anyhow::Result<Server> {
-    Ok(match listen {
-        ListenAddress::Tcp(address) => {
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("cannot listen on {address}"))?;
-            let bound = listener.local_addr()?;
-            let guard = std::sync::Arc::new(crate::api::middleware::HostGuard::new(
-                bound.ip(),
-                allowed_hosts,
-            ));
-            let router = router.layer(axum::middleware::from_fn_with_state(
-                guard,
-                crate::api::middleware::guard_host,
-            ));
-            tracing::info!(address = %bound, authenticated, "listening on http://{bound}");
-            tokio::spawn(serve_connections(listener, router, shutdown, limits))
-        }
-        ListenAddress::Unix(path) => {
-            let listener = bind_unix(path)?;
-            tracing::info!(socket = %path.display(), authenticated, "listening on unix:{}", path.display());
-            tokio::spawn(serve_connections(listener, router, shutdown, limits))
-        }
-    })
+    serve_on(
+        listen,
+        router,
+        shutdown,
+        limits,
+        Some(allowed_hosts),
+        "",
+        authenticated,
+    )
+    .await
 }
 
 /// Listens on `listen` (`server.opsListen`) and serves the operations routes until `shutdown`
@@ -187,18 +174,52 @@ pub async fn serve_ops(
     shutdown: watch::Receiver<bool>,
     limits: ConnectionLimits,
 ) -> anyhow::Result<Server> {
+    serve_on(listen, router, shutdown, limits, None, "operations ", false)
+        .await
+        .context("server.opsListen")
+}
+
+/// Binds `listen` and serves `router` on it; on TCP with the `Host` guard when `allowed_hosts`
+/// is given. `what` prefixes the log line (`listening on ...`).
+async fn serve_on(
+    listen: &ListenAddress,
+    router: Router,
+    shutdown: watch::Receiver<bool>,
+    limits: ConnectionLimits,
+    allowed_hosts: Option<&[String]>,
+    what: &str,
+    authenticated: bool,
+) -> anyhow::Result<Server> {
     Ok(match listen {
         ListenAddress::Tcp(address) => {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
-                .with_context(|| format!("cannot listen on {address} (server.opsListen)"))?;
+                .with_context(|| format!("cannot listen on {address}"))?;
             let bound = listener.local_addr()?;
-            tracing::info!(address = %bound, "operations listening on http://{bound}");
+            let router = match allowed_hosts {
+                Some(allowed_hosts) => {
+                    let guard = std::sync::Arc::new(crate::api::middleware::HostGuard::new(
+                        bound.ip(),
+                        allowed_hosts,
+                    ));
+                    router.layer(axum::middleware::from_fn_with_state(
+                        guard,
+                        crate::api::middleware::guard_host,
+                    ))
+                }
+                None => router,
+            };
+            tracing::info!(address = %bound, authenticated, "{what}listening on http://{bound}");
             tokio::spawn(serve_connections(listener, router, shutdown, limits))
         }
         ListenAddress::Unix(path) => {
             let listener = bind_unix(path)?;
-            tracing::info!(socket = %path.display(), "operations listening on unix:{}", path.display());
+            tracing::info!(
+                socket = %path.display(),
+                authenticated,
+                "{what}listening on unix:{}",
+                path.display()
+            );
             tokio::spawn(serve_connections(listener, router, shutdown, limits))
         }
     })
