@@ -7,7 +7,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::daemon::{Daemon, token_config};
-use kernel_hook::{ConnectEvent, Decision, HookEvent, Protocol};
+use common::hook::connect_event;
+use kernel_hook::HookEvent;
 use metadata_agent::config::Config;
 use metadata_agent::run::Agent;
 
@@ -102,25 +103,6 @@ fn get_asks_a_running_agent_over_its_socket_with_the_token() {
     );
 }
 
-fn connect(tgid: u32, port: u16) -> HookEvent {
-    HookEvent::Connect(ConnectEvent {
-        tgid,
-        tid: tgid,
-        uid: 0,
-        gid: 0,
-        cgroup_id: 1,
-        comm: "client".to_owned(),
-        protocol: Protocol::Tcp,
-        destination: "127.0.0.1".parse().unwrap(),
-        port,
-        timestamp_ns: 1,
-        allowed: true,
-        decision: Decision::Observe,
-        ruleset: 0,
-        policy: None,
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_prints_the_kept_events_filters_them_and_follows() {
     let mut config = Config::default();
@@ -134,7 +116,11 @@ async fn events_prints_the_kept_events_filters_them_and_follows() {
     tokio::spawn(async move { axum::serve(listener, router).await });
     let me = std::process::id();
     for port in [7001, 7002] {
-        agent.hook_events.send(connect(me, port)).await.unwrap();
+        agent
+            .hook_events
+            .send(connect_event(me, port))
+            .await
+            .unwrap();
     }
     agent
         .hook_events
@@ -190,7 +176,11 @@ async fn events_prints_the_kept_events_filters_them_and_follows() {
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    agent.hook_events.send(connect(me, 7003)).await.unwrap();
+    agent
+        .hook_events
+        .send(connect_event(me, 7003))
+        .await
+        .unwrap();
     let stdout = follower.stdout.take().unwrap();
     let line = tokio::task::spawn_blocking(move || {
         use std::io::BufRead;

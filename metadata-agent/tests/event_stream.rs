@@ -8,29 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use kernel_hook::{ConnectEvent, Decision, HookEvent, Protocol};
+use common::hook::connect_event;
+use kernel_hook::HookEvent;
 use metadata_agent::config::Config;
 use metadata_agent::run::Agent;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn connect_event(tgid: u32, port: u16) -> HookEvent {
-    HookEvent::Connect(ConnectEvent {
-        tgid,
-        tid: tgid,
-        uid: 0,
-        gid: 0,
-        cgroup_id: 1,
-        comm: "event_stream".to_owned(),
-        protocol: Protocol::Tcp,
-        destination: "127.0.0.1".parse().unwrap(),
-        port,
-        timestamp_ns: 1,
-        allowed: true,
-        decision: Decision::Observe,
-        ruleset: 0,
-        policy: None,
-    })
-}
 
 /// Starts an in-process agent on a loopback port.
 async fn serve(config: Config) -> (Agent, String, tokio::sync::watch::Sender<bool>) {

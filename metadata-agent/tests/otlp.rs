@@ -8,7 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use kernel_hook::{ConnectEvent, Decision, HookEvent, Protocol};
+use common::hook::connect_event;
+use kernel_hook::HookEvent;
 use metadata_agent::config::Config;
 use metadata_agent::otlp::OtlpConfig;
 use metadata_agent::run::Agent;
@@ -64,25 +65,6 @@ fn receiver(fail_first: u32) -> Option<Receiver> {
     })
 }
 
-fn connect(tgid: u32, port: u16) -> HookEvent {
-    HookEvent::Connect(ConnectEvent {
-        tgid,
-        tid: tgid,
-        uid: 0,
-        gid: 0,
-        cgroup_id: 1,
-        comm: "otlp".to_owned(),
-        protocol: Protocol::Tcp,
-        destination: "127.0.0.1".parse().unwrap(),
-        port,
-        timestamp_ns: 1,
-        allowed: true,
-        decision: Decision::Observe,
-        ruleset: 0,
-        policy: None,
-    })
-}
-
 fn otlp(endpoint: String, batch_size: usize, queue_size: usize) -> OtlpConfig {
     OtlpConfig {
         endpoint,
@@ -121,7 +103,11 @@ async fn events_arrive_at_an_otlp_receiver_as_log_records() {
     let agent = agent(otlp(format!("http://127.0.0.1:{}", receiver.port), 2, 64));
     let me = std::process::id();
     for port in [9101, 9102, 9103] {
-        agent.hook_events.send(connect(me, port)).await.unwrap();
+        agent
+            .hook_events
+            .send(connect_event(me, port))
+            .await
+            .unwrap();
     }
     agent
         .hook_events
@@ -194,7 +180,11 @@ async fn a_collector_that_is_down_costs_the_oldest_events_counted_not_memory() {
     let agent = agent(otlp(format!("http://127.0.0.1:{port}"), 1, 2));
     let me = std::process::id();
     for port in 9200..9210 {
-        agent.hook_events.send(connect(me, port)).await.unwrap();
+        agent
+            .hook_events
+            .send(connect_event(me, port))
+            .await
+            .unwrap();
     }
     let metrics = std::sync::Arc::clone(&agent.state.metrics);
     wait_for("events dropped from the full queue", || {

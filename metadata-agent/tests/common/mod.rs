@@ -51,6 +51,7 @@ pub use test_support::{in_ci, is_root, require};
 
 pub mod cgroups;
 pub mod daemon;
+pub mod hook;
 #[allow(unused_imports)]
 pub use test_support::docker;
 pub mod kubelet;
