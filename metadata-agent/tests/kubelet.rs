@@ -1006,6 +1006,27 @@ async fn a_running_agent_answers_by_pod_container_and_cgroup_id() {
         pid.to_string()
     );
 
+    // A user's own cgroups shaped like the web pod's proxy container (what `systemd-run
+    // --user --scope` lets anyone make): neither the container nor the pod is found through them.
+    let delegated = "user.slice/user-1000.slice/user@1000.service";
+    let web_slice = WEB_UID.replace('-', "_");
+    let proxy = container_id("proxy");
+    let forged = common::cgroups::Cgroups::spawn_delegated(
+        v2,
+        &format!(
+            "{delegated}/app.slice/kubepods-besteffort-pod{web_slice}.slice/cri-containerd-{proxy}.scope"
+        ),
+        Some((delegated, 1000)),
+    );
+    let (status, answer) = get_json(&daemon, &format!("/containers/{proxy}")).await;
+    assert_eq!(
+        status, 404,
+        "a forged container cgroup answered: {answer:#}"
+    );
+    let (status, answer) = get_json(&daemon, &format!("/pods/{WEB_UID}")).await;
+    assert_eq!(status, 404, "a forged pod cgroup answered: {answer:#}");
+    drop(forged);
+
     // What is not there, and what is not an id.
     for (path, status, code) in [
         (format!("/pods/{WEB_UID}"), 404, "no_such_pod"),
