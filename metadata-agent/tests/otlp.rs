@@ -166,7 +166,13 @@ async fn events_arrive_at_an_otlp_receiver_as_log_records() {
         .unwrap();
     assert_eq!(exit["attributes"]["process.pid"], 4_000_002);
     // The first request was refused (503) and retried: nothing lost.
-    let metrics = &agent.state.metrics;
+    // The receiver writes a batch before it answers; the exporter counts
+    // the batch once the answer arrives.
+    let metrics = std::sync::Arc::clone(&agent.state.metrics);
+    wait_for("4 records counted as exported", || {
+        metrics.otlp_exported.get() >= 4
+    })
+    .await;
     assert!(metrics.otlp_failures.get() >= 1);
     assert_eq!(metrics.otlp_exported.get(), 4);
 }
