@@ -6,7 +6,10 @@
  * connect and UDP send (connected or not) of every process; raw tracepoints on
  * sched_process_fork, sched_process_exec and sched_process_exit follow processes. Events go
  * through one ring buffer without waking the reader (BPF_RB_NO_WAKEUP): user space drains it on
- * a short timer, which keeps the cost per connect low.
+ * a short timer while events come, which keeps the cost per connect low. A reader that found
+ * nothing for a while sets READER[0] and sleeps until the ring wakes it: the next event clears
+ * the flag and is submitted with BPF_RB_FORCE_WAKEUP (one wakeup per quiet spell, so a quiet
+ * node costs the agent nothing and the first event after a quiet spell is read at once).
  *
  * Enforcement (SETTINGS[SETTING_ENFORCE] == 1) is decided here, per connect, without waiting for
  * user space:
@@ -40,6 +43,14 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } LOST SEC(".maps");
+
+/* [0]: 1 while the reader sleeps until the ring wakes it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} READER SEC(".maps");
 
 /* SETTING_* → value. */
 struct {
@@ -193,6 +204,20 @@ static __attribute__((always_inline)) void judge(__u32 tgid, const __u8 addr[16]
 	out->verdict = ruleset->default_verdict == VERDICT_DENY ? VERDICT_DENY : VERDICT_ALLOW;
 }
 
+/* Submits a reserved event, waking the reader when it sleeps. Two CPUs that both see the
+ * flag set both wake it: harmless. */
+static __attribute__((always_inline)) void submit(struct hook_event *event)
+{
+	__u32 zero = 0;
+	__u32 *asleep = bpf_map_lookup_elem(&READER, &zero);
+	if (asleep && *asleep) {
+		*asleep = 0;
+		bpf_ringbuf_submit(event, BPF_RB_FORCE_WAKEUP);
+		return;
+	}
+	bpf_ringbuf_submit(event, BPF_RB_NO_WAKEUP);
+}
+
 static __attribute__((always_inline)) struct hook_event *reserve(__u32 kind)
 {
 	struct hook_event *event = bpf_ringbuf_reserve(&EVENTS, sizeof(*event), 0);
@@ -263,7 +288,7 @@ static __attribute__((always_inline)) int report(struct bpf_sock_addr *ctx, __u1
 		__builtin_memcpy(event->addr, &mapped.words[3], 4);
 	else
 		__builtin_memcpy(event->addr, mapped.bytes, 16);
-	bpf_ringbuf_submit(event, BPF_RB_NO_WAKEUP);
+	submit(event);
 	return allowed;
 }
 
@@ -381,7 +406,7 @@ int process_exec(struct bpf_raw_tracepoint_args *ctx)
 		event->timestamp_ns = state.exec_ns;
 		event->ruleset = state.ruleset;
 		event->generation = state.generation;
-		bpf_ringbuf_submit(event, BPF_RB_NO_WAKEUP);
+		submit(event);
 	}
 	return 0;
 }
@@ -405,6 +430,6 @@ int process_exit(struct bpf_raw_tracepoint_args *ctx)
 	bpf_map_delete_elem(&VERDICTS, &tgid);
 	struct hook_event *event = reserve(EVENT_EXIT);
 	if (event)
-		bpf_ringbuf_submit(event, BPF_RB_NO_WAKEUP);
+		submit(event);
 	return 0;
 }

@@ -21,9 +21,16 @@ use crate::event::HookEvent;
 use crate::maps::{ImageKey, Prefix, ProcState, RuleKeyData, RuleList, RulesetEntry, VerdictEntry};
 use crate::record::parse_event;
 
-/// How often the ring buffer is drained. The programs submit without waking the reader (a
-/// wakeup per connect doubled a loopback connect's cost), so the reader polls.
+/// How often the ring buffer is drained while events come. The programs submit without waking
+/// the reader (a wakeup per connect doubled a loopback connect's cost), so the reader polls.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Drains that found nothing before the reader sleeps until the ring wakes it (see
+/// [`EventReader::run`]).
+const QUIET_DRAINS: u32 = 10;
+
+/// How often a sleeping reader looks whether its consumer is gone.
+const SLEEP_CHECK: Duration = Duration::from_secs(1);
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 const CONNECT_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
@@ -267,11 +274,13 @@ pub struct EventReader {
     ring: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
     lost_seen: u64,
+    /// `READER[0]`: 1 while the reader sleeps, so that the next event wakes it.
+    reader: Array<MapData, u32>,
 }
 
 /// Every map of the object, in the order they are pinned.
-const MAPS: [&str; 8] = [
-    "EVENTS", "LOST", "SETTINGS", "PROCS", "VERDICTS", "RULESETS", "RULES", "IMAGES",
+const MAPS: [&str; 9] = [
+    "EVENTS", "LOST", "READER", "SETTINGS", "PROCS", "VERDICTS", "RULESETS", "RULES", "IMAGES",
 ];
 
 /// The programs attached to the cgroup, then the raw tracepoints (program, tracepoint).
@@ -378,6 +387,7 @@ impl Hook {
         let map_error = |name: &'static str| move |e| HookError::from_bpf(format!("map {name}"), e);
         let ring = RingBuf::try_from(map("EVENTS")?).map_err(map_error("EVENTS"))?;
         let lost = PerCpuArray::try_from(map("LOST")?).map_err(map_error("LOST"))?;
+        let reader = Array::try_from(map("READER")?).map_err(map_error("READER"))?;
         let maps = Maps {
             settings: Array::try_from(map("SETTINGS")?).map_err(map_error("SETTINGS"))?,
             procs: HashMap::try_from(map("PROCS")?).map_err(map_error("PROCS"))?,
@@ -399,6 +409,7 @@ impl Hook {
                 ring,
                 lost,
                 lost_seen: 0,
+                reader,
             },
             attachment,
         ))
@@ -744,12 +755,25 @@ fn is_bpffs(path: &Path) -> bool {
 impl EventReader {
     /// Moves every queued event into `sink`; returns how many the kernel reported lost since
     /// the last call.
-    pub fn drain(&mut self, mut sink: impl FnMut(HookEvent)) -> u64 {
+    pub fn drain(&mut self, sink: impl FnMut(HookEvent)) -> u64 {
+        self.drain_events(sink);
+        self.new_lost()
+    }
+
+    /// Moves every queued event into `sink`; returns how many records there were.
+    fn drain_events(&mut self, mut sink: impl FnMut(HookEvent)) -> usize {
+        let mut records = 0;
         while let Some(record) = self.ring.next() {
+            records += 1;
             if let Some(event) = parse_event(&record) {
                 sink(event);
             }
         }
+        records
+    }
+
+    /// How many events the kernel reported lost since the last call.
+    fn new_lost(&mut self) -> u64 {
         let lost: u64 = self
             .lost
             .get(&0, 0)
@@ -760,29 +784,83 @@ impl EventReader {
         new
     }
 
-    /// Drains every [`DRAIN_INTERVAL`] into `events` until it closes. An event the channel
-    /// has no room for is counted by `dropped`; kernel losses by `lost`.
+    /// Says whether the reader sleeps (the next event then wakes it).
+    fn set_asleep(&mut self, asleep: bool) -> bool {
+        self.reader.set(0, u32::from(asleep), 0).is_ok()
+    }
+
+    /// Drains into `events` until it closes: every [`DRAIN_INTERVAL`] while events come; after
+    /// [`QUIET_DRAINS`] drains that found nothing, it sleeps until the ring wakes it (the
+    /// programs wake a sleeping reader with the next event), so a quiet node costs nothing and
+    /// the first event after a quiet spell is read at once. An event the channel has no room
+    /// for is counted by `dropped`; kernel losses by `lost`.
     pub async fn run(
         mut self,
         events: mpsc::Sender<HookEvent>,
         lost: impl Fn(u64) + Send,
         dropped: impl Fn(u64) + Send,
     ) {
+        use std::os::fd::AsFd;
+        // Readable when the ring wakes its reader (another descriptor of the same map).
+        let mut wakeup = self.ring.as_fd().try_clone_to_owned().ok().and_then(|fd| {
+            // SAFETY: the AsyncFd owns `fd`, which nothing else closes or replaces.
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            }
+            .ok()
+        });
         let mut ticker = tokio::time::interval(DRAIN_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut quiet = 0;
         loop {
             ticker.tick().await;
             if events.is_closed() {
                 break;
             }
             let mut full = 0;
-            let new_lost = self.drain(|event| {
+            let mut forward = |event| {
                 if events.try_send(event).is_err() {
                     full += 1;
                 }
-            });
-            if new_lost > 0 {
-                lost(new_lost);
+            };
+            let mut records = self.drain_events(&mut forward);
+            if records == 0 {
+                quiet += 1;
+            } else {
+                quiet = 0;
+            }
+            if quiet >= QUIET_DRAINS
+                && let Some(ring) = &wakeup
+                && self.set_asleep(true)
+            {
+                // An event submitted before the flag was set did not wake anyone.
+                records += self.drain_events(&mut forward);
+                if records == 0 {
+                    loop {
+                        match tokio::time::timeout(SLEEP_CHECK, ring.readable()).await {
+                            Ok(Ok(mut ready)) => {
+                                ready.clear_ready();
+                                break;
+                            }
+                            Ok(Err(error)) => {
+                                tracing::warn!("cannot wait for the ring buffer: {error}");
+                                wakeup = None;
+                                break;
+                            }
+                            Err(_) if events.is_closed() => return,
+                            Err(_) => {}
+                        }
+                    }
+                    ticker.reset_immediately();
+                }
+                self.set_asleep(false);
+                quiet = 0;
+            }
+            if records > 0 || quiet == 0 {
+                let new_lost = self.new_lost();
+                if new_lost > 0 {
+                    lost(new_lost);
+                }
             }
             if full > 0 {
                 dropped(full);

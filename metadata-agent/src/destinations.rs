@@ -73,8 +73,22 @@ pub struct Destinations {
     resolver: Arc<Resolver>,
     current: RwLock<Arc<Snapshot>>,
     /// Listening socket inode → the process holding it, as last found.
-    owners: Mutex<HashMap<u64, u32>>,
+    owners: Mutex<Owners>,
 }
+
+/// Who holds which listening socket, as last found by a scan of every process's descriptors.
+#[derive(Default)]
+struct Owners {
+    /// Socket inode → the process holding it.
+    found: HashMap<u64, u32>,
+    /// Sockets a scan did not find a holder of (one in another PID namespace, or held by a
+    /// process whose descriptors cannot be read), and when that scan was: they do not make
+    /// every refresh scan again, only one every [`UNFOUND_RETRY`].
+    unfound: HashMap<u64, std::time::Instant>,
+}
+
+/// How long a socket whose holder a scan did not find waits before it makes another scan.
+const UNFOUND_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Destinations {
     /// An empty directory; [`Destinations::refresh`] fills it.
@@ -82,7 +96,7 @@ impl Destinations {
         Self {
             resolver,
             current: RwLock::new(Arc::new(Snapshot::default())),
-            owners: Mutex::new(HashMap::new()),
+            owners: Mutex::new(Owners::default()),
         }
     }
 
@@ -107,8 +121,7 @@ impl Destinations {
     /// Local processes listening on this host's addresses (in the agent's network namespace).
     async fn listeners(&self) -> Vec<KnownDestination> {
         let roots = self.resolver.roots().clone();
-        let proc_net = roots.proc.join("net");
-        let sockets = sockets::listening(|table| std::fs::read(proc_net.join(table)));
+        let sockets = sockets::listening_at(&roots.proc);
         let owners = self.owners_of(&sockets);
         let local = local_addresses();
         let mut known = Vec::new();
@@ -140,11 +153,21 @@ impl Destinations {
     /// The process holding each of `sockets`: the last answer for sockets seen before, a scan
     /// of every process's descriptors when there are new ones.
     fn owners_of(&self, sockets: &[Listening]) -> HashMap<u64, u32> {
-        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
-        owners.retain(|inode, _| sockets.iter().any(|s| s.inode == *inode));
-        if sockets.iter().all(|s| owners.contains_key(&s.inode)) {
-            return owners.clone();
+        let mut guard = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        let Owners { found, unfound } = &mut *guard;
+        found.retain(|inode, _| sockets.iter().any(|s| s.inode == *inode));
+        unfound.retain(|inode, _| sockets.iter().any(|s| s.inode == *inode));
+        let now = std::time::Instant::now();
+        let settled = |s: &Listening| {
+            found.contains_key(&s.inode)
+                || unfound
+                    .get(&s.inode)
+                    .is_some_and(|&at| now.duration_since(at) < UNFOUND_RETRY)
+        };
+        if sockets.iter().all(settled) {
+            return found.clone();
         }
+        let owners = found;
         let roots = self.resolver.roots();
         for pid in list_pids(roots) {
             let Ok(dir) = ProcDir::open(roots, pid) else {
@@ -157,6 +180,11 @@ impl Destinations {
                 if inodes.contains(&socket.inode) {
                     owners.entry(socket.inode).or_insert(pid);
                 }
+            }
+        }
+        for socket in sockets {
+            if !owners.contains_key(&socket.inode) {
+                unfound.insert(socket.inode, now);
             }
         }
         owners.clone()

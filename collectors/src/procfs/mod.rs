@@ -421,12 +421,11 @@ impl Inner {
             match sockets::socket_inodes(&dir) {
                 Ok((inodes, cut)) => {
                     if !inodes.is_empty() {
-                        let mut bindings: Vec<String> =
-                            sockets::listening(|table| dir.read(&format!("net/{table}")))
-                                .into_iter()
-                                .filter(|socket| inodes.contains(&socket.inode))
-                                .map(|socket| socket.binding())
-                                .collect();
+                        let mut bindings: Vec<String> = sockets::listening_of(&dir)
+                            .into_iter()
+                            .filter(|socket| inodes.contains(&socket.inode))
+                            .map(|socket| socket.binding())
+                            .collect();
                         bindings.sort();
                         bindings.dedup();
                         labels.insert_all("process:network:binding", bindings);

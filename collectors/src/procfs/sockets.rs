@@ -74,6 +74,149 @@ pub fn listening(read: impl Fn(&str) -> std::io::Result<Vec<u8>>) -> Vec<Listeni
     found
 }
 
+/// The listening sockets of the network namespace process `dir` is in: from `sock_diag`
+/// ([`listening_here`]) when that is the agent's own, else from the process's `net/*` tables.
+pub fn listening_of(dir: &ProcDir) -> Vec<Listening> {
+    if dir.pins_process() && in_own_netns(dir) {
+        match listening_here() {
+            Ok(found) => return found,
+            Err(error) => tracing::debug!("sock_diag: {error}; reading the net/* tables"),
+        }
+    }
+    listening(|table| dir.read(&format!("net/{table}")))
+}
+
+/// The listening sockets of the network namespace of the proc root `proc` (`/proc/net` is the
+/// reader's own): from `sock_diag` on a real procfs, else from the `net/*` files there (a
+/// recorded tree).
+pub fn listening_at(proc: &std::path::Path) -> Vec<Listening> {
+    let real = rustix::fs::statfs(proc).is_ok_and(|fs| fs.f_type == rustix::fs::PROC_SUPER_MAGIC);
+    if real {
+        match listening_here() {
+            Ok(found) => return found,
+            Err(error) => tracing::debug!("sock_diag: {error}; reading the net/* tables"),
+        }
+    }
+    listening(|table| std::fs::read(proc.join("net").join(table)))
+}
+
+/// Whether process `dir` shares the agent's network namespace.
+fn in_own_netns(dir: &ProcDir) -> bool {
+    static OWN: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let own = OWN.get_or_init(|| std::fs::read_link("/proc/self/ns/net").ok());
+    own.as_ref()
+        .is_some_and(|own| dir.read_link("ns/net").is_ok_and(|theirs| theirs == *own))
+}
+
+/// The listening sockets of the caller's own network namespace, from the kernel's socket
+/// diagnostics (netlink `sock_diag`, as `ss -l` asks): TCP sockets in `LISTEN` and bound,
+/// unconnected UDP sockets. The same sockets as [`listening`] over `/proc/net`, at a fraction of
+/// its cost: reading `/proc/net/tcp` walks every bucket of the node's established-connection
+/// hash (262 144 of them with 24 GiB of memory: about 5 ms per table), where a dump of
+/// listeners only walks the listening hash (about 35 µs for both TCP families).
+pub fn listening_here() -> std::io::Result<Vec<Listening>> {
+    use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
+    use netlink_packet_sock_diag::inet::StateFlags;
+    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    let mut found = Vec::new();
+    for (family, protocol, transport) in [
+        (AF_INET, IPPROTO_TCP, Transport::Tcp),
+        (AF_INET6, IPPROTO_TCP, Transport::Tcp),
+        (AF_INET, IPPROTO_UDP, Transport::Udp),
+        (AF_INET6, IPPROTO_UDP, Transport::Udp),
+    ] {
+        let states = match transport {
+            Transport::Tcp => StateFlags::LISTEN,
+            Transport::Udp => StateFlags::all(),
+        };
+        dump(&socket, family, protocol, states, |id, inode| {
+            let listening = match transport {
+                Transport::Tcp => true,
+                // Bound and not connected.
+                Transport::Udp => id.destination_port == 0 && id.source_port != 0,
+            };
+            if listening {
+                found.push(Listening {
+                    transport,
+                    address: id.source_address,
+                    port: id.source_port,
+                    inode: u64::from(inode),
+                });
+            }
+        })?;
+    }
+    Ok(found)
+}
+
+/// One `sock_diag` dump of `family`/`protocol` sockets in `states`, each given to `each`.
+fn dump(
+    socket: &netlink_sys::Socket,
+    family: u8,
+    protocol: u8,
+    states: netlink_packet_sock_diag::inet::StateFlags,
+    mut each: impl FnMut(&netlink_packet_sock_diag::inet::SocketId, u32),
+) -> std::io::Result<()> {
+    use netlink_packet_core::{
+        NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    };
+    use netlink_packet_sock_diag::SockDiagMessage;
+    use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId};
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let socket_id = if family == netlink_packet_sock_diag::constants::AF_INET {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    };
+    let mut request = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol,
+            extensions: ExtensionFlags::empty(),
+            states,
+            socket_id,
+        })
+        .into(),
+    );
+    request.finalize();
+    let mut bytes = vec![0; request.buffer_len()];
+    request.serialize(&mut bytes);
+    socket.send(&bytes, 0)?;
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let size = socket.recv(&mut &mut buffer[..], 0)?;
+        if size == 0 {
+            return Err(invalid(
+                "sock_diag: the dump ended without NLMSG_DONE".into(),
+            ));
+        }
+        let mut offset = 0;
+        while offset < size {
+            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buffer[offset..size])
+                .map_err(|e| invalid(format!("sock_diag: an answer that does not parse: {e}")))?;
+            let length = message.header.length as usize;
+            match message.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                    each(&response.header.socket_id, response.header.inode);
+                }
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(error) => {
+                    return Err(error.to_io());
+                }
+                _ => {}
+            }
+            if length == 0 {
+                break;
+            }
+            offset += length;
+        }
+    }
+}
+
 /// One line of a `net/tcp*` or `net/udp*` table, when it is a listening socket.
 fn parse_line(line: &str, transport: Transport, v6: bool) -> Option<Listening> {
     let fields: Vec<&str> = line.split_whitespace().collect();
@@ -175,6 +318,57 @@ mod tests {
                 ("tcp/[::1]:8080".to_owned(), 1235),
                 ("udp/0.0.0.0:53".to_owned(), 777),
             ]
+        );
+    }
+
+    #[test]
+    fn sock_diag_finds_the_same_listeners_as_proc_net() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp6 = std::net::TcpListener::bind("[::1]:0").ok();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let connected = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        connected.connect(udp.local_addr().unwrap()).unwrap();
+        let _stream = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+        let mut here = listening_here().unwrap();
+        let mut from_files = listening(|table| std::fs::read(format!("/proc/net/{table}")));
+        let key = |l: &Listening| (l.inode, l.binding());
+        here.sort_by_key(key);
+        from_files.sort_by_key(key);
+        // Sockets of other processes come and go between the two reads: compare ours.
+        let roots = crate::HostRoots::default();
+        let dir = ProcDir::open(&roots, std::process::id()).unwrap();
+        let (inodes, _) = socket_inodes(&dir).unwrap();
+        let ours = |all: &[Listening]| -> Vec<String> {
+            all.iter()
+                .filter(|l| inodes.contains(&l.inode))
+                .map(Listening::binding)
+                .collect()
+        };
+        assert_eq!(ours(&here), ours(&from_files));
+        let bindings = ours(&here);
+        let port = |a: std::net::SocketAddr| a.port();
+        assert!(bindings.contains(&format!(
+            "tcp/127.0.0.1:{}",
+            port(tcp.local_addr().unwrap())
+        )));
+        assert!(bindings.contains(&format!(
+            "udp/127.0.0.1:{}",
+            port(udp.local_addr().unwrap())
+        )));
+        if let Some(tcp6) = &tcp6 {
+            assert!(bindings.contains(&format!("tcp/[::1]:{}", port(tcp6.local_addr().unwrap()))));
+        }
+        let connected = port(connected.local_addr().unwrap());
+        assert!(
+            !bindings
+                .iter()
+                .any(|b| b.ends_with(&format!(":{connected}"))),
+            "a connected UDP socket is not listening: {bindings:?}"
+        );
+        assert_eq!(
+            bindings.len(),
+            2 + usize::from(tcp6.is_some()),
+            "{bindings:?}"
         );
     }
 
