@@ -1,11 +1,15 @@
 -- wrk script: GET /metadata/<pid> over the PIDs in $PIDS (space-separated), round robin per
--- thread; prints one machine-readable RESULT line.
+-- thread, or the URL's path when $PIDS is empty; prints one machine-readable RESULT line.
 local pids = {}
 for pid in string.gmatch(os.getenv("PIDS") or "", "%d+") do
   table.insert(pids, pid)
 end
 local i = 0
 request = function()
+  if #pids == 0 then
+    -- No PIDS: the URL's own path (`/healthz`), measured the same way.
+    return wrk.format("GET", wrk.path)
+  end
   i = i % #pids + 1
   return wrk.format("GET", "/metadata/" .. pids[i])
 end

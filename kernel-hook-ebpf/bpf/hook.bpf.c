@@ -4,7 +4,8 @@
  *
  * cgroup/connect4|6 and cgroup/sendmsg4|6, attached to the cgroup v2 root, report every TCP
  * connect and UDP send (connected or not) of every process; raw tracepoints on
- * sched_process_fork, sched_process_exec and sched_process_exit follow processes. Events go
+ * sched_process_fork, sched_process_exec and sched_process_exit follow processes, and
+ * cgroup_attach_task their moves between cgroups. Events go
  * through one ring buffer without waking the reader (BPF_RB_NO_WAKEUP): user space drains it on
  * a short timer while events come, which keeps the cost per connect low. A reader that found
  * nothing for a while sets READER[0] and sleeps until the ring wakes it: the next event clears
@@ -244,8 +245,19 @@ static __attribute__((always_inline)) struct hook_event *reserve(__u32 kind)
 	event->ruleset = RULESET_PENDING;
 	event->generation = 0;
 	event->decision = DECISION_OBSERVE;
-	for (int i = 0; i < 11; i++)
+	for (int i = 0; i < 3; i++)
 		event->pad[i] = 0;
+	/* The effective ids, which (with exec and cgroup events) tell user space whether what it
+	 * resolved for this process still holds, without reading procfs per event. */
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	const struct cred *cred = 0;
+	event->euid = (__u32)-1;
+	event->egid = (__u32)-1;
+	bpf_probe_read_kernel(&cred, sizeof(cred), &task->cred);
+	if (cred) {
+		bpf_probe_read_kernel(&event->euid, sizeof(event->euid), &cred->euid.val);
+		bpf_probe_read_kernel(&event->egid, sizeof(event->egid), &cred->egid.val);
+	}
 	bpf_get_current_comm(event->comm, sizeof(event->comm));
 	return event;
 }
@@ -431,5 +443,22 @@ int process_exit(struct bpf_raw_tracepoint_args *ctx)
 	struct hook_event *event = reserve(EVENT_EXIT);
 	if (event)
 		submit(event);
+	return 0;
+}
+
+/* cgroup_attach_task(dst_cgrp, path, task, threadgroup): a task moves to another cgroup (on
+ * any hierarchy, v1 or v2), by itself or moved by another: what user space resolved for its
+ * process (container identity, cgroup labels) may no longer hold. */
+SEC("raw_tracepoint/cgroup_attach_task")
+int cgroup_attach(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *task = (struct task_struct *)ctx->args[2];
+	int tgid = 0;
+	bpf_probe_read_kernel(&tgid, sizeof(tgid), &task->tgid);
+	struct hook_event *event = reserve(EVENT_CGROUP);
+	if (event) {
+		event->tgid = (__u32)tgid;
+		submit(event);
+	}
 	return 0;
 }

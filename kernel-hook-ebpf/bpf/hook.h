@@ -18,6 +18,7 @@
 #define EVENT_CONNECT 1
 #define EVENT_EXEC 2
 #define EVENT_EXIT 3
+#define EVENT_CGROUP 4  /* a process (tgid) was moved to another cgroup, by itself or another */
 
 #define PROTO_TCP 6
 #define PROTO_UDP 17
@@ -72,7 +73,9 @@ struct hook_event {
 	__u32 ruleset;     /* connect: the rule set judged by; exec: the one found for the image */
 	__u32 generation;  /* exec: the process's new generation */
 	__u8 decision;     /* connect: DECISION_* */
-	__u8 pad[11];
+	__u8 pad[3];
+	__u32 euid;        /* effective user id of the calling thread */
+	__u32 egid;        /* effective group id of the calling thread */
 };
 
 #define HOOK_EVENT_SIZE 96
@@ -94,6 +97,8 @@ struct hook_event {
 #define HOOK_EVENT_OFF_GENERATION 80
 #define HOOK_EVENT_OFF_DECISION 84
 #define HOOK_EVENT_OFF_PAD 85
+#define HOOK_EVENT_OFF_EUID 88
+#define HOOK_EVENT_OFF_EGID 92
 
 LAYOUT_SIZE(hook_event, HOOK_EVENT_SIZE);
 LAYOUT_FIELD(hook_event, kind, HOOK_EVENT_OFF_KIND);
@@ -114,6 +119,8 @@ LAYOUT_FIELD(hook_event, ruleset, HOOK_EVENT_OFF_RULESET);
 LAYOUT_FIELD(hook_event, generation, HOOK_EVENT_OFF_GENERATION);
 LAYOUT_FIELD(hook_event, decision, HOOK_EVENT_OFF_DECISION);
 LAYOUT_FIELD(hook_event, pad, HOOK_EVENT_OFF_PAD);
+LAYOUT_FIELD(hook_event, euid, HOOK_EVENT_OFF_EUID);
+LAYOUT_FIELD(hook_event, egid, HOOK_EVENT_OFF_EGID);
 
 /* PROCS[tgid], kept by the programs: what the kernel knows of a process. Created at fork (and,
  * for a process older than the hook, at its first connect or by the agent), renewed at each

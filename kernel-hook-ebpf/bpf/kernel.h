@@ -77,9 +77,20 @@ struct file {
 struct mm_struct {
 	struct file *exe_file;
 } __kernel_struct;
+typedef struct {
+	unsigned int val;
+} kuid_t;
+typedef struct {
+	unsigned int val;
+} kgid_t;
+struct cred {
+	kuid_t euid;
+	kgid_t egid;
+} __kernel_struct;
 struct task_struct {
 	int pid;
 	int tgid;
+	const struct cred *cred;
 	__u64 start_boottime;
 	struct task_struct *group_leader;
 	struct signal_struct *signal;

@@ -58,6 +58,7 @@ mod tests {
             "raw_tracepoint/sched_process_fork",
             "raw_tracepoint/sched_process_exec",
             "raw_tracepoint/sched_process_exit",
+            "raw_tracepoint/cgroup_attach_task",
             ".BTF",
         ] {
             assert!(text.contains(section), "missing {section}");

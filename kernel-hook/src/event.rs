@@ -26,6 +26,10 @@ pub struct ConnectEvent {
     pub uid: u32,
     /// Real group id.
     pub gid: u32,
+    /// Effective user id (of the calling thread).
+    pub euid: u32,
+    /// Effective group id (of the calling thread).
+    pub egid: u32,
     /// cgroup v2 id of the process.
     pub cgroup_id: u64,
     /// `comm` of the calling thread (at most 15 bytes).
@@ -98,6 +102,11 @@ pub enum HookEvent {
     },
     /// A process ended (its last thread exited).
     Exit {
+        /// The process.
+        tgid: u32,
+    },
+    /// A process (one of its threads) was moved to another cgroup, on any hierarchy.
+    CgroupMove {
         /// The process.
         tgid: u32,
     },

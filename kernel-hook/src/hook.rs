@@ -284,10 +284,11 @@ const MAPS: [&str; 9] = [
 ];
 
 /// The programs attached to the cgroup, then the raw tracepoints (program, tracepoint).
-const RAW_TRACEPOINTS: [(&str, &str); 3] = [
+const RAW_TRACEPOINTS: [(&str, &str); 4] = [
     ("process_fork", "sched_process_fork"),
     ("process_exec", "sched_process_exec"),
     ("process_exit", "sched_process_exit"),
+    ("cgroup_attach", "cgroup_attach_task"),
 ];
 
 impl Hook {

@@ -51,8 +51,12 @@ pub struct RawEvent {
     pub generation: u32,
     /// Connect: `DECISION_*`.
     pub decision: u8,
-    /// Padding to the struct's alignment.
-    pub pad: [u8; 11],
+    /// Padding to the next field's alignment.
+    pub pad: [u8; 3],
+    /// Effective user id of the calling thread.
+    pub euid: u32,
+    /// Effective group id of the calling thread.
+    pub egid: u32,
 }
 
 const _: () = {
@@ -75,6 +79,8 @@ const _: () = {
     assert!(offset_of!(RawEvent, generation) == abi::HOOK_EVENT_OFF_GENERATION);
     assert!(offset_of!(RawEvent, decision) == abi::HOOK_EVENT_OFF_DECISION);
     assert!(offset_of!(RawEvent, pad) == abi::HOOK_EVENT_OFF_PAD);
+    assert!(offset_of!(RawEvent, euid) == abi::HOOK_EVENT_OFF_EUID);
+    assert!(offset_of!(RawEvent, egid) == abi::HOOK_EVENT_OFF_EGID);
 };
 
 impl RawEvent {
@@ -92,8 +98,8 @@ impl RawEvent {
     /// The record's bytes, as the BPF programs write them.
     pub fn to_bytes(&self) -> [u8; size_of::<RawEvent>()] {
         // SAFETY: `RawEvent` is `repr(C)` with no padding between or after its fields (the
-        // assertions above place every field, and `pad` fills the tail), so each of its bytes
-        // is initialized.
+        // assertions above place every field, and `pad` fills the gap before `euid`), so each
+        // of its bytes is initialized.
         unsafe { std::mem::transmute_copy(self) }
     }
 }
@@ -109,6 +115,7 @@ pub fn parse_event(record: &[u8]) -> Option<HookEvent> {
             ruleset: raw.ruleset,
         }),
         abi::EVENT_EXIT => Some(HookEvent::Exit { tgid: raw.tgid }),
+        abi::EVENT_CGROUP => Some(HookEvent::CgroupMove { tgid: raw.tgid }),
         abi::EVENT_CONNECT => {
             let destination = match i32::from(raw.family) {
                 libc::AF_INET => IpAddr::V4(Ipv4Addr::new(
@@ -126,6 +133,8 @@ pub fn parse_event(record: &[u8]) -> Option<HookEvent> {
                 tid: raw.tid,
                 uid: raw.uid,
                 gid: raw.gid,
+                euid: raw.euid,
+                egid: raw.egid,
                 cgroup_id: raw.cgroup_id,
                 comm: String::from_utf8_lossy(&raw.comm[..comm_end]).into_owned(),
                 protocol: if u32::from(raw.protocol) == abi::PROTO_UDP {
@@ -159,6 +168,8 @@ mod tests {
             tgid: 4242,
             tid: 4243,
             uid: 1000,
+            euid: 0,
+            egid: 27,
             family: libc::AF_INET6 as u16,
             protocol: abi::PROTO_UDP as u8,
             verdict: 1,
@@ -179,6 +190,7 @@ mod tests {
         assert_eq!(event.tgid, 4242);
         assert_eq!(event.tid, 4243);
         assert_eq!(event.uid, 1000);
+        assert_eq!((event.euid, event.egid), (0, 27));
         assert_eq!(event.cgroup_id, 77);
         assert_eq!(event.protocol, Protocol::Udp);
         assert_eq!(event.destination, IpAddr::V6(Ipv6Addr::LOCALHOST));
@@ -195,6 +207,11 @@ mod tests {
         assert_eq!(
             parse_event(&raw.to_bytes()),
             Some(HookEvent::Exit { tgid: 4242 })
+        );
+        raw.kind = abi::EVENT_CGROUP;
+        assert_eq!(
+            parse_event(&raw.to_bytes()),
+            Some(HookEvent::CgroupMove { tgid: 4242 })
         );
     }
 }

@@ -10,7 +10,12 @@
 //! (default 100 000) for SECONDS (default 3) from THREADS threads (default 2); prints how many
 //! were made. `bench/run` runs it against a running agent and reads the agent's event counters.
 //!
-//! Prints one `RESULT key=value ...` line.
+//! `bench_hook subscribe ADDRESS` — subscribes to `/events` of the agent at ADDRESS
+//! (`127.0.0.1:PORT`) and counts the events it streams, printing `COUNT n` every 50 ms until
+//! the stream ends: the one subscriber of the event throughput figure (curl writing 500 MB/s
+//! to a file cost more CPU than the agent).
+//!
+//! Prints one `RESULT key=value ...` line (`subscribe`: `COUNT` lines).
 
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
@@ -187,6 +192,43 @@ fn flood_udp(rate: u64, seconds: u64, threads: u64) {
     );
 }
 
+/// Counts the events of an `/events` stream (each has one `data:` line: the agent writes its
+/// JSON on one line), printing the count every 50 ms.
+fn subscribe(address: &str) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(address).expect("connect to the agent");
+    write!(
+        stream,
+        "GET /events HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    const NEEDLE: &[u8] = b"\ndata: ";
+    let mut buffer = vec![0u8; 1 << 20];
+    // The end of the previous read, so a needle split across two reads is still found.
+    let mut carry = 0;
+    let mut count: u64 = 0;
+    let mut printed = Instant::now();
+    let stdout = std::io::stdout();
+    loop {
+        let read = match stream.read(&mut buffer[carry..]) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        let filled = carry + read;
+        count += buffer[..filled]
+            .windows(NEEDLE.len())
+            .filter(|window| *window == NEEDLE)
+            .count() as u64;
+        carry = (NEEDLE.len() - 1).min(filled);
+        buffer.copy_within(filled - carry..filled, 0);
+        if printed.elapsed() >= Duration::from_millis(50) {
+            let _ = writeln!(stdout.lock(), "COUNT {count}");
+            printed = Instant::now();
+        }
+    }
+    let _ = writeln!(stdout.lock(), "COUNT {count}");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |i: usize, default: u64| args.get(i).map_or(default, |a| a.parse().unwrap());
@@ -196,9 +238,11 @@ fn main() {
             args.get(2).is_some_and(|a| a == "enforce"),
         ),
         Some("flood-udp") => flood_udp(number(1, 100_000), number(2, 3), number(3, 2)),
+        Some("subscribe") if args.len() == 2 => subscribe(&args[1]),
         _ => {
             eprintln!(
-                "usage: bench_hook overhead [N] [enforce] | flood-udp [RATE] [SECONDS] [THREADS]"
+                "usage: bench_hook overhead [N] [enforce] | flood-udp [RATE] [SECONDS] [THREADS] \
+                 | subscribe ADDRESS"
             );
             std::process::exit(2);
         }

@@ -77,14 +77,19 @@ impl Serialize for ResolvedLabels {
                 labels::serialize_map(self.0, s)
             }
         }
-        let (no_labels, no_trust) = (LabelSet::new(), TrustMap::new());
-        let (labels, trust) = match &self.0 {
-            Some(resolution) => (&resolution.labels, &resolution.trust),
-            None => (&no_labels, &no_trust),
-        };
         let mut map = serializer.serialize_map(Some(2))?;
-        map.serialize_entry("labels", &Labels(labels))?;
-        map.serialize_entry("trust", trust)?;
+        match &self.0 {
+            // Serialized once per resolution, not once per event.
+            Some(resolution) => {
+                let json = resolution.labels_json();
+                map.serialize_entry("labels", &json.labels)?;
+                map.serialize_entry("trust", &json.trust)?;
+            }
+            None => {
+                map.serialize_entry("labels", &Labels(&LabelSet::new()))?;
+                map.serialize_entry("trust", &TrustMap::new())?;
+            }
+        }
         map.end()
     }
 }
@@ -181,27 +186,54 @@ impl BusEvent {
             body: &'a T,
         }
         let kind = self.kind;
-        let text = match &self.payload {
-            Payload::Connect(report) => serde_json::to_string(&Envelope {
-                id,
-                kind,
-                body: report.as_ref(),
-            }),
-            Payload::Process(report) => serde_json::to_string(&Envelope {
-                id,
-                kind,
-                body: report.as_ref(),
-            }),
-            Payload::Value(value) => match value {
-                serde_json::Value::Object(_) => serde_json::to_string(&Envelope {
+        // Sized for the labels, which are most of it, so the text is not grown step by step.
+        let labels = |resolution: &ResolvedLabels| {
+            resolution.0.as_ref().map_or(0, |resolution| {
+                let json = resolution.labels_json();
+                json.labels.get().len() + json.trust.get().len()
+            })
+        };
+        let mut text = Vec::with_capacity(
+            512 + match &self.payload {
+                Payload::Connect(report) => labels(&report.resolution),
+                Payload::Process(report) => labels(&report.resolution),
+                Payload::Value(_) => 0,
+            },
+        );
+        let written = match &self.payload {
+            Payload::Connect(report) => serde_json::to_writer(
+                &mut text,
+                &Envelope {
                     id,
                     kind,
-                    body: value,
-                }),
-                other => serde_json::to_string(other),
+                    body: report.as_ref(),
+                },
+            ),
+            Payload::Process(report) => serde_json::to_writer(
+                &mut text,
+                &Envelope {
+                    id,
+                    kind,
+                    body: report.as_ref(),
+                },
+            ),
+            Payload::Value(value) => match value {
+                serde_json::Value::Object(_) => serde_json::to_writer(
+                    &mut text,
+                    &Envelope {
+                        id,
+                        kind,
+                        body: value,
+                    },
+                ),
+                other => serde_json::to_writer(&mut text, other),
             },
         };
-        text.unwrap_or_default().into()
+        if written.is_err() {
+            return "".into();
+        }
+        // serde_json writes UTF-8.
+        String::from_utf8(text).unwrap_or_default().into()
     }
 }
 
@@ -336,6 +368,31 @@ impl Subscription {
         let event = self.receiver.recv().await?;
         self.queued.fetch_sub(event.json.len(), Ordering::AcqRel);
         Some(event)
+    }
+
+    /// The next event if one is queued now, without waiting.
+    pub fn try_next(&mut self) -> Option<Delivered> {
+        if let Some(event) = self.backlog.pop_front() {
+            return Some(event);
+        }
+        let event = self.receiver.try_recv().ok()?;
+        self.queued.fetch_sub(event.json.len(), Ordering::AcqRel);
+        Some(event)
+    }
+}
+
+impl Delivered {
+    /// Appends the event as a server-sent event: `id`, `event` (its kind) and `data` (its
+    /// JSON, one line: JSON text has its line breaks escaped) fields.
+    pub fn write_sse(&self, out: &mut bytes::BytesMut) {
+        use std::fmt::Write;
+        let _ = write!(out, "id: {}\nevent: {}\n", self.id, self.kind.as_str());
+        for line in self.json.split(['\n', '\r']) {
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\n");
+        }
+        out.extend_from_slice(b"\n");
     }
 }
 
@@ -563,6 +620,36 @@ pub async fn run_pipeline(
         match event {
             HookEvent::Connect(connect) => {
                 metrics.events_received.inc();
+                // A process whose kept answer earlier events vouch for: reported here, with no
+                // task and no procfs read (most connects).
+                if let Some(resolution) = resolver.vouched(connect.tgid, seen(&connect)) {
+                    let mut report = judge_connect(
+                        connect,
+                        Some(resolution),
+                        None,
+                        &policies,
+                        &destinations.current(),
+                    );
+                    if let Some(enforcer) = &enforcer {
+                        report.decided_by = report
+                            .event
+                            .policy
+                            .and_then(|id| enforcer.policy_name(report.event.ruleset, id));
+                    }
+                    let pending = report.event.decision == kernel_hook::Decision::Pending;
+                    let tgid = report.event.tgid;
+                    bus.publish(BusEvent {
+                        kind: EventKind::Connect,
+                        payload: Payload::Connect(Arc::new(report)),
+                    });
+                    if let Some(enforcer) = enforcer.clone().filter(|_| pending) {
+                        let (resolver, policies) = (Arc::clone(&resolver), Arc::clone(&policies));
+                        tokio::spawn(async move {
+                            enforce(&enforcer, &resolver, &policies, tgid).await;
+                        });
+                    }
+                    continue;
+                }
                 let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                     break;
                 };
@@ -626,6 +713,12 @@ pub async fn run_pipeline(
                     });
                 });
             }
+            HookEvent::CgroupMove { tgid } => {
+                metrics.events_received.inc();
+                // Its container and cgroup labels may be others now: collected again at its
+                // next connect or lookup.
+                resolver.forget(tgid);
+            }
             HookEvent::Exit { tgid } => {
                 metrics.events_received.inc();
                 resolver.forget(tgid);
@@ -650,10 +743,31 @@ pub async fn report_connect(
     policies: &PolicyStore,
     destinations: &Snapshot,
 ) -> ConnectReport {
-    let (resolution, resolution_error) = match resolver.resolve(event.tgid).await {
+    let (resolution, resolution_error) = match resolver.resolve_seen(event.tgid, seen(&event)).await
+    {
         Ok(resolution) => (Some(resolution), None),
         Err(error) => (None, Some(error.to_string())),
     };
+    judge_connect(event, resolution, resolution_error, policies, destinations)
+}
+
+/// What a connect event says of its process (see [`crate::resolver::Seen`]).
+fn seen(event: &ConnectEvent) -> crate::resolver::Seen {
+    crate::resolver::Seen {
+        euid: event.euid,
+        egid: event.egid,
+        cgroup_id: event.cgroup_id,
+    }
+}
+
+/// The report of a connect whose process was resolved (or not): its policies and destination.
+fn judge_connect(
+    event: ConnectEvent,
+    resolution: Option<Arc<Resolution>>,
+    resolution_error: Option<String>,
+    policies: &PolicyStore,
+    destinations: &Snapshot,
+) -> ConnectReport {
     let protocol = match event.protocol {
         kernel_hook::Protocol::Tcp => selectors::Protocol::Tcp,
         kernel_hook::Protocol::Udp => selectors::Protocol::Udp,

@@ -103,7 +103,7 @@ async fn connect_events_reach_subscribers_with_labels_and_verdict() {
     // An exit event drops the process from the cache. (An answer is cached once this test
     // binary's hash is known: hashing a large debug binary may outlast the first lookup.)
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while agent.state.resolver.cached_processes() == 0 {
+    while !agent.state.resolver.cached_pids().contains(&me) {
         assert!(tokio::time::Instant::now() < deadline, "never cached");
         let _ = agent.state.resolver.resolve(me).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -113,7 +113,8 @@ async fn connect_events_reach_subscribers_with_labels_and_verdict() {
         .send(HookEvent::Exit { tgid: me })
         .await
         .unwrap();
-    wait_for(|| agent.state.resolver.cached_processes() == 0).await;
+    // (Only this process: the agent also resolves the node's listening processes.)
+    wait_for(|| !agent.state.resolver.cached_pids().contains(&me)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

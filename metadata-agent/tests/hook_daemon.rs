@@ -262,3 +262,144 @@ async fn the_daemon_detaches_its_programs_on_sigterm_and_sigint() {
         );
     }
 }
+
+/// Connects of a cached process are answered from its kept answer without reading procfs, as
+/// long as the hook's events vouch that nothing changed. A move to another cgroup must void
+/// that, also one that only the kernel's event tells (a cgroup v1 hierarchy: the process's
+/// cgroup v2 id stays the same), and new effective ids must show in the next connect's labels,
+/// also for a process that made itself undumpable first (some kernels then show its procfs
+/// files owned by root, before and after: the agent compares the event's ids with the labels').
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cgroup_move_or_new_ids_show_in_the_next_connect() {
+    if !common::require(common::is_root(), "root (to load BPF programs)") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    // A cgroup v1 hierarchy where there is one (a hybrid host, as here), else the v2 one.
+    let v1 = std::path::Path::new("/sys/fs/cgroup/pids");
+    let v1 = rustix::fs::statfs(v1)
+        .is_ok_and(|fs| fs.f_type == 0x0027_e0eb /* CGROUP_SUPER_MAGIC */);
+    let moved_to = if v1 {
+        let dir = std::path::PathBuf::from(format!(
+            "/sys/fs/cgroup/pids/ma-test-{}-vouch",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    } else {
+        let cgroup = test_support::cgroup::TestCgroup::new("vouch");
+        let dir = cgroup.path().to_owned();
+        std::mem::forget(cgroup);
+        dir
+    };
+    let mut config = Config::default();
+    config.resolver.prestart = false;
+    let observer = agent(config).await;
+    let mut subscription = observer.state.bus.subscribe().unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = socket.local_addr().unwrap().port();
+    drop(socket);
+    // Three connects to `port`; a move, a pause and one to `port + 1`; undumpable, new
+    // effective ids and one to `port + 2`.
+    let script = format!(
+        r#"
+import ctypes, os, socket, time
+def connect(port, pause=0.4):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(("127.0.0.1", port))
+    s.close()
+    time.sleep(pause)
+time.sleep(0.5)
+for _ in range(3):
+    connect({port})
+open("{procs}", "w").write(str(os.getpid()))
+time.sleep(1.0)
+connect({port} + 1)
+ctypes.CDLL(None).prctl(4, 0)  # PR_SET_DUMPABLE, 0
+os.setegid(4242)
+os.seteuid(4242)
+connect({port} + 2)
+"#,
+        procs = moved_to.join("cgroup.procs").display(),
+    );
+    let child = std::thread::spawn(move || {
+        Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap()
+    });
+    let mut events = Vec::new();
+    let (mut vouched_before, mut vouched_after) = (false, true);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while events.len() < 5 {
+            let delivered = subscription.next().await.unwrap();
+            let event: serde_json::Value = serde_json::from_str(&delivered.json).unwrap();
+            let at = event["event"]["port"].as_u64().unwrap_or(0);
+            if event["kind"] != "connect" || !(port..=port + 2).contains(&(at as u16)) {
+                continue;
+            }
+            if events.len() == 2 {
+                // The first connects vouched for the kept answer, which the agent now gives
+                // without reading procfs; once the process has moved (0.4 s after this
+                // connect) it no longer does.
+                let seen = metadata_agent::resolver::Seen {
+                    euid: 0,
+                    egid: 0,
+                    cgroup_id: event["event"]["cgroup_id"].as_u64().unwrap(),
+                };
+                let pid = event["event"]["tgid"].as_u64().unwrap() as u32;
+                vouched_before = observer.state.resolver.vouched(pid, seen).is_some();
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                vouched_after = observer.state.resolver.vouched(pid, seen).is_some();
+            }
+            events.push(event);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("5 connects expected, got {events:#?}"));
+    let output = child.join().unwrap();
+    let _ = std::fs::remove_dir(&moved_to);
+    assert!(output.status.success(), "{output:?}");
+    assert!(vouched_before, "the connects vouched for the kept answer");
+    assert!(!vouched_after, "the move voided the voucher");
+    let label = |event: &serde_json::Value, key: &str| event["labels"][key][0].clone();
+    let pid = events[0]["event"]["tgid"].as_u64().unwrap() as u32;
+    for event in &events[..3] {
+        assert_eq!(event["event"]["port"], port);
+        assert_eq!(label(event, "process:uid:effective"), "0");
+    }
+    let moved = &events[3];
+    assert_eq!(moved["event"]["port"], port + 1);
+    if !v1 {
+        assert_eq!(
+            format!(
+                "/{}",
+                label(moved, "process:cgroup")
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches('/')
+            ),
+            format!(
+                "/{}",
+                moved_to
+                    .strip_prefix(test_support::cgroup::v2_root())
+                    .unwrap()
+                    .display()
+            ),
+            "the move shows: {moved:#}"
+        );
+    }
+    let setuid = &events[4];
+    assert_eq!(setuid["event"]["port"], port + 2);
+    assert_eq!(setuid["event"]["euid"], 4242);
+    assert_eq!(setuid["event"]["egid"], 4242);
+    assert_eq!(
+        label(setuid, "process:uid:effective"),
+        "4242",
+        "the new ids show: {setuid:#}"
+    );
+    assert_eq!(label(setuid, "process:gid:effective"), "4242");
+    assert_eq!(label(setuid, "process:uid:real"), "0");
+    assert_eq!(label(setuid, "process:pid"), pid.to_string());
+    observer.detach_hook();
+}

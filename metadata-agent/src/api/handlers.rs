@@ -8,9 +8,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use labels::{LabelSet, TrustMap};
 use selectors::Target;
 use serde::Deserialize;
@@ -440,7 +439,7 @@ pub async fn events(
     State(state): State<Arc<AppState>>,
     query: Result<Query<EventsQuery>, QueryRejection>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<impl axum::response::IntoResponse, ApiError> {
     let Query(query) = query?;
     let filter = event_filter(&query)?;
     let header = headers
@@ -470,20 +469,41 @@ pub async fn events(
                     "{max} subscribers are streaming events already (events.maxSubscribers)"
                 )),
             })?;
+    // Every event queued when the stream is polled goes out in one write: at high rates that
+    // is one frame (and one wakeup) for many events.
     let events = futures_util::stream::unfold(subscription, |mut subscription| async move {
-        let delivered = subscription.next().await?;
-        let event = Event::default()
-            .id(delivered.id.to_string())
-            .event(delivered.kind.as_str())
-            .data(delivered.json.as_ref());
-        Some((Ok(event), subscription))
+        let mut frame = bytes::BytesMut::new();
+        match tokio::time::timeout(SSE_KEEP_ALIVE, subscription.next()).await {
+            Ok(Some(delivered)) => delivered.write_sse(&mut frame),
+            Ok(None) => return None,
+            // Quiet: a comment keeps proxies and the client from timing the stream out.
+            Err(_) => frame.extend_from_slice(b":\n\n"),
+        }
+        while frame.len() < SSE_FRAME_BYTES
+            && let Some(delivered) = subscription.try_next()
+        {
+            delivered.write_sse(&mut frame);
+        }
+        Some((Ok::<_, Infallible>(frame.freeze()), subscription))
     });
     // A first comment makes the response head go out now, not with the first event.
-    let hello = futures_util::stream::once(std::future::ready(Ok(
-        Event::default().comment("subscribed to events")
-    )));
-    Ok(Sse::new(hello.chain(events)).keep_alive(KeepAlive::default()))
+    let hello = futures_util::stream::once(std::future::ready(Ok(bytes::Bytes::from_static(
+        b": subscribed to events\n\n",
+    ))));
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "text/event-stream"),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(hello.chain(events)),
+    ))
 }
+
+/// How long an `/events` stream may stay silent before a comment is sent.
+const SSE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Events are gathered into one write up to about this many bytes.
+const SSE_FRAME_BYTES: usize = 64 * 1024;
 
 /// `GET /healthz`: alive, with what is degraded.
 pub async fn healthz(

@@ -39,6 +39,7 @@ use caches::{ContainerKey, ProcessEntry, ProcessKey, ScopedCache, scoped_cache};
 pub use caches::{ResolverLimits, ScopeEntry};
 use history::CollectorHistory;
 pub use history::CollectorState;
+pub use kept::Seen;
 use kept::{KeptAnswer, kept_answer_capacity};
 
 /// Why a PID could not be resolved.
@@ -76,9 +77,42 @@ pub struct Resolution {
     /// made from them holds only for an image the process ran since before then.
     #[serde(skip)]
     pub collected_ns: u64,
+    /// `labels` and `trust` as JSON, made once for all the events that carry this resolution
+    /// (every connect of a cached process shares it): see [`Resolution::labels_json`].
+    #[serde(skip)]
+    pub labels_json: std::sync::OnceLock<LabelsJson>,
+}
+
+/// A resolution's `labels` and `trust`, serialized.
+#[derive(Debug, Clone)]
+pub struct LabelsJson {
+    /// `labels` as a JSON object.
+    pub labels: Box<serde_json::value::RawValue>,
+    /// `trust` as a JSON object.
+    pub trust: Box<serde_json::value::RawValue>,
 }
 
 impl Resolution {
+    /// `labels` and `trust` as JSON, serialized at the first call and kept.
+    pub fn labels_json(&self) -> &LabelsJson {
+        self.labels_json.get_or_init(|| {
+            struct Labels<'a>(&'a LabelSet);
+            impl Serialize for Labels<'_> {
+                fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                    labels::serialize_map(self.0, s)
+                }
+            }
+            let raw = |text: serde_json::Result<String>| {
+                text.and_then(serde_json::value::RawValue::from_string)
+                    .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned())
+            };
+            LabelsJson {
+                labels: raw(serde_json::to_string(&Labels(&self.labels))),
+                trust: raw(serde_json::to_string(&self.trust)),
+            }
+        })
+    }
+
     /// Whether a later collection may complete what this one lacks (a hash still being
     /// computed, an exec in progress).
     pub fn provisional(&self) -> bool {
@@ -109,6 +143,9 @@ pub struct Resolver {
     answers: Cache<u32, Arc<KeptAnswer>>,
     node: RwLock<Arc<ScopeEntry>>,
     node_ready: std::sync::atomic::AtomicBool,
+    /// Bumped when hook events were lost or dropped: an exec or a cgroup move may have gone
+    /// unseen, so no kept answer is vouched for by events any more (see [`Seen`]).
+    hook_epoch: std::sync::atomic::AtomicU64,
     history: CollectorHistory,
     catalog: Arc<KeyCatalog>,
 }
@@ -137,6 +174,7 @@ impl Resolver {
             answers: Cache::new(kept_answer_capacity()),
             node: RwLock::new(Arc::new(ScopeEntry::empty())),
             node_ready: std::sync::atomic::AtomicBool::new(false),
+            hook_epoch: std::sync::atomic::AtomicU64::new(1),
             history: CollectorHistory::new(&registry),
             catalog: Arc::new(KeyCatalog::new(&registry)),
             placement: ContainersConfig::default(),
@@ -231,6 +269,7 @@ impl Resolver {
             resolved_at: humantime::format_rfc3339_millis(entry.resolved_at).to_string(),
             cached: found.cached,
             collected_ns: entry.collected_ns,
+            labels_json: std::sync::OnceLock::new(),
         }
     }
 

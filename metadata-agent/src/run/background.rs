@@ -111,12 +111,16 @@ impl Agent {
 
         if let Some(reader) = self.hook_reader.take() {
             let (lost, dropped) = (Arc::clone(&state.metrics), Arc::clone(&state.metrics));
+            // A missed exec or cgroup move must not let events vouch for an answer.
+            let (missed, missed_too) = (Arc::clone(&state.resolver), Arc::clone(&state.resolver));
             tokio::spawn(reader.run(
                 self.hook_events.clone(),
                 move |n| {
+                    missed.hook_events_missed();
                     lost.events_lost.inc_by(n);
                 },
                 move |n| {
+                    missed_too.hook_events_missed();
                     dropped
                         .events_dropped
                         .get_or_create(&crate::metrics::DropLabels {

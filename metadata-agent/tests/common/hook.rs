@@ -9,6 +9,10 @@ pub fn connect_event(tgid: u32, port: u16) -> HookEvent {
         tid: tgid,
         uid: 0,
         gid: 0,
+        // What the kernel would report: the test process's own.
+        // SAFETY: geteuid and getegid cannot fail.
+        euid: unsafe { libc::geteuid() },
+        egid: unsafe { libc::getegid() },
         cgroup_id: 1,
         comm: "test".to_owned(),
         protocol: Protocol::Tcp,
