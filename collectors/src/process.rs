@@ -190,9 +190,15 @@ impl ProcDir {
         Ok(fd.into())
     }
 
-    /// Reads the file `name` whole (see [`read_proc_file`]).
+    /// Reads the one-record file `name` whole (`stat`, `status`, `cgroup`; see
+    /// [`read_proc_file`]).
     pub fn read(&self, name: &str) -> io::Result<Vec<u8>> {
         read_whole(self.open_file(name)?)
+    }
+
+    /// Reads the table `name` whole (`net/tcp`: many records, a page or so per read).
+    pub fn read_table(&self, name: &str) -> io::Result<Vec<u8>> {
+        read_table(self.open_file(name)?)
     }
 
     /// What the process of this directory runs as now; `None` for a kernel thread (no
@@ -249,10 +255,24 @@ pub(crate) fn read_proc_file(path: &std::path::Path) -> io::Result<Vec<u8>> {
     read_whole(std::fs::File::open(path)?)
 }
 
-/// Reads `file` to its end. procfs reports a size of 0, so unlike `std::fs::read` (a stat, a
-/// seek, then a read per doubling of its buffer) this asks for no metadata and starts with a
-/// buffer that holds a typical file: one read, and the one that sees the end.
-fn read_whole(mut file: std::fs::File) -> io::Result<Vec<u8>> {
+/// Reads a one-record file (see [`read_whole`]) to its end. procfs reports a size of 0, so
+/// unlike `std::fs::read` (a stat, a seek, then a read per doubling of its buffer) this asks
+/// for no metadata and starts with a buffer that holds a typical file. A read that fills less
+/// than it was given has reached the end: procfs makes a one-record file (`stat`, `status`,
+/// `cgroup`, `comm`: `single_open` in the kernel) whole at the first read and copies all of
+/// it that fits, and a regular file (a recorded tree) reads short only at its end. So a
+/// typical file takes one read, not two.
+fn read_whole(file: std::fs::File) -> io::Result<Vec<u8>> {
+    read_until(file, true)
+}
+
+/// Reads `file` to the read that returns nothing: for tables of many records (`net/tcp`), of
+/// which procfs gives a page or so per read, whatever the buffer.
+pub(crate) fn read_table(file: std::fs::File) -> io::Result<Vec<u8>> {
+    read_until(file, false)
+}
+
+fn read_until(mut file: std::fs::File, short_read_ends: bool) -> io::Result<Vec<u8>> {
     use std::io::Read;
     let mut content = vec![0; 4096];
     let mut len = 0;
@@ -260,9 +280,15 @@ fn read_whole(mut file: std::fs::File) -> io::Result<Vec<u8>> {
         if len == content.len() {
             content.resize(len * 2, 0);
         }
+        let asked = content.len() - len;
         match file.read(&mut content[len..]) {
             Ok(0) => break,
-            Ok(read) => len += read,
+            Ok(read) => {
+                len += read;
+                if short_read_ends && read < asked {
+                    break;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }

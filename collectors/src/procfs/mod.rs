@@ -715,8 +715,22 @@ fn escape_path(path: &Path) -> String {
 /// Reads at most [`MAX_READ_BYTES`] of `file`; the flag says whether there was more.
 fn read_capped(file: io::Result<std::fs::File>) -> io::Result<(Vec<u8>, bool)> {
     use std::io::Read;
-    let mut content = Vec::with_capacity(4096);
-    file?.take(MAX_READ_BYTES + 1).read_to_end(&mut content)?;
+    let mut file = file?;
+    let mut content = vec![0; 4096];
+    let first = loop {
+        match file.read(&mut content) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => break other?,
+        }
+    };
+    // `cmdline` and `environ` read short only at their end: most take this one read.
+    if first < content.len() {
+        content.truncate(first);
+        return Ok((content, false));
+    }
+    content.truncate(first);
+    file.take(MAX_READ_BYTES + 1 - first as u64)
+        .read_to_end(&mut content)?;
     let cut = content.len() as u64 > MAX_READ_BYTES;
     content.truncate(MAX_READ_BYTES as usize);
     Ok((content, cut))

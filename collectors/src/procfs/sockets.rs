@@ -83,7 +83,7 @@ pub fn listening_of(dir: &ProcDir) -> Vec<Listening> {
             Err(error) => tracing::debug!("sock_diag: {error}; reading the net/* tables"),
         }
     }
-    listening(|table| dir.read(&format!("net/{table}")))
+    listening(|table| dir.read_table(&format!("net/{table}")))
 }
 
 /// The listening sockets of the network namespace of the proc root `proc` (`/proc/net` is the
@@ -380,7 +380,7 @@ mod tests {
         let dir = ProcDir::open(&roots, std::process::id()).unwrap();
         let (inodes, cut) = socket_inodes(&dir).unwrap();
         assert!(!cut);
-        let ours: Vec<_> = listening(|table| dir.read(&format!("net/{table}")))
+        let ours: Vec<_> = listening(|table| dir.read_table(&format!("net/{table}")))
             .into_iter()
             .filter(|l| inodes.contains(&l.inode))
             .map(|l| l.binding())

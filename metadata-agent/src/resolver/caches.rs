@@ -87,7 +87,8 @@ pub(super) struct ProcessEntry {
     pub reports: Vec<CollectorReport>,
     /// When they were collected.
     pub resolved_at: SystemTime,
-    pub container: Option<ContainerIdentity>,
+    /// Boxed: most processes are in no container, and the cache holds tens of thousands.
+    pub container: Option<Box<ContainerIdentity>>,
     /// Why there is no container, when there is none.
     pub container_note: Option<String>,
     /// Keys whose values are only `self` for this process (usually none).

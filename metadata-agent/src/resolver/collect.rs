@@ -46,7 +46,7 @@ impl Resolver {
             labels: scope.labels.freeze(),
             reports: scope.reports,
             resolved_at: scope.resolved_at,
-            container: subject.container,
+            container: subject.container.map(Box::new),
             container_note: subject.container_note,
             untrusted: scope.untrusted.into_boxed_slice(),
             image,

@@ -262,7 +262,7 @@ impl Resolver {
         Resolution {
             pid: found.process.pid,
             start_time_ticks: found.process.start_ticks,
-            container: entry.container.clone(),
+            container: entry.container.as_deref().cloned(),
             labels,
             trust,
             collectors: reports,
