@@ -482,6 +482,9 @@ fn pinned_enforcement_outlives_the_hook_and_is_adopted_then_removed() {
         std::thread::sleep(std::time::Duration::from_millis(20));
         answer = process.ask(&connect);
     }
-    assert_eq!(answer, "ok", "the programs detach once the pins are removed");
+    assert_eq!(
+        answer, "ok",
+        "the programs detach once the pins are removed"
+    );
     assert!(!Hook::remove_pins(&pins).unwrap(), "nothing left to remove");
 }
