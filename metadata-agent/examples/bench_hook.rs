@@ -4,8 +4,8 @@
 //! detached and attached, in alternating rounds so drift hits both alike; prints the time per
 //! connect of each and their ratio. The attached rounds drain the ring buffer as the agent
 //! does. With `enforce`, the attached rounds judge each connect: this process has a rule set of
-//! per-destination rules (64 prefixes, the covering one holding several rules ahead of the one
-//! that allows), as policies with `to` compile to.
+//! 10 016 per-destination rules (313 prefixes of 32 rules; the covering one's last rule allows),
+//! as policies with `to` compile to.
 //! `bench_hook flood-udp [RATE] [SECONDS] [THREADS]` — UDP connects at RATE per second
 //! (default 100 000) for SECONDS (default 3) from THREADS threads (default 2); prints how many
 //! were made. `bench/run` runs it against a running agent and reads the agent's event counters.
@@ -65,19 +65,24 @@ fn enforce(hook: &mut Hook, port: u16) {
         verdict: verdict.value() as u8,
         policy,
     };
+    // 312 prefixes of 32 rules each, and the covering one's 32: 10 016 rules, and the connect
+    // is allowed by the last rule of its prefix (the longest scan a prefix can take).
+    let full = abi::RULES_PER_PREFIX as u16;
     let mut prefixes = Vec::new();
-    for n in 0..63u8 {
-        let list = RuleList::new(&[rule(443, 443, Verdict::Allow, u16::from(n))]).unwrap();
-        let address = std::net::Ipv4Addr::new(10, n, 0, 0).to_ipv6_mapped();
+    for n in 0..312u16 {
+        let rules: Vec<Rule> = (0..full)
+            .map(|r| rule(2000 + r, 2000 + r, Verdict::Allow, n % 100))
+            .collect();
+        let address = std::net::Ipv4Addr::new(10, (n / 256) as u8, (n % 256) as u8, 0);
         prefixes.push((
             Prefix {
-                address,
-                length: 96 + 16,
+                address: address.to_ipv6_mapped(),
+                length: 96 + 24,
             },
-            list,
+            RuleList::new(&rules).unwrap(),
         ));
     }
-    let mut covering: Vec<Rule> = (0..7)
+    let mut covering: Vec<Rule> = (0..full - 1)
         .map(|n| rule(1000 + n, 1000 + n, Verdict::Deny, 100))
         .collect();
     covering.push(rule(port, port, Verdict::Allow, 101));
