@@ -762,15 +762,56 @@ impl EventReader {
     }
 
     /// Moves every queued event into `sink`; returns how many records there were.
-    fn drain_events(&mut self, mut sink: impl FnMut(HookEvent)) -> usize {
+    fn drain_events(&mut self, sink: impl FnMut(HookEvent)) -> usize {
+        self.drain_some(usize::MAX, sink)
+    }
+
+    /// Moves up to `limit` queued events into `sink`; returns how many records there were.
+    fn drain_some(&mut self, limit: usize, mut sink: impl FnMut(HookEvent)) -> usize {
         let mut records = 0;
-        while let Some(record) = self.ring.next() {
+        while records < limit
+            && let Some(record) = self.ring.next()
+        {
             records += 1;
             if let Some(event) = parse_event(&record) {
                 sink(event);
             }
         }
         records
+    }
+
+    /// Drains the ring into `events` a chunk at a time; returns how many records there were.
+    /// Kernel losses are told (`lost`) before the events drained with them are passed on: an
+    /// event that follows a lost one (an exec the consumer never saw) must not be handled as if
+    /// nothing had been missed. Each event the channel refuses is told (`dropped`) at once,
+    /// before the next is passed on.
+    fn forward(
+        &mut self,
+        batch: &mut Vec<HookEvent>,
+        events: &mpsc::Sender<HookEvent>,
+        lost: &impl Fn(u64),
+        dropped: &impl Fn(u64),
+    ) -> usize {
+        const CHUNK: usize = 1024;
+        let mut records = 0;
+        loop {
+            let chunk = self.drain_some(CHUNK, |event| batch.push(event));
+            records += chunk;
+            if chunk > 0 {
+                let new_lost = self.new_lost();
+                if new_lost > 0 {
+                    lost(new_lost);
+                }
+            }
+            for event in batch.drain(..) {
+                if events.try_send(event).is_err() {
+                    dropped(1);
+                }
+            }
+            if chunk < CHUNK {
+                return records;
+            }
+        }
     }
 
     /// How many events the kernel reported lost since the last call.
@@ -813,18 +854,13 @@ impl EventReader {
         let mut ticker = tokio::time::interval(DRAIN_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut quiet = 0;
+        let mut batch = Vec::with_capacity(1024);
         loop {
             ticker.tick().await;
             if events.is_closed() {
                 break;
             }
-            let mut full = 0;
-            let mut forward = |event| {
-                if events.try_send(event).is_err() {
-                    full += 1;
-                }
-            };
-            let mut records = self.drain_events(&mut forward);
+            let records = self.forward(&mut batch, &events, &lost, &dropped);
             if records == 0 {
                 quiet += 1;
             } else {
@@ -835,8 +871,7 @@ impl EventReader {
                 && self.set_asleep(true)
             {
                 // An event submitted before the flag was set did not wake anyone.
-                records += self.drain_events(&mut forward);
-                if records == 0 {
+                if self.forward(&mut batch, &events, &lost, &dropped) == 0 {
                     loop {
                         match tokio::time::timeout(SLEEP_CHECK, ring.readable()).await {
                             Ok(Ok(mut ready)) => {
@@ -856,15 +891,6 @@ impl EventReader {
                 }
                 self.set_asleep(false);
                 quiet = 0;
-            }
-            if records > 0 || quiet == 0 {
-                let new_lost = self.new_lost();
-                if new_lost > 0 {
-                    lost(new_lost);
-                }
-            }
-            if full > 0 {
-                dropped(full);
             }
         }
     }
