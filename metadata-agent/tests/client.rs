@@ -65,10 +65,12 @@ fn get_asks_a_running_agent_over_its_socket_with_the_token() {
         ]
         .concat(),
     );
+    assert!(output.status.success(), "{output:?}");
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(json["labels"]["process:pid"][0], me.as_str());
     assert_eq!(json["selectors"]["verdict"], "allow");
     let output = client(&[&["get", me.as_str(), "-o", "yaml"][..], &base].concat());
+    assert!(output.status.success(), "{output:?}");
     let yaml: serde_json::Value =
         serde_saphyr::from_str(&String::from_utf8(output.stdout).unwrap()).unwrap();
     assert_eq!(yaml["labels"], json["labels"]);
