@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::daemon::{Daemon, token_config};
-use common::hook::connect_event;
+use common::hook::{connect_event, feed};
 use kernel_hook::HookEvent;
 use metadata_agent::config::Config;
 use metadata_agent::run::Agent;
@@ -117,18 +117,8 @@ async fn events_prints_the_kept_events_filters_them_and_follows() {
     let router = agent.router();
     tokio::spawn(async move { axum::serve(listener, router).await });
     let me = std::process::id();
-    for port in [7001, 7002] {
-        agent
-            .hook_events
-            .send(connect_event(me, port))
-            .await
-            .unwrap();
-    }
-    agent
-        .hook_events
-        .send(HookEvent::Exit { tgid: 4_000_001 })
-        .await
-        .unwrap();
+    feed(&agent, [7001, 7002].map(|port| connect_event(me, port))).await;
+    feed(&agent, [HookEvent::Exit { tgid: 4_000_001 }]).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while agent.state.bus.last_id() < 3 {
         assert!(tokio::time::Instant::now() < deadline);
@@ -178,11 +168,7 @@ async fn events_prints_the_kept_events_filters_them_and_follows() {
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    agent
-        .hook_events
-        .send(connect_event(me, 7003))
-        .await
-        .unwrap();
+    feed(&agent, [connect_event(me, 7003)]).await;
     let stdout = follower.stdout.take().unwrap();
     let line = tokio::task::spawn_blocking(move || {
         use std::io::BufRead;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::hook::connect_event;
+use common::hook::{connect_event, feed};
 use kernel_hook::HookEvent;
 use metadata_agent::config::Config;
 use metadata_agent::run::Agent;
@@ -71,11 +71,7 @@ async fn connect_events_reach_subscribers_with_labels_and_verdict() {
     wait_for(|| agent.state.metrics.subscribers.get() == 1).await;
 
     let me = std::process::id();
-    agent
-        .hook_events
-        .send(connect_event(me, 8443))
-        .await
-        .unwrap();
+    feed(&agent, [connect_event(me, 8443)]).await;
     wait_for(|| seen.load(Ordering::SeqCst) == 1).await;
     let record = first.lock().unwrap().clone();
     let json: serde_json::Value = serde_json::from_str(
@@ -108,11 +104,7 @@ async fn connect_events_reach_subscribers_with_labels_and_verdict() {
         let _ = agent.state.resolver.resolve(me).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    agent
-        .hook_events
-        .send(HookEvent::Exit { tgid: me })
-        .await
-        .unwrap();
+    feed(&agent, [HookEvent::Exit { tgid: me }]).await;
     // (Only this process: the agent also resolves the node's listening processes.)
     wait_for(|| !agent.state.resolver.cached_pids().contains(&me)).await;
 }
@@ -148,11 +140,7 @@ async fn a_subscriber_that_stops_reading_is_dropped_and_the_others_get_everythin
 
     let me = std::process::id();
     for n in 0..EVENTS {
-        agent
-            .hook_events
-            .send(connect_event(me, (n % 60_000) as u16 + 1))
-            .await
-            .unwrap();
+        feed(&agent, [connect_event(me, (n % 60_000) as u16 + 1)]).await;
         if n % WINDOW == WINDOW - 1 {
             // Keep the fast subscriber within its buffer; the slow one falls behind freely.
             wait_for(|| seen.load(Ordering::SeqCst) + WINDOW > n).await;
@@ -322,16 +310,8 @@ async fn filters_choose_events_by_kind_verdict_policy_and_labels() {
         assert_eq!(response.status().as_u16(), 400, "{bad}");
     }
 
-    agent
-        .hook_events
-        .send(connect_event(me, 2001))
-        .await
-        .unwrap();
-    agent
-        .hook_events
-        .send(HookEvent::Exit { tgid: 4_000_000 })
-        .await
-        .unwrap();
+    feed(&agent, [connect_event(me, 2001)]).await;
+    feed(&agent, [HookEvent::Exit { tgid: 4_000_000 }]).await;
     let exit = read_events(&mut exits, 1).await;
     assert_eq!(
         (exit[0].1.as_str(), &exit[0].2["tgid"]),
@@ -370,11 +350,7 @@ async fn events_are_written_to_a_rotated_json_lines_file() {
     // Each connect line holds this process's labels: a few KiB, so a few lines a file.
     let total = 40u64;
     for port in 0..total {
-        agent
-            .hook_events
-            .send(connect_event(me, 3000 + port as u16))
-            .await
-            .unwrap();
+        feed(&agent, [connect_event(me, 3000 + port as u16)]).await;
     }
     wait_for(|| agent.state.bus.last_id() == total).await;
     let rotated = |n: u32| std::path::PathBuf::from(format!("{}.{n}", path.display()));

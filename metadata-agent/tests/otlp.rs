@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::hook::connect_event;
+use common::hook::{connect_event, feed};
 use kernel_hook::HookEvent;
 use metadata_agent::config::Config;
 use metadata_agent::otlp::OtlpConfig;
@@ -102,18 +102,12 @@ async fn events_arrive_at_an_otlp_receiver_as_log_records() {
     };
     let agent = agent(otlp(format!("http://127.0.0.1:{}", receiver.port), 2, 64));
     let me = std::process::id();
-    for port in [9101, 9102, 9103] {
-        agent
-            .hook_events
-            .send(connect_event(me, port))
-            .await
-            .unwrap();
-    }
-    agent
-        .hook_events
-        .send(HookEvent::Exit { tgid: 4_000_002 })
-        .await
-        .unwrap();
+    feed(
+        &agent,
+        [9101, 9102, 9103].map(|port| connect_event(me, port)),
+    )
+    .await;
+    feed(&agent, [HookEvent::Exit { tgid: 4_000_002 }]).await;
     let records = || -> Vec<serde_json::Value> {
         std::fs::read_to_string(&receiver.out)
             .unwrap_or_default()
@@ -185,13 +179,7 @@ async fn a_collector_that_is_down_costs_the_oldest_events_counted_not_memory() {
     drop(closed);
     let agent = agent(otlp(format!("http://127.0.0.1:{port}"), 1, 2));
     let me = std::process::id();
-    for port in 9200..9210 {
-        agent
-            .hook_events
-            .send(connect_event(me, port))
-            .await
-            .unwrap();
-    }
+    feed(&agent, (9200..9210).map(|port| connect_event(me, port))).await;
     let metrics = std::sync::Arc::clone(&agent.state.metrics);
     wait_for("events dropped from the full queue", || {
         metrics

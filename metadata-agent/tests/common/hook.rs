@@ -1,6 +1,7 @@
 //! Hook events made by a test, as the kernel hook would report them, fed to an in-process agent.
 
 use kernel_hook::{ConnectEvent, Decision, HookEvent, Protocol};
+use metadata_agent::run::Agent;
 
 /// An observed TCP connect of `tgid` to 127.0.0.1:`port`.
 pub fn connect_event(tgid: u32, port: u16) -> HookEvent {
@@ -24,4 +25,11 @@ pub fn connect_event(tgid: u32, port: u16) -> HookEvent {
         ruleset: 0,
         policy: None,
     })
+}
+
+/// Feeds `events` to the in-process agent's pipeline, as the hook's reader would.
+pub async fn feed(agent: &Agent, events: impl IntoIterator<Item = HookEvent>) {
+    for event in events {
+        agent.hook_events.send(event).await.unwrap();
+    }
 }
