@@ -895,20 +895,6 @@ async fn pods_with_addresses_of_their_own_are_the_nodes_workloads() {
     assert_eq!(kubelet.pod_lists_served(), served);
 }
 
-/// GET `path` of a running agent: (status, JSON body).
-async fn get_json(daemon: &common::daemon::Daemon, path: &str) -> (u16, serde_json::Value) {
-    let response = common::http_client()
-        .get(daemon.url(path))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (
-        status,
-        response.json().await.unwrap_or(serde_json::Value::Null),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_running_agent_answers_by_pod_container_and_cgroup_id() {
     let v2 = Path::new("/sys/fs/cgroup/unified");
@@ -948,7 +934,9 @@ async fn a_running_agent_answers_by_pod_container_and_cgroup_id() {
     let daemon = common::daemon::Daemon::start(&["--listen", "127.0.0.1:0", "--config", &config]);
 
     // By pod UID: the pod's labels, and its container's.
-    let (status, answer) = get_json(&daemon, &format!("/pods/{METRICS_SERVER_UID}")).await;
+    let (status, answer) = daemon
+        .get_json(&format!("/pods/{METRICS_SERVER_UID}"))
+        .await;
     assert_eq!(status, 200, "{answer:#}");
     assert_eq!(answer["uid"], METRICS_SERVER_UID, "{answer:#}");
     assert_eq!(
@@ -976,7 +964,7 @@ async fn a_running_agent_answers_by_pod_container_and_cgroup_id() {
 
     // By container id, whole or a 12-digit prefix.
     for asked in [id.as_str(), &id[..12]] {
-        let (status, answer) = get_json(&daemon, &format!("/containers/{asked}")).await;
+        let (status, answer) = daemon.get_json(&format!("/containers/{asked}")).await;
         assert_eq!(status, 200, "{asked}: {answer:#}");
         assert_eq!(answer["id"], id.as_str());
         assert_eq!(answer["pids"], serde_json::json!([pid]));
@@ -988,11 +976,9 @@ async fn a_running_agent_answers_by_pod_container_and_cgroup_id() {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(v2.join(&leaf)).unwrap().ino()
     };
-    let (status, answer) = get_json(
-        &daemon,
-        &format!("/metadata?cgroup_id={inode}&processes=true"),
-    )
-    .await;
+    let (status, answer) = daemon
+        .get_json(&format!("/metadata?cgroup_id={inode}&processes=true"))
+        .await;
     assert_eq!(status, 200, "{answer:#}");
     assert_eq!(answer["cgroup"], format!("/{leaf}"));
     assert_eq!(answer["container"]["id"], id.as_str());
@@ -1018,12 +1004,12 @@ async fn a_running_agent_answers_by_pod_container_and_cgroup_id() {
         ),
         Some((delegated, 1000)),
     );
-    let (status, answer) = get_json(&daemon, &format!("/containers/{proxy}")).await;
+    let (status, answer) = daemon.get_json(&format!("/containers/{proxy}")).await;
     assert_eq!(
         status, 404,
         "a forged container cgroup answered: {answer:#}"
     );
-    let (status, answer) = get_json(&daemon, &format!("/pods/{WEB_UID}")).await;
+    let (status, answer) = daemon.get_json(&format!("/pods/{WEB_UID}")).await;
     assert_eq!(status, 404, "a forged pod cgroup answered: {answer:#}");
     drop(forged);
 
@@ -1049,7 +1035,7 @@ async fn a_running_agent_answers_by_pod_container_and_cgroup_id() {
         ),
         ("/metadata".to_owned(), 400, "missing_parameter"),
     ] {
-        let (got, answer) = get_json(&daemon, &path).await;
+        let (got, answer) = daemon.get_json(&path).await;
         assert_eq!(
             (got, answer["error"]["code"].as_str()),
             (status, Some(code)),

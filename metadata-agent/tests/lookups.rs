@@ -21,16 +21,6 @@ async fn post(daemon: &Daemon, path: &str, body: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn get(daemon: &Daemon, path: &str) -> (u16, Value) {
-    let response = common::http_client()
-        .get(daemon.url(path))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_answers_each_pid_live_dead_or_invalid_in_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -103,26 +93,28 @@ async fn processes_are_found_by_a_selector_over_the_cache() {
     sleeper.arg("30").uid(4251).gid(4251);
     let mut sleeper = sleeper.spawn().unwrap();
     // Resolved once, so cached.
-    let (status, _) = get(&daemon, &format!("/metadata/{}", sleeper.id())).await;
+    let (status, _) = daemon
+        .get_json(&format!("/metadata/{}", sleeper.id()))
+        .await;
     assert_eq!(status, 200);
 
-    let (status, answer) = get(&daemon, "/processes?selector=process:uid=4251").await;
+    let (status, answer) = daemon
+        .get_json("/processes?selector=process:uid=4251")
+        .await;
     assert_eq!(status, 200, "{answer:#}");
     assert_eq!(answer["count"], 1, "{answer:#}");
     assert_eq!(answer["processes"][0]["pid"], sleeper.id());
-    let (_, answer) = get(
-        &daemon,
-        "/processes?selector=process:uid=4251,process:name=sleep",
-    )
-    .await;
+    let (_, answer) = daemon
+        .get_json("/processes?selector=process:uid=4251,process:name=sleep")
+        .await;
     assert_eq!(answer["count"], 1);
-    let (_, answer) = get(
-        &daemon,
-        "/processes?selector=process:uid=4251,process:name=bash",
-    )
-    .await;
+    let (_, answer) = daemon
+        .get_json("/processes?selector=process:uid=4251,process:name=bash")
+        .await;
     assert_eq!(answer["count"], 0);
-    let (_, answer) = get(&daemon, "/processes?selector=process:uid!=4251").await;
+    let (_, answer) = daemon
+        .get_json("/processes?selector=process:uid!=4251")
+        .await;
     assert!(
         answer["processes"]
             .as_array()
@@ -131,7 +123,7 @@ async fn processes_are_found_by_a_selector_over_the_cache() {
             .all(|p| p["pid"] != sleeper.id()),
         "{answer:#}"
     );
-    let (status, answer) = get(&daemon, "/processes?selector=process:uid=").await;
+    let (status, answer) = daemon.get_json("/processes?selector=process:uid=").await;
     assert_eq!(
         (status, answer["error"]["code"].as_str()),
         (400, Some("invalid_selector"))
@@ -172,7 +164,7 @@ async fn a_docker_container_is_found_by_its_id() {
     );
     let daemon = Daemon::start(&["--listen", "127.0.0.1:0", "--config", &config]);
     for asked in [id.as_str(), &id[..12]] {
-        let (status, answer) = get(&daemon, &format!("/containers/{asked}")).await;
+        let (status, answer) = daemon.get_json(&format!("/containers/{asked}")).await;
         assert_eq!(status, 200, "{asked}: {answer:#}");
         assert_eq!(answer["id"], id.as_str());
         assert_eq!(answer["pids"], json!([pid]));

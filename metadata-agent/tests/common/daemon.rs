@@ -18,6 +18,20 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// GET `path` of this agent: (status, JSON body, or null when it is not JSON).
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = super::http_client()
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     /// Starts `metadata-agent run` with `args` and waits until it listens.
     pub fn start(args: &[&str]) -> Self {
         Self::start_with_env(args, &[])
