@@ -247,6 +247,10 @@ static __attribute__((always_inline)) struct hook_event *reserve(__u32 kind)
 	event->decision = DECISION_OBSERVE;
 	for (int i = 0; i < 3; i++)
 		event->pad[i] = 0;
+	event->ppid = 0;
+	event->pad2 = 0;
+	event->start = 0;
+	event->parent_start = 0;
 	/* The effective ids, which (with exec and cgroup events) tell user space whether what it
 	 * resolved for this process still holds, without reading procfs per event. */
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
@@ -328,8 +332,9 @@ int sendmsg6(struct bpf_sock_addr *ctx)
 	return report(ctx, AF_INET6);
 }
 
-/* sched_process_fork(parent, child): a new process starts with its parent's rule set; a new
- * thread changes nothing. Runs in the parent, before the child does. */
+/* sched_process_fork(parent, child): a new process starts with its parent's rule set, and user
+ * space learns its parent (the lineage it keeps when the parent exits first); a new thread
+ * changes nothing. Runs in the parent, before the child does. */
 SEC("raw_tracepoint/sched_process_fork")
 int process_fork(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -349,6 +354,15 @@ int process_fork(struct bpf_raw_tracepoint_args *ctx)
 	/* Overwrites what a previous process with this PID left. */
 	bpf_map_update_elem(&PROCS, &key, &state, BPF_ANY);
 	bpf_map_delete_elem(&VERDICTS, &key);
+	struct hook_event *event = reserve(EVENT_FORK);
+	if (event) {
+		event->ppid = parent;
+		event->parent_start = start_ticks((struct task_struct *)bpf_get_current_task());
+		event->tgid = key;
+		event->tid = key;
+		event->start = state.start;
+		submit(event);
+	}
 	return 0;
 }
 
@@ -418,6 +432,7 @@ int process_exec(struct bpf_raw_tracepoint_args *ctx)
 		event->timestamp_ns = state.exec_ns;
 		event->ruleset = state.ruleset;
 		event->generation = state.generation;
+		event->start = state.start;
 		submit(event);
 	}
 	return 0;
@@ -441,8 +456,10 @@ int process_exit(struct bpf_raw_tracepoint_args *ctx)
 	bpf_map_delete_elem(&PROCS, &tgid);
 	bpf_map_delete_elem(&VERDICTS, &tgid);
 	struct hook_event *event = reserve(EVENT_EXIT);
-	if (event)
+	if (event) {
+		event->start = start_ticks(task);
 		submit(event);
+	}
 	return 0;
 }
 

@@ -19,6 +19,7 @@
 #define EVENT_EXEC 2
 #define EVENT_EXIT 3
 #define EVENT_CGROUP 4  /* a process (tgid) was moved to another cgroup, by itself or another */
+#define EVENT_FORK 5    /* a new process (tgid) was forked by ppid */
 
 #define PROTO_TCP 6
 #define PROTO_UDP 17
@@ -76,9 +77,13 @@ struct hook_event {
 	__u8 pad[3];
 	__u32 euid;        /* effective user id of the calling thread */
 	__u32 egid;        /* effective group id of the calling thread */
+	__u32 ppid;        /* fork: the parent, the process that forked it */
+	__u32 pad2;
+	__u64 start;       /* fork, exec, exit: the process's start time in USER_HZ ticks since boot */
+	__u64 parent_start;/* fork: the parent's */
 };
 
-#define HOOK_EVENT_SIZE 96
+#define HOOK_EVENT_SIZE 120
 #define HOOK_EVENT_OFF_KIND 0
 #define HOOK_EVENT_OFF_TGID 4
 #define HOOK_EVENT_OFF_TID 8
@@ -99,6 +104,10 @@ struct hook_event {
 #define HOOK_EVENT_OFF_PAD 85
 #define HOOK_EVENT_OFF_EUID 88
 #define HOOK_EVENT_OFF_EGID 92
+#define HOOK_EVENT_OFF_PPID 96
+#define HOOK_EVENT_OFF_PAD2 100
+#define HOOK_EVENT_OFF_START 104
+#define HOOK_EVENT_OFF_PARENT_START 112
 
 LAYOUT_SIZE(hook_event, HOOK_EVENT_SIZE);
 LAYOUT_FIELD(hook_event, kind, HOOK_EVENT_OFF_KIND);
@@ -121,6 +130,10 @@ LAYOUT_FIELD(hook_event, decision, HOOK_EVENT_OFF_DECISION);
 LAYOUT_FIELD(hook_event, pad, HOOK_EVENT_OFF_PAD);
 LAYOUT_FIELD(hook_event, euid, HOOK_EVENT_OFF_EUID);
 LAYOUT_FIELD(hook_event, egid, HOOK_EVENT_OFF_EGID);
+LAYOUT_FIELD(hook_event, ppid, HOOK_EVENT_OFF_PPID);
+LAYOUT_FIELD(hook_event, pad2, HOOK_EVENT_OFF_PAD2);
+LAYOUT_FIELD(hook_event, start, HOOK_EVENT_OFF_START);
+LAYOUT_FIELD(hook_event, parent_start, HOOK_EVENT_OFF_PARENT_START);
 
 /* PROCS[tgid], kept by the programs: what the kernel knows of a process. Created at fork (and,
  * for a process older than the hook, at its first connect or by the agent), renewed at each

@@ -123,7 +123,7 @@ mod tests {
         assert_eq!(abi::EVENT_CONNECT, 1);
         assert_eq!(abi::VERDICT_DENY, 2);
         assert_eq!(abi::SETTING_PENDING_VERDICT, 1);
-        assert_eq!(EVENT_SIZE, abi::HOOK_EVENT_OFF_PAD + 11);
+        assert_eq!(EVENT_SIZE, abi::HOOK_EVENT_OFF_PARENT_START + 8);
         assert_eq!(
             abi::RULE_LIST_SIZE,
             8 + abi::RULES_PER_PREFIX as usize * abi::RULE_SIZE

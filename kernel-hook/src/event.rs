@@ -93,6 +93,10 @@ pub enum HookEvent {
     Exec {
         /// The process.
         tgid: u32,
+        /// Its start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
+        start: u64,
+        /// Its new `comm` (the new executable's file name, at most 15 bytes).
+        comm: String,
         /// Kernel monotonic time of the exec, in nanoseconds since boot.
         timestamp_ns: u64,
         /// The process's exec generation from now on (verdicts name it).
@@ -104,6 +108,19 @@ pub enum HookEvent {
     Exit {
         /// The process.
         tgid: u32,
+        /// Its start time in clock ticks since boot.
+        start: u64,
+    },
+    /// A process forked a new process (not a thread).
+    Fork {
+        /// The new process.
+        tgid: u32,
+        /// Its start time in clock ticks since boot.
+        start: u64,
+        /// The process that forked it.
+        ppid: u32,
+        /// The parent's start time in clock ticks since boot.
+        parent_start: u64,
     },
     /// A process (one of its threads) was moved to another cgroup, on any hierarchy.
     CgroupMove {

@@ -57,6 +57,14 @@ pub struct RawEvent {
     pub euid: u32,
     /// Effective group id of the calling thread.
     pub egid: u32,
+    /// Fork: the parent, the process that forked it.
+    pub ppid: u32,
+    /// Padding to the next field's alignment.
+    pub pad2: u32,
+    /// Fork, exec, exit: the process's start time in clock ticks since boot.
+    pub start: u64,
+    /// Fork: the parent's start time in clock ticks since boot.
+    pub parent_start: u64,
 }
 
 const _: () = {
@@ -81,6 +89,10 @@ const _: () = {
     assert!(offset_of!(RawEvent, pad) == abi::HOOK_EVENT_OFF_PAD);
     assert!(offset_of!(RawEvent, euid) == abi::HOOK_EVENT_OFF_EUID);
     assert!(offset_of!(RawEvent, egid) == abi::HOOK_EVENT_OFF_EGID);
+    assert!(offset_of!(RawEvent, ppid) == abi::HOOK_EVENT_OFF_PPID);
+    assert!(offset_of!(RawEvent, pad2) == abi::HOOK_EVENT_OFF_PAD2);
+    assert!(offset_of!(RawEvent, start) == abi::HOOK_EVENT_OFF_START);
+    assert!(offset_of!(RawEvent, parent_start) == abi::HOOK_EVENT_OFF_PARENT_START);
 };
 
 impl RawEvent {
@@ -104,17 +116,34 @@ impl RawEvent {
     }
 }
 
+/// A `comm` field: up to its first NUL, bytes that are not UTF-8 replaced.
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
 /// Decodes one ring buffer record; `None` for a record too short or of an unknown kind.
 pub fn parse_event(record: &[u8]) -> Option<HookEvent> {
     let raw = RawEvent::read(record)?;
     match raw.kind {
         abi::EVENT_EXEC => Some(HookEvent::Exec {
             tgid: raw.tgid,
+            start: raw.start,
             timestamp_ns: raw.timestamp_ns,
             generation: raw.generation,
             ruleset: raw.ruleset,
+            comm: comm(&raw.comm),
         }),
-        abi::EVENT_EXIT => Some(HookEvent::Exit { tgid: raw.tgid }),
+        abi::EVENT_EXIT => Some(HookEvent::Exit {
+            tgid: raw.tgid,
+            start: raw.start,
+        }),
+        abi::EVENT_FORK => Some(HookEvent::Fork {
+            tgid: raw.tgid,
+            start: raw.start,
+            ppid: raw.ppid,
+            parent_start: raw.parent_start,
+        }),
         abi::EVENT_CGROUP => Some(HookEvent::CgroupMove { tgid: raw.tgid }),
         abi::EVENT_CONNECT => {
             let destination = match i32::from(raw.family) {
@@ -127,7 +156,6 @@ pub fn parse_event(record: &[u8]) -> Option<HookEvent> {
                 libc::AF_INET6 => IpAddr::V6(Ipv6Addr::from(raw.addr)),
                 _ => return None,
             };
-            let comm_end = raw.comm.iter().position(|b| *b == 0).unwrap_or(16);
             Some(HookEvent::Connect(ConnectEvent {
                 tgid: raw.tgid,
                 tid: raw.tid,
@@ -136,7 +164,7 @@ pub fn parse_event(record: &[u8]) -> Option<HookEvent> {
                 euid: raw.euid,
                 egid: raw.egid,
                 cgroup_id: raw.cgroup_id,
-                comm: String::from_utf8_lossy(&raw.comm[..comm_end]).into_owned(),
+                comm: comm(&raw.comm),
                 protocol: if u32::from(raw.protocol) == abi::PROTO_UDP {
                     Protocol::Udp
                 } else {
@@ -204,9 +232,37 @@ mod tests {
         unknown.decision = 99;
         assert!(parse_event(&unknown.to_bytes()).is_none());
         raw.kind = abi::EVENT_EXIT;
+        raw.start = 991;
         assert_eq!(
             parse_event(&raw.to_bytes()),
-            Some(HookEvent::Exit { tgid: 4242 })
+            Some(HookEvent::Exit {
+                tgid: 4242,
+                start: 991
+            })
+        );
+        raw.kind = abi::EVENT_FORK;
+        (raw.ppid, raw.parent_start) = (17, 5);
+        assert_eq!(
+            parse_event(&raw.to_bytes()),
+            Some(HookEvent::Fork {
+                tgid: 4242,
+                start: 991,
+                ppid: 17,
+                parent_start: 5
+            })
+        );
+        raw.kind = abi::EVENT_EXEC;
+        (raw.generation, raw.ruleset, raw.timestamp_ns) = (3, 0, 12);
+        assert_eq!(
+            parse_event(&raw.to_bytes()),
+            Some(HookEvent::Exec {
+                tgid: 4242,
+                start: 991,
+                comm: "curl".to_owned(),
+                timestamp_ns: 12,
+                generation: 3,
+                ruleset: 0
+            })
         );
         raw.kind = abi::EVENT_CGROUP;
         assert_eq!(

@@ -275,7 +275,7 @@ fn exec_starts_a_new_generation_and_the_start_time_is_that_of_procfs() {
     assert!(
         events.iter().any(|e| matches!(
             e,
-            HookEvent::Exec { tgid, generation, ruleset: 0, timestamp_ns }
+            HookEvent::Exec { tgid, generation, ruleset: 0, timestamp_ns, .. }
                 if *tgid == pid && *generation == after.generation && *timestamp_ns == after.exec_ns
         )),
         "{events:?}"
@@ -316,7 +316,7 @@ fn a_verdict_outlives_the_leader_thread_and_ends_with_the_last_thread() {
     assert!(
         !events
             .iter()
-            .any(|e| matches!(e, HookEvent::Exit { tgid } if *tgid == pid)),
+            .any(|e| matches!(e, HookEvent::Exit { tgid, .. } if *tgid == pid)),
         "the leader's exit is not the process's: {events:?}"
     );
 
@@ -326,12 +326,12 @@ fn a_verdict_outlives_the_leader_thread_and_ends_with_the_last_thread() {
     let events = events_until(&mut reader, |events| {
         events
             .iter()
-            .any(|e| matches!(e, HookEvent::Exit { tgid } if *tgid == pid))
+            .any(|e| matches!(e, HookEvent::Exit { tgid, .. } if *tgid == pid))
     });
     assert!(
         events
             .iter()
-            .any(|e| matches!(e, HookEvent::Exit { tgid } if *tgid == pid)),
+            .any(|e| matches!(e, HookEvent::Exit { tgid, .. } if *tgid == pid)),
         "{events:?}"
     );
     assert_eq!(hook.process(pid).unwrap(), None);

@@ -67,7 +67,7 @@ fn the_hook_reports_connects_execs_exits_and_enforces_verdicts() {
         reader.drain(|event| events.push(event));
         let done = events
             .iter()
-            .any(|e| matches!(e, HookEvent::Exit { tgid } if *tgid == pid));
+            .any(|e| matches!(e, HookEvent::Exit { tgid, .. } if *tgid == pid));
         if done {
             break;
         }
@@ -99,6 +99,42 @@ fn the_hook_reports_connects_execs_exits_and_enforces_verdicts() {
             .any(|e| matches!(e, HookEvent::Exec { tgid, .. } if *tgid == pid)),
         "no exec event for {pid}"
     );
+    // Its lineage: forked by this test (`sh`, then python3 by exec), one start time throughout.
+    let forked = events
+        .iter()
+        .find_map(|e| match e {
+            HookEvent::Fork {
+                tgid,
+                start,
+                ppid,
+                parent_start,
+            } if *tgid == pid => Some((*start, *ppid, *parent_start)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no fork event for {pid}: {events:?}"));
+    let me = std::process::id();
+    assert_eq!(forked.1, me);
+    assert_eq!(Some(forked.2), start_ticks(me));
+    let execs: Vec<(u64, &str)> = events
+        .iter()
+        .filter_map(|e| match e {
+            HookEvent::Exec {
+                tgid, start, comm, ..
+            } if *tgid == pid => Some((*start, comm.as_str())),
+            _ => None,
+        })
+        .collect();
+    // `sh`, then python3 (through whatever launchers python3 is on this machine: pyenv's shims
+    // exec a few), all of the one process started at the fork.
+    assert_eq!(execs.first(), Some(&(forked.0, "sh")), "{execs:?}");
+    assert_eq!(execs.last(), Some(&(forked.0, "python3")), "{execs:?}");
+    assert!(
+        execs.iter().all(|(start, _)| *start == forked.0),
+        "{execs:?}"
+    );
+    assert!(events.iter().any(
+        |e| matches!(e, HookEvent::Exit { tgid, start } if *tgid == pid && *start == forked.0)
+    ));
 
     hook.detach();
     drop(reader);
@@ -109,4 +145,11 @@ fn the_hook_reports_connects_execs_exits_and_enforces_verdicts() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(still_loaded(&ours), Vec::<u32>::new());
+}
+
+/// Field 22 of `/proc/<pid>/stat`: the start time in clock ticks since boot.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    after_comm.split(' ').nth(19)?.parse().ok()
 }
