@@ -238,6 +238,12 @@ pub trait Collector: Send + Sync {
     /// Collects the labels for `subject`.
     async fn collect(&self, subject: &Subject) -> Result<Collected, CollectError>;
 
+    /// The process lineage this collector reads and keeps (procfs's), for the kernel hook's
+    /// fork, exec and exit events to complete. The default: none.
+    fn lineage(&self) -> Option<std::sync::Arc<crate::procfs::Lineage>> {
+        None
+    }
+
     /// The workloads of this node its source knows by network address (a runtime's
     /// containers), for the destination identity of connects: each with its addresses and its
     /// labels. The default: none.

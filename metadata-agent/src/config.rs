@@ -152,6 +152,9 @@ pub struct ResolverConfig {
     pub prestart: bool,
     /// How many of them are resolved at once (default 2).
     pub prestart_concurrency: usize,
+    /// Executions that ended (exited, exec'd, PID reused) whose last labels are kept for
+    /// `GET /metadata?exec_id=` to answer `410 Gone` with (default 1024; 0: none).
+    pub ended_processes: usize,
 }
 
 impl Default for ResolverConfig {
@@ -164,6 +167,7 @@ impl Default for ResolverConfig {
             sweep_interval: Duration::from_secs(30),
             prestart: true,
             prestart_concurrency: 2,
+            ended_processes: 1_024,
         }
     }
 }

@@ -77,10 +77,13 @@ impl Serialize for ResolvedLabels {
                 labels::serialize_map(self.0, s)
             }
         }
-        let mut map = serializer.serialize_map(Some(2))?;
+        let mut map = serializer.serialize_map(None)?;
         match &self.0 {
             // Serialized once per resolution, not once per event.
             Some(resolution) => {
+                if let Some(id) = resolution.labels.get("process:exec-id").first() {
+                    map.serialize_entry("exec_id", id)?;
+                }
                 let json = resolution.labels_json();
                 map.serialize_entry("labels", &json.labels)?;
                 map.serialize_entry("trust", &json.trust)?;
@@ -145,6 +148,9 @@ pub struct ProcessReport {
     /// Why it could not be resolved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolution_error: Option<String>,
+    /// The execution that ended (exit only; an exec's is in its resolution).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<String>,
 }
 
 /// What an event says, serialized when a subscriber takes it.
@@ -691,10 +697,28 @@ pub async fn run_pipeline(
                     drop(permit);
                 });
             }
-            HookEvent::Exec {
-                tgid, timestamp_ns, ..
+            HookEvent::Fork {
+                tgid,
+                start,
+                ppid,
+                parent_start,
             } => {
                 metrics.events_received.inc();
+                if let Some(lineage) = resolver.lineage() {
+                    lineage.forked(tgid, start, ppid, parent_start);
+                }
+            }
+            HookEvent::Exec {
+                tgid,
+                start,
+                timestamp_ns,
+                comm,
+                ..
+            } => {
+                metrics.events_received.inc();
+                if let Some(lineage) = resolver.lineage() {
+                    lineage.execed(tgid, start, &comm);
+                }
                 // A lookup may have collected the new image already: keep what is newer.
                 resolver.forget_collected_before(tgid, timestamp_ns);
                 let resolver = Arc::clone(&resolver);
@@ -718,6 +742,7 @@ pub async fn run_pipeline(
                             timestamp_ns: Some(timestamp_ns),
                             resolution: ResolvedLabels(resolution),
                             resolution_error,
+                            exec_id: None,
                         })),
                     });
                 });
@@ -728,9 +753,12 @@ pub async fn run_pipeline(
                 // next connect or lookup.
                 resolver.forget(tgid);
             }
-            HookEvent::Exit { tgid } => {
+            HookEvent::Exit { tgid, start } => {
                 metrics.events_received.inc();
-                resolver.forget(tgid);
+                if let Some(lineage) = resolver.lineage() {
+                    lineage.exited(tgid, start);
+                }
+                let exec_id = resolver.forget_ended(tgid, start);
                 bus.publish(BusEvent {
                     kind: EventKind::Exit,
                     payload: Payload::Process(Arc::new(ProcessReport {
@@ -738,6 +766,7 @@ pub async fn run_pipeline(
                         timestamp_ns: None,
                         resolution: ResolvedLabels(None),
                         resolution_error: None,
+                        exec_id: exec_id.map(|id| id.to_string()),
                     })),
                 });
             }

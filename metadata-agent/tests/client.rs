@@ -118,7 +118,14 @@ async fn events_prints_the_kept_events_filters_them_and_follows() {
     tokio::spawn(async move { axum::serve(listener, router).await });
     let me = std::process::id();
     feed(&agent, [7001, 7002].map(|port| connect_event(me, port))).await;
-    feed(&agent, [HookEvent::Exit { tgid: 4_000_001 }]).await;
+    feed(
+        &agent,
+        [HookEvent::Exit {
+            tgid: 4_000_001,
+            start: 0,
+        }],
+    )
+    .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while agent.state.bus.last_id() < 3 {
         assert!(tokio::time::Instant::now() < deadline);

@@ -166,6 +166,20 @@ async fn a_container_process_gets_exact_docker_and_process_labels() {
     let capabilities = process
         .remove("process:capabilities:effective")
         .unwrap_or_default();
+    // Its execution, and its parent's (the shim's): `<boot>-<pid>-<start>-<image>`.
+    for (key, pid) in [
+        ("process:exec-id", pid.to_string()),
+        ("process:parent:exec-id", ppid.to_string()),
+    ] {
+        let id = process.remove(key).unwrap_or_default();
+        assert_eq!(id.len(), 1, "{key}: {id:?}");
+        assert_eq!(id[0].split('-').nth(1), Some(pid.as_str()), "{key}: {id:?}");
+    }
+    // The container's init: no ancestors (its chain would leave the container).
+    assert!(
+        !process.contains_key("process:ancestor:name"),
+        "{process:?}"
+    );
     assert_eq!(process, expected_process);
     // Docker's default capability set: binding low ports yes, administering the system no.
     assert!(

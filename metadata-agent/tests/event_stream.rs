@@ -104,7 +104,7 @@ async fn connect_events_reach_subscribers_with_labels_and_verdict() {
         let _ = agent.state.resolver.resolve(me).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    feed(&agent, [HookEvent::Exit { tgid: me }]).await;
+    feed(&agent, [HookEvent::Exit { tgid: me, start: 0 }]).await;
     // (Only this process: the agent also resolves the node's listening processes.)
     wait_for(|| !agent.state.resolver.cached_pids().contains(&me)).await;
 }
@@ -311,7 +311,14 @@ async fn filters_choose_events_by_kind_verdict_policy_and_labels() {
     }
 
     feed(&agent, [connect_event(me, 2001)]).await;
-    feed(&agent, [HookEvent::Exit { tgid: 4_000_000 }]).await;
+    feed(
+        &agent,
+        [HookEvent::Exit {
+            tgid: 4_000_000,
+            start: 0,
+        }],
+    )
+    .await;
     let exit = read_events(&mut exits, 1).await;
     assert_eq!(
         (exit[0].1.as_str(), &exit[0].2["tgid"]),

@@ -7,6 +7,8 @@
 //! - a host process reaches a loopback server by the server's labels, and is refused another;
 //! - a program whose `main` calls `pthread_exit` stays refused while a thread connects on;
 //! - the `exec` of a denied binary from an allowed one is refused at its first connect;
+//! - a lineage policy refuses a shell started by a chosen parent binary (also through a double
+//!   fork whose launcher exited) and allows the same shell started elsewhere;
 //! - a process started in a denied container is refused at a connect made right at its start,
 //!   also the first process of a new container;
 //! - the agent killed with SIGKILL under `hook.pin: true`: enforcement goes on, a restarted
@@ -409,6 +411,55 @@ async fn the_exec_of_a_denied_binary_is_refused_at_its_first_connect() {
     assert_eq!(process.line(), format!("ready {}", process.pid));
     firewall.judged(process.pid).await;
     assert_eq!(process.ask(&connect), "EPERM", "once judged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lineage_policy_refuses_a_shell_started_by_a_chosen_parent_only() {
+    if !common::require(common::is_root(), "root (to load BPF programs)") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let shell = connector_copy(dir.path(), "shell");
+    let launcher = dir.path().join("launcher");
+    std::fs::copy(std::fs::canonicalize("/bin/sh").unwrap(), &launcher).unwrap();
+    let launcher = launcher.to_str().unwrap().to_owned();
+    let policies = format!(
+        "policies:\n  - name: no-shell-from-launcher\n    action: deny\n    selectors:\n               - {{process:name: shell, process:ancestor:binary:path: {launcher}}}\n"
+    );
+    let firewall = Firewall::start("lineage", &policies, Action::Allow, None).await;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let connect = format!("tcp 127.0.0.1 {}", listener.local_addr().unwrap().port());
+    let launched = |script: String| {
+        let mut command = Command::new(&launcher);
+        command.args(["-c", &script]);
+        firewall.cgroup.contain(&mut command);
+        Driven::spawn(command).0
+    };
+
+    // Forked by the launcher (`; true`: the launcher does not exec it).
+    let mut child = launched(format!("{shell}; true"));
+    firewall.judged(child.pid).await;
+    assert_eq!(child.ask(&connect), "EPERM", "the launcher's child");
+
+    // The same shell started elsewhere.
+    let (mut elsewhere, _) = Driven::start(Some(&firewall.cgroup), Path::new(&shell), &[]);
+    firewall.judged(elsewhere.pid).await;
+    assert_eq!(
+        elsewhere.ask(&connect),
+        "ok",
+        "the shell started by the test"
+    );
+
+    // Through a double fork whose launcher and middle process exited: still its descendant.
+    // (A background job's stdin would be /dev/null: the shell's own goes through fd 3.)
+    let mut orphan = launched(format!("exec 3<&0; ({shell} <&3 &); sleep 1"));
+    orphan.child.wait().unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", orphan.pid)).unwrap();
+    let ppid = stat.rsplit(')').next().unwrap().split_whitespace().nth(1);
+    assert_ne!(ppid, Some(orphan.child.id().to_string().as_str()), "{stat}");
+    firewall.judged(orphan.pid).await;
+    assert_eq!(orphan.ask(&connect), "EPERM", "the orphaned grandchild");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -152,6 +152,33 @@ fn every_process_key_of_a_child_with_chosen_credentials() {
 
     let test_exe = std::env::current_exe().unwrap();
     let test_exe_name = test_exe.file_name().unwrap().to_str().unwrap();
+    // Its lineage: its execution and its parent's (this test's), then its ancestors from this
+    // test up (how far up depends on how the tests were started).
+    let mut take = |prefix: &str| -> Vec<String> {
+        let taken = process_lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .map(str::to_owned)
+            .collect();
+        process_lines.retain(|l| !l.starts_with(prefix));
+        taken
+    };
+    let exec_id = take("process:exec-id: ");
+    let parent_exec_id = take("process:parent:exec-id: ");
+    let ancestor_paths = take("process:ancestor:binary:path: ");
+    let ancestor_names = take("process:ancestor:name: ");
+    assert_eq!(exec_id.len(), 1, "{exec_id:?}");
+    assert_eq!(exec_id[0].split('-').nth(1), Some(pid.to_string().as_str()));
+    let me = std::process::id().to_string();
+    assert_eq!(parent_exec_id[0].split('-').nth(1), Some(me.as_str()));
+    assert_eq!(
+        ancestor_paths.first(),
+        Some(&test_exe.display().to_string())
+    );
+    assert_eq!(
+        ancestor_names.first().map(String::as_str),
+        Some(test_exe_name)
+    );
     let expected = [
         format!("process:binary:hash: {}", common::sha256sum(&bin)),
         format!("process:binary:path: {}", bin.display()),

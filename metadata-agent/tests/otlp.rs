@@ -107,7 +107,14 @@ async fn events_arrive_at_an_otlp_receiver_as_log_records() {
         [9101, 9102, 9103].map(|port| connect_event(me, port)),
     )
     .await;
-    feed(&agent, [HookEvent::Exit { tgid: 4_000_002 }]).await;
+    feed(
+        &agent,
+        [HookEvent::Exit {
+            tgid: 4_000_002,
+            start: 0,
+        }],
+    )
+    .await;
     let records = || -> Vec<serde_json::Value> {
         std::fs::read_to_string(&receiver.out)
             .unwrap_or_default()

@@ -38,7 +38,8 @@ pub struct Driven {
     pub child: Child,
     stdin: ChildStdin,
     lines: Receiver<String>,
-    /// Its PID.
+    /// The connector's PID (the one it announces: another than the child's when the child
+    /// started it, as a shell does).
     pub pid: u32,
 }
 
@@ -85,7 +86,8 @@ impl Driven {
         let mut before = Vec::new();
         loop {
             let line = driven.line();
-            if line.starts_with("ready ") {
+            if let Some(pid) = line.strip_prefix("ready ") {
+                driven.pid = pid.trim().parse().unwrap_or(driven.pid);
                 break;
             }
             before.push(line);

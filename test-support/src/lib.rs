@@ -12,6 +12,7 @@
 pub mod cgroup;
 pub mod connector;
 pub mod docker;
+pub mod process;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};

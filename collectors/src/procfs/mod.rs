@@ -8,6 +8,7 @@ mod accounts;
 mod binary_hash;
 mod capabilities;
 pub(crate) mod environment;
+mod lineage;
 pub mod sockets;
 
 use std::io;
@@ -22,6 +23,10 @@ pub use binary_hash::{
     BinaryHash, BinaryHasher, DEFAULT_MAX_HASH_BYTES, FileIdentity, HashFailure, Lookup, sha256_of,
 };
 pub use capabilities::capability_names;
+pub use lineage::{
+    Ancestor, Ancestry, DEFAULT_ANCESTOR_DEPTH, DEFAULT_LINEAGE_ENTRIES, ExecId, Image, Lineage,
+    MAX_ANCESTOR_DEPTH,
+};
 
 use crate::builtin::Builtin;
 use crate::cgroup::parse_cgroup_file;
@@ -82,6 +87,12 @@ pub struct ProcfsConfig {
     /// and the hash goes on in the background into the cache.
     #[serde(with = "crate::config::duration_or_zero")]
     pub hash_wait: Duration,
+    /// How many ancestors `process:ancestor:*` give, nearest first (default 8, at most 32; 0:
+    /// none).
+    pub ancestor_depth: usize,
+    /// How many processes' lineage is kept (default 65536): with the kernel hook, each keeps
+    /// the ancestors it was born with, even once they exited.
+    pub lineage_entries: usize,
     /// Key globs (`*` wildcard) whose labels are kept; empty (the default): all.
     pub include_keys: Vec<String>,
     /// Key globs whose labels are left out (default none).
@@ -103,6 +114,8 @@ impl Default for ProcfsConfig {
             hash_cache_entries: DEFAULT_HASH_CACHE_ENTRIES,
             max_hash_bytes: DEFAULT_MAX_HASH_BYTES,
             hash_wait: DEFAULT_HASH_WAIT,
+            ancestor_depth: DEFAULT_ANCESTOR_DEPTH,
+            lineage_entries: DEFAULT_LINEAGE_ENTRIES,
             include_keys: Vec::new(),
             exclude_keys: Vec::new(),
         }
@@ -139,6 +152,12 @@ pub const LABEL_KEYS: &[KeySpec] = &[
     KeySpec::new("process:capabilities:effective", Kernel),
     KeySpec::new("process:parent:name", SelfReported),
     KeySpec::new("process:parent:binary:path", Kernel),
+    KeySpec::new("process:exec-id", Kernel),
+    KeySpec::new("process:parent:exec-id", Kernel),
+    // Nearest first. An ancestor's name is its own choice; its path is as trustworthy as a
+    // process's own (`self` when one ran in a mount namespace of its own).
+    KeySpec::new("process:ancestor:name", SelfReported),
+    KeySpec::new("process:ancestor:binary:path", Kernel),
     // What a process listens on is its own choice.
     KeySpec::new("process:network:binding", SelfReported),
 ];
@@ -163,6 +182,7 @@ struct Inner {
     /// The host's mount namespace (`None` on a recorded tree).
     host_mount_namespace: OnceLock<Option<std::path::PathBuf>>,
     hash_wait: Duration,
+    lineage: Arc<Lineage>,
 }
 
 impl ProcfsCollector {
@@ -172,6 +192,11 @@ impl ProcfsCollector {
             inner: Arc::new(Inner {
                 users: IdNames::new(roots.etc.join("passwd")),
                 groups: IdNames::new(roots.etc.join("group")),
+                lineage: Arc::new(Lineage::new(
+                    roots.clone(),
+                    config.ancestor_depth,
+                    config.lineage_entries,
+                )),
                 roots,
                 extract_envs: config.extract_envs,
                 redactor: Redactor::new(&config.redact_env_patterns, &config.allow_envs),
@@ -192,6 +217,11 @@ impl ProcfsCollector {
         &self.inner.hashes
     }
 
+    /// The lineage of the node's processes, which the kernel hook's events complete.
+    pub fn lineage(&self) -> &Arc<Lineage> {
+        &self.inner.lineage
+    }
+
     /// Collects the labels of `process` without an async runtime (blocking file I/O; hashes
     /// the binary in this thread, however long it takes).
     pub fn collect_blocking(&self, process: &ProcessRef) -> Result<Collected, CollectError> {
@@ -206,6 +236,13 @@ impl Builtin for ProcfsCollector {
     type Config = ProcfsConfig;
 
     fn build(config: &ProcfsConfig, roots: &HostRoots) -> Result<Self, BoxError> {
+        if config.ancestor_depth > MAX_ANCESTOR_DEPTH {
+            return Err(format!(
+                "ancestorDepth: {} is more than the most, {MAX_ANCESTOR_DEPTH}",
+                config.ancestor_depth
+            )
+            .into());
+        }
         Ok(Self::new(roots.clone(), config))
     }
 }
@@ -222,6 +259,10 @@ impl Collector for ProcfsCollector {
 
     fn label_keys(&self) -> &'static [KeySpec] {
         LABEL_KEYS
+    }
+
+    fn lineage(&self) -> Option<Arc<Lineage>> {
+        Some(Arc::clone(&self.inner.lineage))
     }
 
     async fn collect(&self, subject: &Subject) -> Result<Collected, CollectError> {
@@ -382,6 +423,34 @@ impl Inner {
             labels.insert("process:ppid", ppid.to_string());
             self.parent_labels(ppid, &mut labels);
         }
+        let start_ticks = stat.as_deref().ok().and_then(parse_start_ticks);
+        let mut ancestors_untrusted = false;
+        if !kernel_thread {
+            if let Some(start) = start_ticks {
+                match self.lineage.exec_id(&dir, pid, start) {
+                    Ok(Some(id)) => labels.insert("process:exec-id", id.to_string()),
+                    Ok(None) => {}
+                    Err(e) => gaps.note("exec id", &e),
+                }
+            }
+            if let Some(ppid) = ppid.filter(|&p| p > 0) {
+                if let Some(id) = self.lineage.exec_id_of(ppid) {
+                    labels.insert("process:parent:exec-id", id.to_string());
+                }
+                if self.lineage.depth() > 0 {
+                    let chain = self.lineage.ancestors(pid, start_ticks, ppid, &status);
+                    let chain = chain.iter().take(self.lineage.depth());
+                    let (mut names, mut paths) = (Vec::new(), Vec::new());
+                    for ancestor in chain {
+                        names.push(ancestor.image.name.clone());
+                        paths.extend(ancestor.image.path.clone());
+                        ancestors_untrusted |= ancestor.image.path_untrusted;
+                    }
+                    labels.insert_all("process:ancestor:name", names);
+                    labels.insert_all("process:ancestor:binary:path", paths);
+                }
+            }
+        }
         if let Some(caps) = status_field(&status, "CapEff")
             .and_then(|v| capability_names(&String::from_utf8_lossy(v)))
         {
@@ -471,6 +540,9 @@ impl Inner {
         if self.own_mount_namespace(&dir) {
             untrusted.push("process:binary:path");
         }
+        if ancestors_untrusted {
+            untrusted.push("process:ancestor:binary:path");
+        }
         if let Some(ppid) = ppid.filter(|&p| p > 0)
             && ProcDir::open(&self.roots, ppid).is_ok_and(|dir| self.own_mount_namespace(&dir))
         {
@@ -491,15 +563,10 @@ impl Inner {
     /// (a sandbox whose init the agent may not trace), the agent's own. Unknown (unreadable)
     /// counts as another, except on a recorded tree, which has no namespaces at all.
     fn own_mount_namespace(&self, dir: &ProcDir) -> bool {
-        let host = self.host_mount_namespace.get_or_init(|| {
-            let namespace =
-                |pid: &str| std::fs::read_link(self.roots.proc.join(pid).join("ns/mnt"));
-            namespace("1").or_else(|_| namespace("self")).ok()
-        });
-        match host {
-            Some(host) => dir.read_link("ns/mnt").ok().as_ref() != Some(host),
-            None => false,
-        }
+        let host = self
+            .host_mount_namespace
+            .get_or_init(|| host_mount_namespace(&self.roots));
+        differs_from_host(dir, host.as_deref())
     }
 
     /// Turns what went missing into a status: "exited during collection" when the process is
@@ -638,12 +705,28 @@ impl Inner {
     }
 }
 
-/// Whether `stat` flags (field 9) carry `PF_KTHREAD`.
+/// The host's mount namespace: PID 1's, or where PID 1 cannot be inspected, the agent's own;
+/// `None` on a recorded tree.
+fn host_mount_namespace(roots: &HostRoots) -> Option<std::path::PathBuf> {
+    let namespace = |pid: &str| std::fs::read_link(roots.proc.join(pid).join("ns/mnt"));
+    namespace("1").or_else(|_| namespace("self")).ok()
+}
+
+/// Whether the process of `dir` sees another mount namespace than `host` (unknown counts as
+/// another; nothing differs on a recorded tree, which has no namespaces).
+fn differs_from_host(dir: &ProcDir, host: Option<&Path>) -> bool {
+    match host {
+        Some(host) => dir.read_link("ns/mnt").ok().as_deref() != Some(host),
+        None => false,
+    }
+}
+
 /// Whether `stat`'s state (field 3) is `Z`: the process exited and waits to be reaped.
 fn is_zombie(stat: &[u8]) -> bool {
     stat_field(stat, 3) == Some("Z")
 }
 
+/// Whether `stat` flags (field 9) carry `PF_KTHREAD`.
 fn is_kernel_thread(stat: &[u8]) -> bool {
     const PF_KTHREAD: u64 = 0x0020_0000;
     stat_field(stat, 9)

@@ -46,6 +46,15 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
+    /// The JSON body of this error, for answers that add to it.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({"error": {
+            "status": self.status.as_u16(),
+            "code": self.code,
+            "message": self.message,
+        }})
+    }
+
     /// 503: the agent sheds this request rather than queue it (answered with `Retry-After`).
     pub fn overloaded(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)

@@ -60,27 +60,65 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
-/// `?cgroup_id=N[&processes=true]`.
+/// `?cgroup_id=N[&processes=true]` or `?exec_id=ID`.
 #[derive(Debug, Deserialize)]
-pub struct CgroupQuery {
+pub struct MetadataQuery {
     cgroup_id: Option<String>,
+    exec_id: Option<String>,
     #[serde(default)]
     processes: bool,
 }
 
-/// `GET /metadata?cgroup_id=N`: the cgroup's path, its container and node labels, and (with
-/// `processes=true`) the resolution of each of its processes.
-pub async fn by_cgroup(
+/// `GET /metadata?cgroup_id=N` ([`by_cgroup`]) or `GET /metadata?exec_id=ID` ([`by_exec_id`]).
+pub async fn by_query(
     State(state): State<Arc<AppState>>,
-    query: Result<Query<CgroupQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<MetadataQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
     let Query(query) = query?;
-    let Some(text) = query.cgroup_id else {
-        return Err(ApiError::bad_request(
+    match (&query.cgroup_id, &query.exec_id) {
+        (Some(cgroup_id), None) => by_cgroup(&state, cgroup_id, query.processes).await,
+        (None, Some(exec_id)) => by_exec_id(&state, exec_id).await,
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "invalid_query",
+            "GET /metadata takes ?cgroup_id=N or ?exec_id=ID, not both",
+        )),
+        (None, None) => Err(ApiError::bad_request(
             "missing_parameter",
-            "GET /metadata needs ?cgroup_id=N (or use /metadata/{pid})",
-        ));
-    };
+            "GET /metadata needs ?cgroup_id=N or ?exec_id=ID (or use /metadata/{pid})",
+        )),
+    }
+}
+
+/// `GET /metadata?exec_id=ID`: the execution's labels while it runs (as `/metadata/{pid}`);
+/// `410 Gone` with its last labels (`last_known`) when it ended recently; 404 otherwise.
+async fn by_exec_id(state: &AppState, text: &str) -> Answer {
+    use crate::resolver::ExecLookup;
+    let id: collectors::procfs::ExecId = text.parse().map_err(|reason: String| {
+        ApiError::bad_request("invalid_exec_id", format!("invalid exec id: {reason}"))
+    })?;
+    match state.resolver.resolve_exec(&id).await {
+        ExecLookup::Live(resolution) => Ok(Json(&*resolution).into_response()),
+        ExecLookup::Ended {
+            resolution,
+            ended_at,
+        } => {
+            let error = ApiError::new(
+                StatusCode::GONE,
+                "process_ended",
+                format!("execution {id} ended (seen at {ended_at}); its last labels follow"),
+            );
+            let mut body = error.body();
+            body["ended_at"] = json!(ended_at);
+            body["last_known"] = json!(resolution);
+            Ok((StatusCode::GONE, Json(body)).into_response())
+        }
+        ExecLookup::Unknown(why) => Err(not_found("no_such_execution", why)),
+    }
+}
+
+/// `GET /metadata?cgroup_id=N`: the cgroup's path, its container and node labels, and (with
+/// `processes=true`) the resolution of each of its processes.
+async fn by_cgroup(state: &AppState, text: &str, processes: bool) -> Answer {
     let id: u64 = text.parse().ok().filter(|id| *id > 0).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_cgroup_id",
@@ -101,7 +139,7 @@ pub async fn by_cgroup(
     let roots = state.resolver.roots().clone();
     let inside = path.clone();
     let pids = blocking(move || cgroup::processes_in(&roots, &inside, true)).await?;
-    let resolved = first_resolved(&state, &pids).await;
+    let resolved = first_resolved(state, &pids).await;
     let mut answer = json!({
         "cgroup_id": id,
         "cgroup": path,
@@ -121,7 +159,7 @@ pub async fn by_cgroup(
             answer["labels"] = json!(node.labels.as_map());
         }
     }
-    if query.processes {
+    if processes {
         let mut processes = Vec::new();
         for pid in &pids {
             if let Ok(resolution) = state.resolver.resolve(*pid).await {

@@ -130,7 +130,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             state.limits.max_concurrent_requests,
         ));
     let limited = Router::new()
-        .route("/metadata", get(lookups::by_cgroup))
+        .route("/metadata", get(lookups::by_query))
         .route("/metadata:batch", post(lookups::batch))
         .route("/metadata/{pid}", get(metadata))
         .route("/containers/{id}", get(lookups::container))

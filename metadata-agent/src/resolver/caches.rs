@@ -99,6 +99,8 @@ pub(super) struct ProcessEntry {
     pub image: Option<ProcessImage>,
     /// When the collection started, on the kernel's monotonic clock (that of hook events).
     pub collected_ns: u64,
+    /// Its execution (`process:exec-id`), when known.
+    pub exec_id: Option<collectors::procfs::ExecId>,
 }
 
 /// A process cache key: (pid, start time in ticks).
@@ -204,6 +206,8 @@ pub struct ResolverLimits {
     pub container_entries: usize,
     /// Bytes the process and container entries hold at most (7/8 and 1/8 of it).
     pub cache_bytes: u64,
+    /// Ended executions kept for lookups by exec id.
+    pub ended_entries: usize,
 }
 
 impl ResolverLimits {
@@ -222,6 +226,7 @@ impl From<&ResolverConfig> for ResolverLimits {
             process_entries: config.process_cache_entries,
             container_entries: config.container_cache_entries,
             cache_bytes: config.cache_bytes,
+            ended_entries: config.ended_processes,
         }
     }
 }

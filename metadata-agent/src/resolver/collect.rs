@@ -51,6 +51,11 @@ impl Resolver {
             untrusted: scope.untrusted.into_boxed_slice(),
             image,
             collected_ns,
+            exec_id: scope
+                .labels
+                .get("process:exec-id")
+                .first()
+                .and_then(|id| id.parse().ok()),
         });
         if keep {
             let _ = guard.insert(Arc::clone(&entry));

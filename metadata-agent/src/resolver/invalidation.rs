@@ -7,24 +7,57 @@ use std::sync::Arc;
 use collectors::{Invalidation, ProcessRef, Scope};
 
 use super::Resolver;
+use super::caches::ProcessEntry;
 
 impl Resolver {
     /// Drops every cached entry of `pid` (on an exit or exec event).
     pub fn forget(&self, pid: u32) {
         let before = self.processes.len();
-        self.processes.retain(|(cached, _), _| *cached != pid);
+        let ended = std::cell::RefCell::new(Vec::new());
+        self.processes.retain(|&(cached, start), entry| {
+            if cached != pid {
+                return true;
+            }
+            ended.borrow_mut().push((start, Arc::clone(entry)));
+            false
+        });
+        self.remember_all_ended(pid, ended.into_inner());
         // Its kept answer would no longer be given; dropping it closes its proc directory.
         self.answers.remove(&pid);
         self.count_removals(before);
+    }
+
+    /// Drops every cached entry of `pid`, which ended (an exit event for the process started at
+    /// `start` ticks); returns its execution, when it was cached.
+    pub fn forget_ended(&self, pid: u32, start: u64) -> Option<collectors::procfs::ExecId> {
+        let exec_id = self
+            .processes
+            .peek(&(pid, Some(start)))
+            .and_then(|entry| entry.exec_id);
+        self.forget(pid);
+        exec_id
     }
 
     /// Drops the entries of `pid` collected before `monotonic_ns` (an exec at that time made
     /// them stale).
     pub fn forget_collected_before(&self, pid: u32, monotonic_ns: u64) {
         let before = self.processes.len();
-        self.processes
-            .retain(|(cached, _), entry| *cached != pid || entry.collected_ns >= monotonic_ns);
+        let ended = std::cell::RefCell::new(Vec::new());
+        self.processes.retain(|&(cached, start), entry| {
+            if cached != pid || entry.collected_ns >= monotonic_ns {
+                return true;
+            }
+            ended.borrow_mut().push((start, Arc::clone(entry)));
+            false
+        });
+        self.remember_all_ended(pid, ended.into_inner());
         self.count_removals(before);
+    }
+
+    fn remember_all_ended(&self, pid: u32, ended: Vec<(Option<u64>, Arc<ProcessEntry>)>) {
+        for (start_ticks, entry) in ended {
+            self.remember_ended(ProcessRef { pid, start_ticks }, &entry);
+        }
     }
 
     /// Drops the cached labels of container `id` (it died, was removed or renamed), in every
@@ -75,10 +108,18 @@ impl Resolver {
     /// Drops entries of processes that ended or whose PID now names another process.
     pub fn sweep(&self) {
         let before = self.processes.len();
-        self.processes.retain(|&(pid, start), _| {
-            ProcessRef::resolve(&self.roots, pid)
-                .is_ok_and(|now| now.pid == pid && now.start_ticks == start)
+        let ended = std::cell::RefCell::new(Vec::new());
+        self.processes.retain(|&(pid, start), entry| {
+            let alive = ProcessRef::resolve(&self.roots, pid)
+                .is_ok_and(|now| now.pid == pid && now.start_ticks == start);
+            if !alive {
+                ended.borrow_mut().push((pid, start, Arc::clone(entry)));
+            }
+            alive
         });
+        for (pid, start_ticks, entry) in ended.into_inner() {
+            self.remember_ended(ProcessRef { pid, start_ticks }, &entry);
+        }
         self.answers.retain(|_, answer| {
             let process = &answer.found.process;
             self.processes

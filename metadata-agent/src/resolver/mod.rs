@@ -16,6 +16,7 @@
 
 pub mod caches;
 mod collect;
+mod ended;
 pub mod history;
 mod invalidation;
 mod kept;
@@ -37,6 +38,7 @@ use serde::Serialize;
 use crate::metrics::Metrics;
 use caches::{ContainerKey, ProcessEntry, ProcessKey, ScopedCache, scoped_cache};
 pub use caches::{ResolverLimits, ScopeEntry};
+pub use ended::ExecLookup;
 use history::CollectorHistory;
 pub use history::CollectorState;
 pub use kept::Seen;
@@ -148,6 +150,10 @@ pub struct Resolver {
     hook_epoch: std::sync::atomic::AtomicU64,
     history: CollectorHistory,
     catalog: Arc<KeyCatalog>,
+    /// The process lineage procfs keeps, which hook events complete.
+    lineage: Option<Arc<collectors::procfs::Lineage>>,
+    /// Executions that ended, for lookups by exec id.
+    ended: ended::EndedHistory,
 }
 
 impl Resolver {
@@ -177,6 +183,11 @@ impl Resolver {
             hook_epoch: std::sync::atomic::AtomicU64::new(1),
             history: CollectorHistory::new(&registry),
             catalog: Arc::new(KeyCatalog::new(&registry)),
+            lineage: registry
+                .collectors()
+                .iter()
+                .find_map(|registered| registered.collector.lineage()),
+            ended: ended::EndedHistory::new(limits.ended_entries),
             placement: ContainersConfig::default(),
             roots,
             registry,
@@ -194,6 +205,12 @@ impl Resolver {
     /// The host roots the resolver reads.
     pub fn roots(&self) -> &HostRoots {
         &self.roots
+    }
+
+    /// The process lineage (procfs's), which the hook's fork, exec and exit events complete;
+    /// `None` without the procfs collector.
+    pub fn lineage(&self) -> Option<&Arc<collectors::procfs::Lineage>> {
+        self.lineage.as_ref()
     }
 
     /// Resolves `pid` (a thread id resolves to its process).
@@ -293,9 +310,10 @@ impl Resolver {
             Some(entry) if entry.image.is_none() || process.image(&self.roots) == entry.image => {
                 Some(entry)
             }
-            Some(_) => {
+            Some(stale) => {
                 // Same process, another image: it exec'd, changed its ids or moved.
                 self.processes.remove(&key);
+                self.remember_ended(process, &stale);
                 None
             }
             None => None,
@@ -333,6 +351,7 @@ pub async fn resolve_once(
         process_entries: 1,
         container_entries: 1,
         cache_bytes: 64 * 1024 * 1024,
+        ended_entries: 0,
     };
     let resolver = Resolver::new(roots, registry, limits, Arc::new(Metrics::new()))
         .with_container_placement(placement);
