@@ -35,14 +35,15 @@ fn child_of(parent: u32) -> u32 {
     }
 }
 
-/// Waits until `pid` runs `name`.
+/// Waits until `pid` runs `name`, its exec done (its arguments set up).
 fn wait_for_name(pid: u32, name: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim()
-        != name
-    {
+    let done = || {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        comm.trim() == name && !args.is_empty()
+    };
+    while !done() {
         assert!(Instant::now() < deadline, "{pid} does not run {name}");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -143,6 +144,7 @@ fn the_chain_stops_at_the_init_of_a_pid_namespace() {
 fn an_exec_id_holds_for_one_execution_and_changes_at_exec() {
     let mut shell = shell_that_execs_on_a_line();
     let pid = shell.0.id();
+    wait_for_name(pid, "sh");
     let collector = collector();
     let exec_id = |labels: &LabelSet| -> ExecId {
         labels.get("process:exec-id")[0]

@@ -31,7 +31,11 @@ async fn metadata_when_named(daemon: &Daemon, pid: u32, name: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (status, answer) = daemon.get_json(&format!("/metadata/{pid}")).await;
-        if status == 200 && answer["labels"]["process:name"][0] == name {
+        // (Right after an exec, the answer may lack the exec id: asked again.)
+        if status == 200
+            && answer["labels"]["process:name"][0] == name
+            && answer["labels"]["process:exec-id"][0].is_string()
+        {
             return answer;
         }
         assert!(

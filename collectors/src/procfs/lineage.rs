@@ -117,6 +117,9 @@ pub struct Ancestor {
     pub image: Arc<Image>,
     /// Its execution, when it was read.
     pub exec_id: Option<ExecId>,
+    /// How deep its PID namespace is (the number of PIDs of `NSpid:`, 1 on the host); 0:
+    /// unknown.
+    pub pid_namespace_depth: u8,
 }
 
 /// A chain of ancestors, nearest first, shared between siblings (a fork adds one link).
@@ -242,7 +245,10 @@ impl Lineage {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        if auxv.is_empty() {
+        // Empty for a kernel thread or a zombie; all zero (its first entry `AT_NULL`) while
+        // an exec is in progress: the kernel writes the vector after the old image is gone.
+        let word = std::mem::size_of::<usize>();
+        if auxv.len() < word || auxv[..word].iter().all(|b| *b == 0) {
             return Ok(None);
         }
         let digest = Sha256::digest(&auxv);
@@ -256,19 +262,32 @@ impl Lineage {
     }
 
     /// The ancestors of process `pid` started at `start` (`None`: unknown), whose parent is
-    /// `ppid` now and whose `status` is given: the chain it was born with when its fork was
-    /// seen, else its parents' as procfs shows them; none for the init of a PID namespace.
-    pub fn ancestors(&self, pid: u32, start: Option<u64>, ppid: u32, status: &[u8]) -> Ancestry {
+    /// `ppid` now and whose `status` is given, nearest first, at most the depth: the chain it
+    /// was born with when its fork was seen, else its parents' as procfs shows them. The chain
+    /// stays in the process's PID namespace: none for the init of one, and it stops before an
+    /// ancestor outside (a container's process started by `docker exec` has none).
+    pub fn ancestors(
+        &self,
+        pid: u32,
+        start: Option<u64>,
+        ppid: u32,
+        status: &[u8],
+    ) -> Vec<Ancestor> {
         if is_namespace_init(pid, status) {
-            return Ancestry::default();
+            return Vec::new();
         }
-        if let Some(start) = start
-            && let Some(record) = self.records.get(&pid)
-            && record.start == start
-        {
-            return record.ancestors.clone();
-        }
-        self.below(ppid)
+        let chain =
+            match start.and_then(|start| self.records.get(&pid).filter(|r| r.start == start)) {
+                Some(record) => record.ancestors.clone(),
+                None => self.below(ppid),
+            };
+        let own = pid_namespace_depth(status);
+        chain
+            .iter()
+            .take(self.depth)
+            .take_while(|a| own == 0 || a.pid_namespace_depth == 0 || a.pid_namespace_depth >= own)
+            .cloned()
+            .collect()
     }
 
     /// The execution of the process `pid` now (read, or known).
@@ -370,6 +389,7 @@ impl Lineage {
         let path_untrusted = path.is_some() && self.own_mount_namespace(dir);
         let exec_id = self.exec_id(dir, pid, start).ok().flatten();
         let namespace_init = is_namespace_init(pid, &status);
+        let pid_namespace_depth = pid_namespace_depth(&status);
         let image = Image {
             name: super::process_name(&name, &super::split_args(&cmdline)),
             path,
@@ -379,6 +399,7 @@ impl Lineage {
             Ancestor {
                 image: Arc::new(image),
                 exec_id,
+                pid_namespace_depth,
             },
             namespace_init,
         ))
@@ -406,9 +427,12 @@ impl Lineage {
         let Some(parent) = parent else {
             return;
         };
+        // In its parent's PID namespace, unless it is the init of a new one (which its exec,
+        // read then, tells).
         let me = Ancestor {
             image: Arc::clone(&parent.me.image),
             exec_id: parent.me.exec_id.map(|id| ExecId { pid, start, ..id }),
+            pid_namespace_depth: parent.me.pid_namespace_depth,
         };
         let ancestors = self.child_chain(&parent);
         let complete = self.completes(&parent, &ancestors);
@@ -448,6 +472,9 @@ impl Lineage {
                 Ancestor {
                     image: Arc::new(image),
                     exec_id: None,
+                    pid_namespace_depth: known
+                        .as_ref()
+                        .map_or(0, |known| known.me.pid_namespace_depth),
                 },
                 false,
             )
@@ -492,6 +519,18 @@ impl Lineage {
             self.records.remove(&pid);
         }
     }
+}
+
+/// How deep the PID namespace of the process of `status` is: the number of PIDs `NSpid:`
+/// lists (1 on the host); 0 when it is not there (a recorded tree).
+fn pid_namespace_depth(status: &[u8]) -> u8 {
+    status_field(status, "NSpid").map_or(0, |ids| {
+        let count = ids
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|id| !id.is_empty())
+            .count();
+        u8::try_from(count).unwrap_or(u8::MAX)
+    })
 }
 
 /// Whether the process `pid` of `status` is PID 1 of its PID namespace: the host's init, or a
@@ -540,6 +579,45 @@ mod tests {
         }
     }
 
+    #[test]
+    fn no_exec_id_while_an_exec_is_in_progress_or_without_a_boot_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = HostRoots {
+            proc: dir.path().to_owned(),
+            ..HostRoots::default()
+        };
+        std::fs::create_dir_all(dir.path().join("7")).unwrap();
+        let lineage = Lineage::new(roots.clone(), 8, 16);
+        let at = || {
+            let proc_dir = ProcDir::open(&roots, 7).unwrap();
+            lineage.exec_id(&proc_dir, 7, 99).unwrap()
+        };
+        std::fs::write(
+            dir.path().join("7/auxv"),
+            [6u8, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0],
+        )
+        .unwrap();
+        assert_eq!(at(), None, "no boot id: a recorded tree");
+
+        let lineage = Lineage::new(roots.clone(), 8, 16);
+        std::fs::create_dir_all(dir.path().join("sys/kernel/random")).unwrap();
+        std::fs::write(
+            dir.path().join("sys/kernel/random/boot_id"),
+            "0123abcd-4567-89ef-0123-456789abcdef\n",
+        )
+        .unwrap();
+        let at = || {
+            let proc_dir = ProcDir::open(&roots, 7).unwrap();
+            lineage.exec_id(&proc_dir, 7, 99).unwrap()
+        };
+        let id = at().expect("an id");
+        assert_eq!((id.boot, id.pid, id.start), (0x0123_abcd_4567_89ef, 7, 99));
+        std::fs::write(dir.path().join("7/auxv"), [0u8; 32]).unwrap();
+        assert_eq!(at(), None, "all zero: the exec is not done");
+        std::fs::write(dir.path().join("7/auxv"), []).unwrap();
+        assert_eq!(at(), None, "empty: a kernel thread or a zombie");
+    }
+
     fn ancestor(name: &str) -> Ancestor {
         Ancestor {
             image: Arc::new(Image {
@@ -548,6 +626,7 @@ mod tests {
                 path_untrusted: false,
             }),
             exec_id: None,
+            pid_namespace_depth: 1,
         }
     }
 

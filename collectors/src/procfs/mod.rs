@@ -426,7 +426,9 @@ impl Inner {
         let start_ticks = stat.as_deref().ok().and_then(parse_start_ticks);
         let mut ancestors_untrusted = false;
         if !kernel_thread {
-            if let Some(start) = start_ticks {
+            // With arguments, the auxiliary vector is complete (the kernel sets them up after
+            // it at exec); without, the exec may be in progress: no id yet.
+            if let Some(start) = start_ticks.filter(|_| !no_arguments) {
                 match self.lineage.exec_id(&dir, pid, start) {
                     Ok(Some(id)) => labels.insert("process:exec-id", id.to_string()),
                     Ok(None) => {}
@@ -439,7 +441,6 @@ impl Inner {
                 }
                 if self.lineage.depth() > 0 {
                     let chain = self.lineage.ancestors(pid, start_ticks, ppid, &status);
-                    let chain = chain.iter().take(self.lineage.depth());
                     let (mut names, mut paths) = (Vec::new(), Vec::new());
                     for ancestor in chain {
                         names.push(ancestor.image.name.clone());
