@@ -44,7 +44,8 @@ pub enum Output {
 /// `metadata-agent get`.
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// A PID, a container id (12 to 64 hex digits), a pod UID, or `cgroup:ID`.
+    /// A PID, a container id (12 to 64 hex digits), a pod UID, `cgroup:ID`, or an exec id
+    /// (`process:exec-id`; an execution that ended is shown with its last labels).
     pub target: String,
     /// Also the policies a process matches and its verdict (PIDs only).
     #[arg(long)]
@@ -191,6 +192,12 @@ impl Client {
             .to_bytes();
         let json: Value = serde_json::from_slice(&body)
             .with_context(|| format!("GET {path}: the answer is not JSON"))?;
+        // An execution that ended: its last labels, said to be the last.
+        if status == hyper::StatusCode::GONE && json.get("last_known").is_some() {
+            let mut last = json["last_known"].clone();
+            last["ended_at"] = json["ended_at"].clone();
+            return Ok(last);
+        }
         if !status.is_success() {
             bail!(
                 "{} ({}): {}",
@@ -224,8 +231,12 @@ fn target_path(target: &str) -> anyhow::Result<(String, bool)> {
     if uuid {
         return Ok((format!("/pods/{target}"), false));
     }
+    if target.parse::<collectors::procfs::ExecId>().is_ok() {
+        return Ok((format!("/metadata?exec_id={target}"), false));
+    }
     bail!(
-        "{target:?}: expected a PID, a container id (12 to 64 hex digits), a pod UID or cgroup:ID"
+        "{target:?}: expected a PID, a container id (12 to 64 hex digits), a pod UID, cgroup:ID \
+         or an exec id"
     )
 }
 
@@ -273,6 +284,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
         let mut out = String::new();
         for (name, field) in [
             ("pid", "pid"),
+            ("ended at", "ended_at"),
             ("container", "id"),
             ("pod", "uid"),
             ("cgroup", "cgroup"),
@@ -449,6 +461,11 @@ mod tests {
         assert_eq!(
             target_path("cgroup:1234").unwrap().0,
             "/metadata?cgroup_id=1234"
+        );
+        let exec_id = "0123456789abcdef-4242-987654-fedcba9876543210";
+        assert_eq!(
+            target_path(exec_id).unwrap(),
+            (format!("/metadata?exec_id={exec_id}"), false)
         );
         for bad in ["", "abc", "cgroup:x", "12ab"] {
             assert!(target_path(bad).is_err(), "{bad}");

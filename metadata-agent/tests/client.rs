@@ -69,6 +69,37 @@ fn get_asks_a_running_agent_over_its_socket_with_the_token() {
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(json["labels"]["process:pid"][0], me.as_str());
     assert_eq!(json["selectors"]["verdict"], "allow");
+    // By its execution: the same process; once the execution ended, its last labels.
+    let exec_id = json["labels"]["process:exec-id"][0].as_str().unwrap();
+    let output = client(&[&["get", exec_id, "-o", "json"][..], &base].concat());
+    assert!(output.status.success(), "{output:?}");
+    let by_exec: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(by_exec["labels"]["process:pid"][0], me.as_str());
+    let mut sleep = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let sleep_pid = sleep.id().to_string();
+    let sleep_json = loop {
+        let output = client(&[&["get", sleep_pid.as_str(), "-o", "json"][..], &base].concat());
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        if json["labels"]["process:exec-id"][0].is_string() {
+            break json;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    sleep.kill().unwrap();
+    sleep.wait().unwrap();
+    let sleep_exec_id = sleep_json["labels"]["process:exec-id"][0].as_str().unwrap();
+    let output = client(&[&["get", sleep_exec_id][..], &base].concat());
+    assert!(output.status.success(), "{output:?}");
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        table.starts_with(&format!("# pid {sleep_pid}\n# ended at ")),
+        "{table}"
+    );
+    assert!(table.contains("process:name"), "{table}");
+
     let output = client(&[&["get", me.as_str(), "-o", "yaml"][..], &base].concat());
     assert!(output.status.success(), "{output:?}");
     let yaml: serde_json::Value =

@@ -67,10 +67,14 @@ async fn connects_are_resolved_published_and_enforced() {
     let observer = agent(config).await;
     let mut subscription = observer.state.bus.subscribe().unwrap();
     let child = std::thread::spawn(move || connect_as(0, port));
+    let mut execs = std::collections::HashMap::new();
     let pid_event = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let json = subscription.next().await.unwrap();
             let event: serde_json::Value = serde_json::from_str(&json.json).unwrap();
+            if event["kind"] == "exec" {
+                execs.insert(event["tgid"].as_u64().unwrap(), event["exec_id"].clone());
+            }
             if event["event"]["port"] == port {
                 return event;
             }
@@ -92,6 +96,23 @@ async fn connects_are_resolved_published_and_enforced() {
             .contains("python3"),
         "{pid_event}"
     );
+    // Every event names the execution: the connect's is the one its last exec reported, and
+    // the exit's the same.
+    let exec_id = pid_event["exec_id"].as_str().expect("exec_id").to_owned();
+    assert_eq!(pid_event["labels"]["process:exec-id"][0], exec_id.as_str());
+    assert_eq!(execs[&u64::from(pid)], exec_id.as_str(), "{execs:?}");
+    let exit = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let json = subscription.next().await.unwrap();
+            let event: serde_json::Value = serde_json::from_str(&json.json).unwrap();
+            if event["kind"] == "exit" && event["tgid"] == pid {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("no exit event within 10 s");
+    assert_eq!(exit["exec_id"], exec_id.as_str(), "{exit}");
     // Its exit drops it from the cache.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while observer.state.resolver.cached_pids().contains(&pid) {

@@ -42,8 +42,10 @@ class Passthrough(Operations):
     def read(self, path, size, offset, fh):
         if os.path.exists(os.path.join(self.source, "hang")):
             self.never.wait()
-        os.lseek(fh, offset, os.SEEK_SET)
-        return os.read(fh, size)
+        # One positioned read: fusepy serves requests on several threads, and a seek then a
+        # read on the shared descriptor could read at another request's offset (a torn file,
+        # hashed wrong, under load).
+        return os.pread(fh, size, offset)
 
     def release(self, path, fh):
         os.close(fh)
