@@ -113,6 +113,7 @@ async fn by_exec_id(state: &AppState, text: &str) -> Answer {
             Ok((StatusCode::GONE, Json(body)).into_response())
         }
         ExecLookup::Unknown(why) => Err(not_found("no_such_execution", why)),
+        ExecLookup::Failed(error) => Err(error.into()),
     }
 }
 

@@ -7,11 +7,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use collectors::ProcessRef;
 use collectors::procfs::ExecId;
+use collectors::{ProcessError, ProcessRef};
 
 use super::caches::{ProcessEntry, ScopeEntry, container_key};
-use super::{Found, Resolution, Resolver};
+use super::{Found, Resolution, ResolveError, Resolver};
 
 /// One ended execution.
 #[derive(Clone)]
@@ -71,6 +71,8 @@ pub enum ExecLookup {
     },
     /// Neither: why.
     Unknown(String),
+    /// Its process runs but could not be read now.
+    Failed(ResolveError),
 }
 
 impl Resolver {
@@ -102,13 +104,21 @@ impl Resolver {
                 "exec id {id} is of another node or an earlier boot of this one"
             ));
         }
-        if let Ok(process) = ProcessRef::resolve(&self.roots, id.pid)
-            && process.pid == id.pid
-            && process.start_ticks == Some(id.start)
-            && let Ok(resolution) = self.resolve(id.pid).await
-            && resolution.labels.get("process:exec-id").first() == Some(&id.to_string())
-        {
-            return ExecLookup::Live(resolution);
+        let same_process = ProcessRef::resolve(&self.roots, id.pid)
+            .is_ok_and(|process| process.pid == id.pid && process.start_ticks == Some(id.start));
+        if same_process {
+            match self.resolve(id.pid).await {
+                Ok(resolution)
+                    if resolution.labels.get("process:exec-id").first()
+                        == Some(&id.to_string()) =>
+                {
+                    return ExecLookup::Live(resolution);
+                }
+                // It runs another image now, or it just exited.
+                Ok(_) | Err(ResolveError::Process(ProcessError::NoSuchProcess(_))) => {}
+                // Alive but unreadable now: not said to have ended.
+                Err(error) => return ExecLookup::Failed(error),
+            }
         }
         // Without exit and exec events, an execution that ended may still be cached.
         let key = (id.pid, Some(id.start));
