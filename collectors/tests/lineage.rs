@@ -183,6 +183,13 @@ fn an_exec_id_holds_for_one_execution_and_changes_at_exec() {
 #[test]
 fn hook_events_keep_a_parent_that_exited() {
     use std::io::BufRead;
+    // Two agents following the hook from before these processes start: one is fed their
+    // events; the other is not (as when events are lost), and says its chains may be short.
+    let (aware, collector) = (collector(), collector());
+    aware.lineage().follow_hook_events();
+    collector.lineage().follow_hook_events();
+    // (Start times count clock ticks: the processes must start in a later one.)
+    std::thread::sleep(Duration::from_millis(20));
     // A launcher that forks a child and exits: procfs then shows the child under init (or a
     // subreaper), while the events say who forked it.
     let mut launcher = Command::new("sh")
@@ -204,7 +211,15 @@ fn hook_events_keep_a_parent_that_exited() {
             .start_ticks
             .unwrap()
     };
-    let collector = collector();
+    let unseen = collector
+        .collect_blocking(&ProcessRef::resolve(&HostRoots::default(), sleep).unwrap())
+        .unwrap();
+    let partial = unseen.partial.unwrap_or_default();
+    assert!(
+        partial.contains("fork event for this process was not seen"),
+        "{partial}"
+    );
+    let collector = aware;
     let lineage = collector.lineage();
     // The agent sees the launcher's exec and its fork, as the hook reports them, then its exit.
     let launcher_start = start_of(launcher_pid);
@@ -214,7 +229,10 @@ fn hook_events_keep_a_parent_that_exited() {
     launcher.wait().unwrap();
     lineage.exited(launcher_pid, launcher_start);
 
-    let labels = labels_of(&collector, sleep);
+    let process = ProcessRef::resolve(&HostRoots::default(), sleep).unwrap();
+    let seen = collector.collect_blocking(&process).unwrap();
+    assert!(!seen.partial.unwrap_or_default().contains("fork event"));
+    let labels = seen.labels;
     assert_ne!(
         labels.get("process:ppid"),
         [launcher_pid.to_string()],

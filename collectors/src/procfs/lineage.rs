@@ -198,6 +198,8 @@ struct Record {
 pub struct Lineage {
     roots: HostRoots,
     depth: usize,
+    /// From when (clock ticks since boot) the hook's events are fed here; 0: they are not.
+    following_since: std::sync::atomic::AtomicU64,
     records: Cache<u32, Arc<Record>>,
     boot: OnceLock<Option<u64>>,
     host_mount_namespace: OnceLock<Option<PathBuf>>,
@@ -211,6 +213,7 @@ impl Lineage {
             roots,
             depth,
             records: Cache::new(entries.max(1)),
+            following_since: std::sync::atomic::AtomicU64::new(0),
             boot: OnceLock::new(),
             host_mount_namespace: OnceLock::new(),
         }
@@ -219,6 +222,19 @@ impl Lineage {
     /// How many ancestors are given.
     pub fn depth(&self) -> usize {
         self.depth
+    }
+
+    /// The hook's fork, exec and exit events are fed here from now on: a process started
+    /// later whose fork was not seen (an event lost, or not read yet) has a chain that may lack
+    /// an ancestor that exited, and [`Lineage::ancestors`] says so.
+    pub fn follow_hook_events(&self) {
+        let now = boot_clock_ticks();
+        let _ = self.following_since.compare_exchange(
+            0,
+            now.max(1),
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        );
     }
 
     /// The node's boot (the first 64 bits of its boot id); `None` where it cannot be read (a
@@ -265,29 +281,37 @@ impl Lineage {
     /// `ppid` now and whose `status` is given, nearest first, at most the depth: the chain it
     /// was born with when its fork was seen, else its parents' as procfs shows them. The chain
     /// stays in the process's PID namespace: none for the init of one, and it stops before an
-    /// ancestor outside (a container's process started by `docker exec` has none).
+    /// ancestor outside (a container's process started by `docker exec` has none). The flag
+    /// says the chain may lack an ancestor that exited: the process started while the hook's
+    /// events were followed, yet its fork was not seen.
     pub fn ancestors(
         &self,
         pid: u32,
         start: Option<u64>,
         ppid: u32,
         status: &[u8],
-    ) -> Vec<Ancestor> {
+    ) -> (Vec<Ancestor>, bool) {
         if is_namespace_init(pid, status) {
-            return Vec::new();
+            return (Vec::new(), false);
         }
-        let chain =
-            match start.and_then(|start| self.records.get(&pid).filter(|r| r.start == start)) {
-                Some(record) => record.ancestors.clone(),
-                None => self.below(ppid),
-            };
+        let record = start.and_then(|start| self.records.get(&pid).filter(|r| r.start == start));
+        let following = self
+            .following_since
+            .load(std::sync::atomic::Ordering::Acquire);
+        let unseen =
+            record.is_none() && following > 0 && start.is_some_and(|start| start > following);
+        let chain = match record {
+            Some(record) => record.ancestors.clone(),
+            None => self.below(ppid),
+        };
         let own = pid_namespace_depth(status);
-        chain
+        let chain = chain
             .iter()
             .take(self.depth)
             .take_while(|a| own == 0 || a.pid_namespace_depth == 0 || a.pid_namespace_depth >= own)
             .cloned()
-            .collect()
+            .collect();
+        (chain, unseen)
     }
 
     /// The execution of the process `pid` now (read, or known).
@@ -519,6 +543,18 @@ impl Lineage {
             self.records.remove(&pid);
         }
     }
+}
+
+/// The boot-time clock in clock ticks (what `/proc/<pid>/stat` start times count).
+fn boot_clock_ticks() -> u64 {
+    // SAFETY: clock_gettime writes into a timespec we own.
+    let now = unsafe {
+        let mut now: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now);
+        now
+    };
+    let hz = super::clock_ticks_per_second();
+    (now.tv_sec as u64).saturating_mul(hz) + now.tv_nsec as u64 * hz / 1_000_000_000
 }
 
 /// How deep the PID namespace of the process of `status` is: the number of PIDs `NSpid:`

@@ -440,7 +440,15 @@ impl Inner {
                     labels.insert("process:parent:exec-id", id.to_string());
                 }
                 if self.lineage.depth() > 0 {
-                    let chain = self.lineage.ancestors(pid, start_ticks, ppid, &status);
+                    let (chain, unseen) = self.lineage.ancestors(pid, start_ticks, ppid, &status);
+                    if unseen {
+                        gaps.unreadable.push(
+                            "ancestors: as procfs shows them now, which may lack one that \
+                             exited (the hook's fork event for this process was not seen: \
+                             lost, or not read yet)"
+                                .to_owned(),
+                        );
+                    }
                     let (mut names, mut paths) = (Vec::new(), Vec::new());
                     for ancestor in chain {
                         names.push(ancestor.image.name.clone());

@@ -173,6 +173,9 @@ impl Agent {
                 set_health(true, Some(mode), None);
                 self.enforcer = Some(Arc::new(enforcer));
                 self.hook_reader = Some(reader);
+                if let Some(lineage) = self.state.resolver.lineage() {
+                    lineage.follow_hook_events();
+                }
                 Ok(())
             }
             Err(error) if config.enabled == Enabled::Auto && !enforce => {
