@@ -174,6 +174,12 @@ impl Client {
             request = request.header(*name, value);
         }
         let request = request.body(Empty::new()).context("building the request")?;
+        // One connection, one request at a time: the previous answer must be read to its end
+        // (and the connection ready again) before the next is sent.
+        self.sender
+            .ready()
+            .await
+            .with_context(|| format!("GET {path}: the connection closed"))?;
         self.sender
             .send_request(request)
             .await
