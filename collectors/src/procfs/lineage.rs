@@ -179,6 +179,18 @@ impl Ancestry {
     }
 }
 
+/// What [`Lineage::of`] gives for one process.
+#[derive(Debug, Default)]
+pub struct ProcessLineage {
+    /// The execution of its parent (`process:ppid`), when it could be read.
+    pub parent_exec_id: Option<ExecId>,
+    /// Its ancestors, nearest first.
+    pub ancestors: Vec<Ancestor>,
+    /// Whether the chain may lack an ancestor that exited: the process started while the
+    /// hook's events were followed, yet its fork was not seen.
+    pub unseen: bool,
+}
+
 /// What is known of one process.
 #[derive(Debug)]
 struct Record {
@@ -226,7 +238,7 @@ impl Lineage {
 
     /// The hook's fork, exec and exit events are fed here from now on: a process started
     /// later whose fork was not seen (an event lost, or not read yet) has a chain that may lack
-    /// an ancestor that exited, and [`Lineage::ancestors`] says so.
+    /// an ancestor that exited, and [`Lineage::of`] says so.
     pub fn follow_hook_events(&self) {
         let now = boot_clock_ticks();
         let _ = self.following_since.compare_exchange(
@@ -277,54 +289,43 @@ impl Lineage {
         }))
     }
 
-    /// The ancestors of process `pid` started at `start` (`None`: unknown), whose parent is
-    /// `ppid` now and whose `status` is given, nearest first, at most the depth: the chain it
-    /// was born with when its fork was seen, else its parents' as procfs shows them. The chain
-    /// stays in the process's PID namespace: none for the init of one, and it stops before an
-    /// ancestor outside (a container's process started by `docker exec` has none). The flag
-    /// says the chain may lack an ancestor that exited: the process started while the hook's
-    /// events were followed, yet its fork was not seen.
-    pub fn ancestors(
-        &self,
-        pid: u32,
-        start: Option<u64>,
-        ppid: u32,
-        status: &[u8],
-    ) -> (Vec<Ancestor>, bool) {
-        if is_namespace_init(pid, status) {
-            return (Vec::new(), false);
+    /// The lineage of process `pid` started at `start` (`None`: unknown), whose parent is
+    /// `ppid` now and whose `status` is given; the parent is read (or found kept) once for all
+    /// of it.
+    ///
+    /// The ancestors come nearest first, at most the depth: the chain the process was born
+    /// with when its fork was seen, else its parents' as procfs shows them. The chain stays in
+    /// the process's PID namespace: none for the init of one, and it stops before an ancestor
+    /// outside (a container's process started by `docker exec` has none).
+    pub fn of(&self, pid: u32, start: Option<u64>, ppid: u32, status: &[u8]) -> ProcessLineage {
+        let parent = self.record(ppid);
+        let mut lineage = ProcessLineage {
+            parent_exec_id: parent.as_ref().and_then(|parent| parent.me.exec_id),
+            ancestors: Vec::new(),
+            unseen: false,
+        };
+        if self.depth == 0 || is_namespace_init(pid, status) {
+            return lineage;
         }
         let record = start.and_then(|start| self.records.get(&pid).filter(|r| r.start == start));
         let following = self
             .following_since
             .load(std::sync::atomic::Ordering::Acquire);
-        let unseen =
+        lineage.unseen =
             record.is_none() && following > 0 && start.is_some_and(|start| start > following);
-        let chain = match record {
-            Some(record) => record.ancestors.clone(),
-            None => self.below(ppid),
+        let chain = match (record, parent) {
+            (Some(record), _) => record.ancestors.clone(),
+            (None, Some(parent)) => self.child_chain(&parent),
+            (None, None) => Ancestry::default(),
         };
         let own = pid_namespace_depth(status);
-        let chain = chain
+        lineage.ancestors = chain
             .iter()
             .take(self.depth)
             .take_while(|a| own == 0 || a.pid_namespace_depth == 0 || a.pid_namespace_depth >= own)
             .cloned()
             .collect();
-        (chain, unseen)
-    }
-
-    /// The execution of the process `pid` now (read, or known).
-    pub fn exec_id_of(&self, pid: u32) -> Option<ExecId> {
-        self.record(pid)?.me.exec_id
-    }
-
-    /// The chain of a child of `pid` (`pid` first).
-    fn below(&self, pid: u32) -> Ancestry {
-        match self.record(pid) {
-            Some(parent) => self.child_chain(&parent),
-            None => Ancestry::default(),
-        }
+        lineage
     }
 
     /// The chain of a child of `parent`, and whether it is complete.
@@ -480,12 +481,14 @@ impl Lineage {
             .records
             .get(&pid)
             .filter(|record| record.start == start);
+        // Its `stat` once: the start time that ties the directory to it, and its parent.
         let dir = ProcDir::open(&self.roots, pid).ok();
-        let read = dir.as_ref().and_then(|dir| {
-            let same = dir.start_ticks() == Some(start);
-            same.then(|| self.read_image(dir, pid, start, Some(comm)))
-                .flatten()
-        });
+        let stat = dir.as_ref().and_then(|dir| dir.read("stat").ok());
+        let same = stat.as_deref().and_then(parse_start_ticks) == Some(start);
+        let read = dir
+            .as_ref()
+            .filter(|_| same)
+            .and_then(|dir| self.read_image(dir, pid, start, Some(comm)));
         let (me, namespace_init) = read.unwrap_or_else(|| {
             let image = Image {
                 name: comm.to_owned(),
@@ -508,8 +511,8 @@ impl Lineage {
         } else if let Some(known) = &known {
             (known.ancestors.clone(), known.complete)
         } else {
-            let ppid = dir
-                .and_then(|dir| dir.read("stat").ok())
+            let ppid = stat
+                .filter(|_| same)
                 .and_then(|stat| stat_field(&stat, 4)?.parse::<u32>().ok());
             match ppid.and_then(|ppid| self.record(ppid)) {
                 Some(parent) => {

@@ -25,7 +25,7 @@ pub use binary_hash::{
 pub use capabilities::capability_names;
 pub use lineage::{
     Ancestor, Ancestry, DEFAULT_ANCESTOR_DEPTH, DEFAULT_LINEAGE_ENTRIES, ExecId, Image, Lineage,
-    MAX_ANCESTOR_DEPTH,
+    MAX_ANCESTOR_DEPTH, ProcessLineage,
 };
 
 use crate::builtin::Builtin;
@@ -436,28 +436,26 @@ impl Inner {
                 }
             }
             if let Some(ppid) = ppid.filter(|&p| p > 0) {
-                if let Some(id) = self.lineage.exec_id_of(ppid) {
+                let lineage = self.lineage.of(pid, start_ticks, ppid, &status);
+                if let Some(id) = lineage.parent_exec_id {
                     labels.insert("process:parent:exec-id", id.to_string());
                 }
-                if self.lineage.depth() > 0 {
-                    let (chain, unseen) = self.lineage.ancestors(pid, start_ticks, ppid, &status);
-                    if unseen {
-                        gaps.unreadable.push(
-                            "ancestors: as procfs shows them now, which may lack one that \
-                             exited (the hook's fork event for this process was not seen: \
-                             lost, or not read yet)"
-                                .to_owned(),
-                        );
-                    }
-                    let (mut names, mut paths) = (Vec::new(), Vec::new());
-                    for ancestor in chain {
-                        names.push(ancestor.image.name.clone());
-                        paths.extend(ancestor.image.path.clone());
-                        ancestors_untrusted |= ancestor.image.path_untrusted;
-                    }
-                    labels.insert_all("process:ancestor:name", names);
-                    labels.insert_all("process:ancestor:binary:path", paths);
+                if lineage.unseen {
+                    gaps.unreadable.push(
+                        "ancestors: as procfs shows them now, which may lack one that exited \
+                         (the hook's fork event for this process was not seen: lost, or not \
+                         read yet)"
+                            .to_owned(),
+                    );
                 }
+                let (mut names, mut paths) = (Vec::new(), Vec::new());
+                for ancestor in lineage.ancestors {
+                    names.push(ancestor.image.name.clone());
+                    paths.extend(ancestor.image.path.clone());
+                    ancestors_untrusted |= ancestor.image.path_untrusted;
+                }
+                labels.insert_all("process:ancestor:name", names);
+                labels.insert_all("process:ancestor:binary:path", paths);
             }
         }
         if let Some(caps) = status_field(&status, "CapEff")
