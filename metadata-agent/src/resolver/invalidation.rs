@@ -7,21 +7,13 @@ use std::sync::Arc;
 use collectors::{Invalidation, ProcessRef, Scope};
 
 use super::Resolver;
-use super::caches::ProcessEntry;
+use super::caches::{ProcessEntry, ProcessKey};
 
 impl Resolver {
     /// Drops every cached entry of `pid` (on an exit or exec event).
     pub fn forget(&self, pid: u32) {
         let before = self.processes.len();
-        let ended = std::cell::RefCell::new(Vec::new());
-        self.processes.retain(|&(cached, start), entry| {
-            if cached != pid {
-                return true;
-            }
-            ended.borrow_mut().push((start, Arc::clone(entry)));
-            false
-        });
-        self.remember_all_ended(pid, ended.into_inner());
+        self.drop_ended(|&(cached, _), _| cached == pid);
         // Its kept answer would no longer be given; dropping it closes its proc directory.
         self.answers.remove(&pid);
         self.count_removals(before);
@@ -42,20 +34,22 @@ impl Resolver {
     /// them stale).
     pub fn forget_collected_before(&self, pid: u32, monotonic_ns: u64) {
         let before = self.processes.len();
-        let ended = std::cell::RefCell::new(Vec::new());
-        self.processes.retain(|&(cached, start), entry| {
-            if cached != pid || entry.collected_ns >= monotonic_ns {
-                return true;
-            }
-            ended.borrow_mut().push((start, Arc::clone(entry)));
-            false
-        });
-        self.remember_all_ended(pid, ended.into_inner());
+        self.drop_ended(|&(cached, _), entry| cached == pid && entry.collected_ns < monotonic_ns);
         self.count_removals(before);
     }
 
-    fn remember_all_ended(&self, pid: u32, ended: Vec<(Option<u64>, Arc<ProcessEntry>)>) {
-        for (start_ticks, entry) in ended {
+    /// Drops the process entries `ended` picks, whose executions ended: each is kept in the
+    /// history of ended executions.
+    fn drop_ended(&self, ended: impl Fn(&ProcessKey, &Arc<ProcessEntry>) -> bool) {
+        let dropped = std::cell::RefCell::new(Vec::new());
+        self.processes.retain(|key, entry| {
+            if !ended(key, entry) {
+                return true;
+            }
+            dropped.borrow_mut().push((*key, Arc::clone(entry)));
+            false
+        });
+        for ((pid, start_ticks), entry) in dropped.into_inner() {
             self.remember_ended(ProcessRef { pid, start_ticks }, &entry);
         }
     }
@@ -108,18 +102,10 @@ impl Resolver {
     /// Drops entries of processes that ended or whose PID now names another process.
     pub fn sweep(&self) {
         let before = self.processes.len();
-        let ended = std::cell::RefCell::new(Vec::new());
-        self.processes.retain(|&(pid, start), entry| {
-            let alive = ProcessRef::resolve(&self.roots, pid)
-                .is_ok_and(|now| now.pid == pid && now.start_ticks == start);
-            if !alive {
-                ended.borrow_mut().push((pid, start, Arc::clone(entry)));
-            }
-            alive
+        self.drop_ended(|&(pid, start), _| {
+            !ProcessRef::resolve(&self.roots, pid)
+                .is_ok_and(|now| now.pid == pid && now.start_ticks == start)
         });
-        for (pid, start_ticks, entry) in ended.into_inner() {
-            self.remember_ended(ProcessRef { pid, start_ticks }, &entry);
-        }
         self.answers.retain(|_, answer| {
             let process = &answer.found.process;
             self.processes
