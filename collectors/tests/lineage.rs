@@ -253,3 +253,17 @@ fn hook_events_keep_a_parent_that_exited() {
         "{unaware:#?}"
     );
 }
+
+#[test]
+fn an_ancestor_depth_past_the_most_is_refused_naming_it() {
+    let mut config = collectors::CollectorsConfig::default();
+    config.procfs.ancestor_depth = collectors::procfs::MAX_ANCESTOR_DEPTH + 1;
+    let error = collectors::build_registry(&config, &HostRoots::default())
+        .err()
+        .expect("refused");
+    let text = collectors::error_chain(&error);
+    assert!(
+        text.contains("procfs") && text.contains("ancestorDepth: 33 is more than the most, 32"),
+        "{text}"
+    );
+}

@@ -119,6 +119,11 @@ async fn exec_ids_hold_for_one_execution_and_lookups_find_it_live_and_ended() {
             .unwrap()
             .contains("<boot>-<pid>-<start>-<image>")
     );
+    // A huge one is refused without being echoed back.
+    let huge = "f".repeat(6000);
+    let (status, bad) = daemon.get_json(&format!("/metadata?exec_id={huge}")).await;
+    assert_eq!(status, 400, "{bad:#}");
+    assert!(bad.to_string().len() < 400, "{bad:#}");
     let other_boot = format!("{}{}", "ffffffffffffffff", &first_id[16..]);
     let other_boot = if other_boot == first_id {
         format!("{}{}", "0000000000000000", &first_id[16..])

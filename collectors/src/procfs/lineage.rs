@@ -69,6 +69,14 @@ impl FromStr for ExecId {
     fn from_str(text: &str) -> Result<Self, String> {
         let expected = "an exec id is <boot>-<pid>-<start>-<image>: 16 hex digits, a PID, clock \
                         ticks, 16 hex digits";
+        // The longest: 16 + 10 + 20 + 16 digits and 3 dashes. Longer text is not echoed back.
+        const MAX_LEN: usize = 65;
+        if text.len() > MAX_LEN {
+            return Err(format!(
+                "{} bytes, more than any exec id ({MAX_LEN}); {expected}",
+                text.len()
+            ));
+        }
         let parts: Vec<&str> = text.split('-').collect();
         let [boot, pid, start, image] = parts.as_slice() else {
             return Err(format!("{text:?} has {} parts; {expected}", parts.len()));
@@ -616,6 +624,15 @@ mod tests {
             let error = bad.parse::<ExecId>().unwrap_err();
             assert!(error.contains(says), "{bad:?}: {error}");
         }
+        // A huge one is refused without being echoed back.
+        let huge = "-".repeat(1 << 20);
+        let error = huge.parse::<ExecId>().unwrap_err();
+        assert!(
+            error.starts_with("1048576 bytes, more than any exec id"),
+            "{}",
+            &error[..80]
+        );
+        assert!(error.len() < 200);
     }
 
     #[test]
@@ -655,6 +672,64 @@ mod tests {
         assert_eq!(at(), None, "all zero: the exec is not done");
         std::fs::write(dir.path().join("7/auxv"), []).unwrap();
         assert_eq!(at(), None, "empty: a kernel thread or a zombie");
+    }
+
+    /// A recorded proc tree of `levels` processes, each the parent of the next (PID 1 the
+    /// root).
+    fn chain_tree(levels: u32) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for pid in 1..=levels {
+            let at = dir.path().join(pid.to_string());
+            std::fs::create_dir(&at).unwrap();
+            let stat = format!(
+                "{pid} (p{pid}) S {} 0 0 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {} 0 0",
+                pid - 1,
+                1000 + pid
+            );
+            std::fs::write(at.join("stat"), stat).unwrap();
+            std::fs::write(at.join("status"), format!("Name:\tp{pid}\nNSpid:\t{pid}\n")).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn a_process_tree_thousands_deep_gives_the_nearest_ancestors_in_bounded_work() {
+        let levels = 5000;
+        let tree = chain_tree(levels);
+        let roots = HostRoots {
+            proc: tree.path().to_owned(),
+            ..HostRoots::default()
+        };
+        for depth in [8, MAX_ANCESTOR_DEPTH] {
+            let lineage = Lineage::new(roots.clone(), depth, 1024);
+            let status = std::fs::read(tree.path().join(format!("{levels}/status"))).unwrap();
+            let found = lineage.of(levels, Some(1000 + u64::from(levels)), levels - 1, &status);
+            let names: Vec<String> = found
+                .ancestors
+                .iter()
+                .map(|a| a.image.name.clone())
+                .collect();
+            let expected: Vec<String> = (1..=depth as u32)
+                .map(|n| format!("p{}", levels - n))
+                .collect();
+            assert_eq!(names, expected);
+            // Only the walk's reach is read and kept: a cut walk is not.
+            assert!(
+                lineage.records.len() <= MAX_WALK + 1,
+                "{}",
+                lineage.records.len()
+            );
+        }
+        // Near the root the chain ends at PID 1.
+        let lineage = Lineage::new(roots, 8, 1024);
+        let status = std::fs::read(tree.path().join("4/status")).unwrap();
+        let names: Vec<String> = lineage
+            .of(4, Some(1004), 3, &status)
+            .ancestors
+            .iter()
+            .map(|a| a.image.name.clone())
+            .collect();
+        assert_eq!(names, ["p3", "p2", "p1"]);
     }
 
     fn ancestor(name: &str) -> Ancestor {
