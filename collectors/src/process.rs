@@ -129,10 +129,19 @@ pub struct ProcessImage {
     /// of its path.
     exe: (Option<FileIdentity>, u64),
     /// The owner of `/proc/<pid>`: the kernel gives it the process's effective uid and gid at
-    /// every `stat` (root once the process is no longer dumpable, as after a `setuid`).
+    /// every `stat`, also once the process is no longer dumpable (as after a `setuid`; its
+    /// files are then root's, the directory is not).
     owner: (u32, u32),
     /// A digest of `/proc/<pid>/cgroup`.
     cgroups: u64,
+}
+
+impl ProcessImage {
+    /// Whether the process of `dir` still has this image's effective user and group (the
+    /// owner of its directory): one `fstat`.
+    pub fn same_owner(&self, dir: &ProcDir) -> bool {
+        rustix::fs::fstat(&dir.fd).is_ok_and(|owner| (owner.st_uid, owner.st_gid) == self.owner)
+    }
 }
 
 /// The PIDs under the proc root: every process running now.
@@ -222,8 +231,10 @@ impl ProcDir {
         })
     }
 
-    /// The names in the subdirectory `name` (`fd`).
-    pub fn read_dir(&self, name: &str) -> io::Result<Vec<String>> {
+    /// The targets of the links in the subdirectory `name` (`fd`); a link that cannot be
+    /// read (its descriptor closed since) is left out. At most `limit` links are read; the
+    /// second value tells whether there were more.
+    pub fn link_targets_in(&self, name: &str, limit: usize) -> io::Result<(Vec<Vec<u8>>, bool)> {
         use rustix::fs::{Mode, OFlags};
         let fd = rustix::fs::openat(
             &self.fd,
@@ -231,15 +242,28 @@ impl ProcDir {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        // The directory stream owns the descriptor (one open, no duplicate), and links are
+        // read relative to it: no path walk through `<pid>/<name>` for each.
+        let mut dir = rustix::fs::Dir::new(fd)?;
         let mut names = Vec::new();
-        for entry in rustix::fs::Dir::read_from(&fd)? {
+        while let Some(entry) = dir.read() {
             let entry = entry?;
-            let name = entry.file_name().to_string_lossy();
-            if name != "." && name != ".." {
-                names.push(name.into_owned());
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(String::from_utf8_lossy(name).into_owned());
             }
         }
-        Ok(names)
+        let cut = names.len() > limit;
+        names.truncate(limit);
+        let fd = dir.fd()?;
+        let links = names
+            .into_iter()
+            .filter_map(|name| {
+                let target = rustix::fs::readlinkat(fd, name.as_str(), Vec::new()).ok()?;
+                Some(target.into_bytes())
+            })
+            .collect();
+        Ok((links, cut))
     }
 
     /// The target of the link `name` (`exe`, `cwd`).

@@ -6,7 +6,8 @@
 //! computed; then the second pass again on one thread. These are the figures compared with the
 //! psutil script, which makes the same two passes.
 //! `bench_procfs warm` — a first pass to fill the hash cache, then a timed pass per process, one
-//! at a time: the "cold resolution" figure (nothing cached but the hashes).
+//! at a time: the "cold resolution" figure (nothing cached but the hashes). `warm N` makes N
+//! timed passes (for a profiler; the figure is the median over all of them).
 //!
 //! Prints one `RESULT key=value ...` line.
 
@@ -104,8 +105,19 @@ fn main() {
         }
         "warm" => {
             let collector = ProcfsCollector::new(roots.clone(), &ProcfsConfig::default());
+            let passes: usize = match std::env::args().nth(2).map(|n| n.parse()) {
+                None => 1,
+                Some(Ok(n)) if n > 0 => n,
+                Some(_) => {
+                    eprintln!("bench_procfs warm: the number of passes must be a positive integer");
+                    std::process::exit(2);
+                }
+            };
             pass(&collector, &roots, &pids);
-            let mut times = pass(&collector, &roots, &pids);
+            let mut times = Vec::new();
+            for _ in 0..passes {
+                times.extend(pass(&collector, &roots, &pids));
+            }
             times.sort_unstable();
             let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize].as_micros();
             println!(
@@ -117,7 +129,7 @@ fn main() {
             );
         }
         _ => {
-            eprintln!("usage: bench_procfs scan|warm");
+            eprintln!("usage: bench_procfs scan | warm [passes]");
             std::process::exit(2);
         }
     }

@@ -306,7 +306,24 @@ impl Lineage {
     /// the process's PID namespace: none for the init of one, and it stops before an ancestor
     /// outside (a container's process started by `docker exec` has none).
     pub fn of(&self, pid: u32, start: Option<u64>, ppid: u32, status: &[u8]) -> ProcessLineage {
-        let parent = self.record(ppid);
+        let parent = ProcDir::open(&self.roots, ppid)
+            .ok()
+            .and_then(|dir| dir.read("stat").ok().map(|stat| (dir, stat)));
+        let parent = parent.as_ref().map(|(dir, stat)| (dir, stat.as_slice()));
+        self.of_opened(pid, start, ppid, parent, status)
+    }
+
+    /// [`Lineage::of`] with the parent's directory open and its `stat` read already (`None`:
+    /// it could not be), as the collector has them for the parent's own labels.
+    pub fn of_opened(
+        &self,
+        pid: u32,
+        start: Option<u64>,
+        ppid: u32,
+        parent: Option<(&ProcDir, &[u8])>,
+        status: &[u8],
+    ) -> ProcessLineage {
+        let parent = parent.and_then(|(dir, stat)| self.record_at(dir, stat, ppid, MAX_WALK));
         let mut lineage = ProcessLineage {
             parent_exec_id: parent.as_ref().and_then(|parent| parent.me.exec_id),
             ancestors: Vec::new(),
@@ -363,14 +380,25 @@ impl Lineage {
         }
         let dir = ProcDir::open(&self.roots, pid).ok()?;
         let stat = dir.read("stat").ok()?;
-        let start = parse_start_ticks(&stat)?;
+        self.record_at(&dir, &stat, pid, levels)
+    }
+
+    /// [`Lineage::record_within`] of the process of `dir`, whose `stat` is given.
+    fn record_at(
+        &self,
+        dir: &ProcDir,
+        stat: &[u8],
+        pid: u32,
+        levels: usize,
+    ) -> Option<Arc<Record>> {
+        let start = parse_start_ticks(stat)?;
         if let Some(record) = self.records.get(&pid)
             && record.start == start
         {
             return Some(record);
         }
-        let (me, namespace_init) = self.read_image(&dir, pid, start, None)?;
-        let ppid = stat_field(&stat, 4).and_then(|p| p.parse::<u32>().ok());
+        let (me, namespace_init) = self.read_image(dir, pid, start, None)?;
+        let ppid = stat_field(stat, 4).and_then(|p| p.parse::<u32>().ok());
         let (ancestors, complete) = match ppid {
             _ if namespace_init || self.depth == 0 => (Ancestry::default(), true),
             Some(_) if levels == 0 => (Ancestry::default(), false),

@@ -225,9 +225,11 @@ impl ProcfsCollector {
     /// Collects the labels of `process` without an async runtime (blocking file I/O; hashes
     /// the binary in this thread, however long it takes).
     pub fn collect_blocking(&self, process: &ProcessRef) -> Result<Collected, CollectError> {
-        let mut collected = self.inner.collect(process)?;
-        let hash = self.inner.hashes.hash_now(&self.inner.exe(process));
-        self.inner.add_hash(process, hash, &mut collected);
+        let (mut collected, kernel_thread) = self.inner.collect(process)?;
+        if !kernel_thread {
+            let hash = self.inner.hashes.hash_now(&self.inner.exe(process));
+            self.inner.add_hash(process, hash, &mut collected);
+        }
         Ok(collected)
     }
 }
@@ -274,17 +276,19 @@ impl Collector for ProcfsCollector {
         // It also looks the binary up among the hashes (a statx, which never waits for a FUSE
         // or network server); a miss is hashed on the hashing pool.
         let (mut collected, lookup) = tokio::task::spawn_blocking(move || {
-            let collected = inner.collect(&process)?;
-            let lookup = inner.hashes.lookup(&inner.exe(&process));
+            let (collected, kernel_thread) = inner.collect(&process)?;
+            // A kernel thread runs no executable: nothing to hash.
+            let lookup = (!kernel_thread).then(|| inner.hashes.lookup(&inner.exe(&process)));
             Ok::<_, CollectError>((collected, lookup))
         })
         .await
         .map_err(|e| CollectError::failed("procfs task").because(e))??;
         let hash = match lookup {
-            Lookup::Done(outcome) => outcome,
+            None => return Ok(collected),
+            Some(Lookup::Done(outcome)) => outcome,
             // Past `hash_wait` the labels are given without the hash, and not kept: the next
             // lookup finds it in the cache once the pool is done.
-            Lookup::Pending(pending) => {
+            Some(Lookup::Pending(pending)) => {
                 match tokio::time::timeout(self.inner.hash_wait, pending.wait()).await {
                     Ok(outcome) => outcome,
                     Err(_) => Err(HashFailure::Later(format!(
@@ -326,7 +330,8 @@ fn describe(error: &io::Error) -> String {
 }
 
 impl Inner {
-    fn collect(&self, process: &ProcessRef) -> Result<Collected, CollectError> {
+    /// The labels of `process`, and whether it is a kernel thread (which runs no executable).
+    fn collect(&self, process: &ProcessRef) -> Result<(Collected, bool), CollectError> {
         let pid = process.pid;
         let file = |name: &str| self.roots.proc_file(pid, name);
         let unreadable = |name: &str, e: io::Error| {
@@ -419,9 +424,19 @@ impl Inner {
 
         let ppid = status_field(&status, "PPid")
             .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u32>().ok());
-        if let Some(ppid) = ppid.filter(|&p| p > 0) {
+        let ppid = ppid.filter(|&p| p > 0);
+        // The parent's directory, opened once for its labels, its lineage record and its mount
+        // namespace; its `stat` gives its name and start time.
+        let parent = ppid.and_then(|ppid| {
+            let dir = ProcDir::open(&self.roots, ppid).ok()?;
+            let stat = dir.read("stat").ok();
+            Some((dir, stat))
+        });
+        if let Some(ppid) = ppid {
             labels.insert("process:ppid", ppid.to_string());
-            self.parent_labels(ppid, &mut labels);
+            if let Some((dir, stat)) = &parent {
+                self.parent_labels(dir, stat.as_deref(), &mut labels);
+            }
         }
         let start_ticks = stat.as_deref().ok().and_then(parse_start_ticks);
         let mut ancestors_untrusted = false;
@@ -435,8 +450,13 @@ impl Inner {
                     Err(e) => gaps.note("exec id", &e),
                 }
             }
-            if let Some(ppid) = ppid.filter(|&p| p > 0) {
-                let lineage = self.lineage.of(pid, start_ticks, ppid, &status);
+            if let Some(ppid) = ppid {
+                let opened = parent
+                    .as_ref()
+                    .and_then(|(dir, stat)| Some((dir, stat.as_deref()?)));
+                let lineage = self
+                    .lineage
+                    .of_opened(pid, start_ticks, ppid, opened, &status);
                 if let Some(id) = lineage.parent_exec_id {
                     labels.insert("process:parent:exec-id", id.to_string());
                 }
@@ -464,10 +484,12 @@ impl Inner {
             labels.insert_all("process:capabilities:effective", caps);
         }
 
-        match dir.read_link("exe") {
-            Ok(path) => labels.insert("process:binary:path", escape_path(&path)),
-            Err(_) if kernel_thread => {}
-            Err(e) => gaps.note("binary path", &e),
+        // A kernel thread runs no executable.
+        if !kernel_thread {
+            match dir.read_link("exe") {
+                Ok(path) => labels.insert("process:binary:path", escape_path(&path)),
+                Err(e) => gaps.note("binary path", &e),
+            }
         }
         match dir.read_link("cwd") {
             Ok(path) => labels.insert("process:cwd", escape_path(&path)),
@@ -550,18 +572,20 @@ impl Inner {
         if ancestors_untrusted {
             untrusted.push("process:ancestor:binary:path");
         }
-        if let Some(ppid) = ppid.filter(|&p| p > 0)
-            && ProcDir::open(&self.roots, ppid).is_ok_and(|dir| self.own_mount_namespace(&dir))
+        if parent
+            .as_ref()
+            .is_some_and(|(dir, _)| self.own_mount_namespace(dir))
         {
             untrusted.push("process:parent:binary:path");
         }
-        Ok(Collected {
+        let collected = Collected {
             labels,
             partial,
             untrusted,
             provisional: no_arguments,
             executable: None,
-        })
+        };
+        Ok((collected, kernel_thread))
     }
 
     /// Whether the process of `dir` sees another mount namespace than the host's: there a path
@@ -643,29 +667,33 @@ impl Inner {
         }
     }
 
-    fn parent_labels(&self, ppid: u32, labels: &mut LabelSet) {
-        // `comm` is the cheapest file holding the name; trees without one (recorded fixtures)
-        // have it in `status`.
-        let comm = match read_proc_file(&self.roots.proc_file(ppid, "comm")) {
-            Ok(mut comm) => {
-                if comm.last() == Some(&b'\n') {
-                    comm.pop();
+    /// `process:parent:name` and `process:parent:binary:path` of the parent whose directory
+    /// is `dir` and whose `stat` is given.
+    fn parent_labels(&self, dir: &ProcDir, stat: Option<&[u8]>, labels: &mut LabelSet) {
+        // The name is in `stat` (as in `comm`); trees without it (recorded fixtures) have it in
+        // `comm` or `status`.
+        let comm = match stat.and_then(stat_comm) {
+            Some(comm) => Some(comm.to_vec()),
+            None => match dir.read("comm") {
+                Ok(mut comm) => {
+                    if comm.last() == Some(&b'\n') {
+                        comm.pop();
+                    }
+                    Some(comm)
                 }
-                Some(comm)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                read_proc_file(&self.roots.proc_file(ppid, "status"))
+                Err(e) if e.kind() == io::ErrorKind::NotFound => dir
+                    .read("status")
                     .ok()
-                    .and_then(|status| status_comm(&status))
-            }
-            Err(_) => None,
+                    .and_then(|status| status_comm(&status)),
+                Err(_) => None,
+            },
         };
         let Some(comm) = comm else {
             return;
         };
         // The parent's arguments matter only when its comm may have been cut.
         let cmdline = if comm.len() == COMM_MAX {
-            read_capped(std::fs::File::open(self.roots.proc_file(ppid, "cmdline")))
+            read_capped(dir.open_file("cmdline"))
                 .map(|(c, _)| c)
                 .unwrap_or_default()
         } else {
@@ -675,7 +703,7 @@ impl Inner {
             "process:parent:name",
             process_name(&comm, &split_args(&cmdline)),
         );
-        if let Ok(path) = std::fs::read_link(self.roots.proc_file(ppid, "exe")) {
+        if let Ok(path) = dir.read_link("exe") {
             labels.insert("process:parent:binary:path", escape_path(&path));
         }
     }
@@ -739,6 +767,14 @@ fn is_kernel_thread(stat: &[u8]) -> bool {
     stat_field(stat, 9)
         .and_then(|flags| flags.parse::<u64>().ok())
         .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
+/// The name (comm) in `stat`: field 2, between the first `(` and the last `)` (the name may
+/// hold either), as `/proc/<pid>/comm` has it without its line break.
+fn stat_comm(stat: &[u8]) -> Option<&[u8]> {
+    let open = stat.iter().position(|&b| b == b'(')?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    (open < close).then(|| &stat[open + 1..close])
 }
 
 fn add_partial(collected: &mut Collected, reason: String) {
@@ -876,6 +912,16 @@ mod tests {
         let bash = b"7 (bash) S 1 7 7 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 9 0 0";
         assert!(is_kernel_thread(kthreadd));
         assert!(!is_kernel_thread(bash));
+    }
+
+    #[test]
+    fn the_name_in_stat_is_between_the_first_and_last_parenthesis() {
+        assert_eq!(stat_comm(b"7 (bash) S 1 7").unwrap(), b"bash");
+        assert_eq!(stat_comm(b"8 (a) b (c) S 1 7").unwrap(), b"a) b (c");
+        assert_eq!(stat_comm(b"9 () S 1").unwrap(), b"");
+        assert_eq!(stat_comm(b"9 (x y\n) S 1").unwrap(), b"x y\n");
+        assert!(stat_comm(b"9 ) (S 1").is_none());
+        assert!(stat_comm(b"").is_none());
     }
 
     #[test]

@@ -266,17 +266,12 @@ fn parse_endpoint(text: &str, v6: bool) -> Option<(IpAddr, u16)> {
 /// The inodes of the sockets process `dir` holds (at most [`MAX_FDS`] descriptors looked at;
 /// the second value says whether there were more).
 pub fn socket_inodes(dir: &ProcDir) -> std::io::Result<(HashSet<u64>, bool)> {
-    let fds = dir.read_dir("fd")?;
-    let cut = fds.len() > MAX_FDS;
-    let inodes = fds
+    let (targets, cut) = dir.link_targets_in("fd", MAX_FDS)?;
+    let inodes = targets
         .iter()
-        .take(MAX_FDS)
-        .filter_map(|fd| {
-            let target = dir.read_link(&format!("fd/{fd}")).ok()?;
-            let target = target.to_str()?;
-            target
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
+        .filter_map(|target| {
+            std::str::from_utf8(target.strip_prefix(b"socket:[")?.strip_suffix(b"]")?)
+                .ok()?
                 .parse()
                 .ok()
         })
