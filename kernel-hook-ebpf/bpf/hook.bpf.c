@@ -423,10 +423,14 @@ int process_exec(struct bpf_raw_tracepoint_args *ctx)
 	if (known) {
 		state.start = known->start;
 		state.generation = known->generation + 1;
+		state.moves = known->moves;
 	} else {
 		state.start = start_ticks(task);
 	}
-	bpf_map_update_elem(&PROCS, &tgid, &state, BPF_ANY);
+	/* User space trusts an unchanged entry to mean no exec: one that cannot be replaced goes
+	 * (user space then reads procfs). */
+	if (bpf_map_update_elem(&PROCS, &tgid, &state, BPF_ANY) != 0)
+		bpf_map_delete_elem(&PROCS, &tgid);
 	struct hook_event *event = reserve(EVENT_EXEC);
 	if (event) {
 		event->timestamp_ns = state.exec_ns;
@@ -463,19 +467,39 @@ int process_exit(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
-/* cgroup_attach_task(dst_cgrp, path, task, threadgroup): a task moves to another cgroup (on
- * any hierarchy, v1 or v2), by itself or moved by another: what user space resolved for its
- * process (container identity, cgroup labels) may no longer hold. */
-SEC("raw_tracepoint/cgroup_attach_task")
-int cgroup_attach(struct bpf_raw_tracepoint_args *ctx)
+/* A task moved to another cgroup (on any hierarchy, v1 or v2), by itself or moved by another:
+ * what user space resolved for its process (container identity, cgroup labels) may no longer
+ * hold. */
+static __attribute__((always_inline)) int moved(struct task_struct *task)
 {
-	struct task_struct *task = (struct task_struct *)ctx->args[2];
 	int tgid = 0;
 	bpf_probe_read_kernel(&tgid, sizeof(tgid), &task->tgid);
+	/* Counted before the write that moved it returns, so a lookup made after the move sees
+	 * it. A process without an entry has nothing user space could trust to be unchanged. */
+	__u32 key = (__u32)tgid;
+	struct proc_state *known = bpf_map_lookup_elem(&PROCS, &key);
+	if (known)
+		__sync_fetch_and_add(&known->moves, 1);
 	struct hook_event *event = reserve(EVENT_CGROUP);
 	if (event) {
-		event->tgid = (__u32)tgid;
+		event->tgid = key;
 		submit(event);
 	}
 	return 0;
+}
+
+/* cgroup_attach_task(dst_cgrp, path, task, threadgroup): a write to cgroup.procs or
+ * cgroup.threads (and the kernel's own attaches) moved a task. */
+SEC("raw_tracepoint/cgroup_attach_task")
+int cgroup_attach(struct bpf_raw_tracepoint_args *ctx)
+{
+	return moved((struct task_struct *)ctx->args[2]);
+}
+
+/* cgroup_transfer_tasks(dst_cgrp, path, task, threadgroup): cgroup v1's cpuset moved a task
+ * out of a cpuset left without CPUs or memory. */
+SEC("raw_tracepoint/cgroup_transfer_tasks")
+int cgroup_transfer(struct bpf_raw_tracepoint_args *ctx)
+{
+	return moved((struct task_struct *)ctx->args[2]);
 }

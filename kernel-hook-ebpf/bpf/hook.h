@@ -144,19 +144,27 @@ struct proc_state {
 	__u32 generation;  /* execs seen: a verdict holds only for the generation it was made for */
 	__u32 ruleset;     /* the kernel's own rule set: the exec-time identity's, or at fork the
 			    * parent's; RULESET_PENDING when none is known */
+	__u32 moves;       /* moves of any of its threads to another cgroup (any hierarchy) since
+			    * the entry was made: with generation, what tells user space that what
+			    * it read of the process (executable, cgroups) still holds */
+	__u32 pad;
 };
 
-#define PROC_STATE_SIZE 24
+#define PROC_STATE_SIZE 32
 #define PROC_STATE_OFF_START 0
 #define PROC_STATE_OFF_EXEC_NS 8
 #define PROC_STATE_OFF_GENERATION 16
 #define PROC_STATE_OFF_RULESET 20
+#define PROC_STATE_OFF_MOVES 24
+#define PROC_STATE_OFF_PAD 28
 
 LAYOUT_SIZE(proc_state, PROC_STATE_SIZE);
 LAYOUT_FIELD(proc_state, start, PROC_STATE_OFF_START);
 LAYOUT_FIELD(proc_state, exec_ns, PROC_STATE_OFF_EXEC_NS);
 LAYOUT_FIELD(proc_state, generation, PROC_STATE_OFF_GENERATION);
 LAYOUT_FIELD(proc_state, ruleset, PROC_STATE_OFF_RULESET);
+LAYOUT_FIELD(proc_state, moves, PROC_STATE_OFF_MOVES);
+LAYOUT_FIELD(proc_state, pad, PROC_STATE_OFF_PAD);
 
 /* VERDICTS[tgid], written by the agent: the rule set of one process image. It holds while the
  * process's PROCS entry has the same start and generation; otherwise PROCS's own rule set does. */

@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
@@ -263,6 +264,7 @@ pub struct Hook {
     ebpf: Ebpf,
     cgroup_root: PathBuf,
     maps: Maps,
+    table: Arc<ProcessTable>,
     /// Links held open (pinned ones: closing them leaves the pins attached).
     links: Vec<FdLink>,
     /// Where programs and maps are pinned, when they are.
@@ -284,11 +286,12 @@ const MAPS: [&str; 9] = [
 ];
 
 /// The programs attached to the cgroup, then the raw tracepoints (program, tracepoint).
-const RAW_TRACEPOINTS: [(&str, &str); 4] = [
+const RAW_TRACEPOINTS: [(&str, &str); 5] = [
     ("process_fork", "sched_process_fork"),
     ("process_exec", "sched_process_exec"),
     ("process_exit", "sched_process_exit"),
     ("cgroup_attach", "cgroup_attach_task"),
+    ("cgroup_transfer", "cgroup_transfer_tasks"),
 ];
 
 impl Hook {
@@ -389,9 +392,11 @@ impl Hook {
         let ring = RingBuf::try_from(map("EVENTS")?).map_err(map_error("EVENTS"))?;
         let lost = PerCpuArray::try_from(map("LOST")?).map_err(map_error("LOST"))?;
         let reader = Array::try_from(map("READER")?).map_err(map_error("READER"))?;
+        let procs = map("PROCS")?;
+        let table = ProcessTable::duplicate(&procs)?;
         let maps = Maps {
             settings: Array::try_from(map("SETTINGS")?).map_err(map_error("SETTINGS"))?,
-            procs: HashMap::try_from(map("PROCS")?).map_err(map_error("PROCS"))?,
+            procs: HashMap::try_from(procs).map_err(map_error("PROCS"))?,
             verdicts: HashMap::try_from(map("VERDICTS")?).map_err(map_error("VERDICTS"))?,
             rulesets: HashMap::try_from(map("RULESETS")?).map_err(map_error("RULESETS"))?,
             rules: LpmTrie::try_from(map("RULES")?).map_err(map_error("RULES"))?,
@@ -402,6 +407,7 @@ impl Hook {
             Self {
                 ebpf,
                 cgroup_root: cgroup_root.to_owned(),
+                table,
                 maps,
                 links,
                 pin_dir: pins.map(|pins| pins.build),
@@ -461,6 +467,11 @@ impl Hook {
             .set(abi::SETTING_ENFORCE, u32::from(enforce), 0)
             .and_then(|()| settings.set(abi::SETTING_PENDING_VERDICT, pending.value(), 0))
             .map_err(|e| HookError::from_bpf("map SETTINGS", e))
+    }
+
+    /// The kernel's table of processes, for readers of their own (see [`ProcessTable`]).
+    pub fn process_table(&self) -> Arc<ProcessTable> {
+        Arc::clone(&self.table)
     }
 
     /// What the kernel knows of process `tgid`, if anything.
@@ -607,6 +618,76 @@ fn absent_is_none<V>(
         Ok(value) => Ok(Some(value)),
         Err(aya::maps::MapError::KeyNotFound) => Ok(None),
         Err(error) => Err(HookError::from_bpf(what, error)),
+    }
+}
+
+/// `PROCS` through a descriptor of its own, shared by threads: what the kernel knows of each
+/// process. The programs update an entry before the exec or the cgroup move that changes it
+/// returns to its caller, and remove it when the process ends: an entry that still has the
+/// start, generation and move count read before a look at the process's procfs files says that
+/// its executable and cgroups are still those read, whatever the ring buffer has delivered so
+/// far. Only while the programs are attached.
+pub struct ProcessTable {
+    procs: std::sync::Mutex<HashMap<MapData, u32, ProcState>>,
+}
+
+impl std::fmt::Debug for ProcessTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessTable").finish_non_exhaustive()
+    }
+}
+
+impl ProcessTable {
+    /// A table reading `map` (`PROCS`) through a duplicate of its descriptor.
+    fn duplicate(map: &aya::maps::Map) -> Result<Arc<Self>, HookError> {
+        use std::os::fd::AsFd;
+        let aya::maps::Map::HashMap(data) = map else {
+            return Err(HookError::Missing("map PROCS as a hash map".to_owned()));
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| HookError::from_bpf("map PROCS", e))?;
+        let data = MapData::from_fd(fd).map_err(|e| HookError::from_bpf("map PROCS", e))?;
+        let procs = HashMap::try_from(aya::maps::Map::HashMap(data))
+            .map_err(|e| HookError::from_bpf("map PROCS", e))?;
+        Ok(Arc::new(Self {
+            procs: std::sync::Mutex::new(procs),
+        }))
+    }
+
+    /// What the kernel knows of process `tgid`, if anything.
+    pub fn get(&self, tgid: u32) -> Result<Option<ProcState>, HookError> {
+        let procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+        absent_is_none(procs.get(&tgid, 0), "map PROCS")
+    }
+
+    /// What the kernel knows of process `tgid` started at `start` (clock ticks since boot, as
+    /// just read from procfs), introducing it when the kernel has not met it (a process older
+    /// than the hook); `None` when the entry is another process's (a PID reused), or the table
+    /// is full. Should the process have ended since `start` was read, the entry made for it is
+    /// overwritten by the fork that next takes its PID.
+    pub fn get_or_introduce(&self, tgid: u32, start: u64) -> Result<Option<ProcState>, HookError> {
+        let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+        let known = match absent_is_none(procs.get(&tgid, 0), "map PROCS")? {
+            Some(known) => known,
+            None => {
+                let fresh = ProcState {
+                    start,
+                    ..ProcState::default()
+                };
+                match procs.insert(tgid, fresh, BPF_NOEXIST) {
+                    Ok(()) => fresh,
+                    // Met meanwhile (an exec), or no room left.
+                    Err(_) => match absent_is_none(procs.get(&tgid, 0), "map PROCS")? {
+                        Some(known) => known,
+                        None => return Ok(None),
+                    },
+                }
+            }
+        };
+        Ok((known.start == start).then_some(known))
     }
 }
 

@@ -17,6 +17,6 @@ pub mod record;
 
 pub use event::{ConnectEvent, Decision, HookEvent, Protocol};
 pub use hook::{
-    Attachment, DRAIN_INTERVAL, EventReader, Hook, HookError, Verdict, check_whole_hierarchy,
-    detect_cgroup_root, detect_cgroup_root_under, monotonic_ns,
+    Attachment, DRAIN_INTERVAL, EventReader, Hook, HookError, ProcessTable, Verdict,
+    check_whole_hierarchy, detect_cgroup_root, detect_cgroup_root_under, monotonic_ns,
 };

@@ -43,6 +43,10 @@ pub struct ProcState {
     pub generation: u32,
     /// The kernel's own rule set for the process.
     pub ruleset: u32,
+    /// Moves of its threads to another cgroup since the entry was made.
+    pub moves: u32,
+    /// Zero.
+    pub pad: u32,
 }
 
 /// `struct verdict`.
@@ -129,6 +133,8 @@ const _: () = {
     assert!(offset_of!(ProcState, exec_ns) == abi::PROC_STATE_OFF_EXEC_NS);
     assert!(offset_of!(ProcState, generation) == abi::PROC_STATE_OFF_GENERATION);
     assert!(offset_of!(ProcState, ruleset) == abi::PROC_STATE_OFF_RULESET);
+    assert!(offset_of!(ProcState, moves) == abi::PROC_STATE_OFF_MOVES);
+    assert!(offset_of!(ProcState, pad) == abi::PROC_STATE_OFF_PAD);
 
     assert!(size_of::<VerdictEntry>() == abi::VERDICT_SIZE);
     assert!(offset_of!(VerdictEntry, start) == abi::VERDICT_OFF_START);

@@ -435,7 +435,7 @@ fn pinned_enforcement_outlives_the_hook_and_is_adopted_then_removed() {
         Hook::attach_pinned(cgroup.path(), &pins).expect("attach pinned");
     assert_eq!(attachment, kernel_hook::Attachment::Fresh);
     let ids = hook.program_ids();
-    assert_eq!(ids.len(), 8, "{ids:?}");
+    assert_eq!(ids.len(), 9, "{ids:?}");
     hook.set_mode(true, Verdict::Allow).unwrap();
     hook.put_ruleset(15, default(Verdict::Deny, 1), &[])
         .unwrap();

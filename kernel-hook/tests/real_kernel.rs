@@ -38,8 +38,8 @@ fn the_hook_reports_connects_execs_exits_and_enforces_verdicts() {
     let root = detect_cgroup_root().expect("a cgroup v2 hierarchy");
     let (hook, mut reader) = Hook::attach(&root).expect("attach the hook");
     let ours = hook.program_ids();
-    assert_eq!(ours.len(), 8, "{ours:?}");
-    assert_eq!(still_loaded(&ours).len(), 8);
+    assert_eq!(ours.len(), 9, "{ours:?}");
+    assert_eq!(still_loaded(&ours).len(), 9);
 
     let tcp4 = TcpListener::bind("127.0.0.1:0").unwrap();
     let tcp6 = TcpListener::bind("[::1]:0").unwrap();

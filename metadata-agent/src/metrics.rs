@@ -46,6 +46,13 @@ pub struct HttpLabels {
     pub status: String,
 }
 
+/// Labels of the kept-answer check counter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CheckLabels {
+    /// What told that the answer still holds: `kernel` (the hook's process table) or `procfs`.
+    pub by: String,
+}
+
 /// Labels of the per-route latency histogram.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -215,6 +222,12 @@ pub struct Metrics {
     pub cache_hits: Family<CacheLabels, Counter>,
     /// Lookups that ran the collectors.
     pub cache_misses: Family<CacheLabels, Counter>,
+    /// Checks of kept answers, by what answered them.
+    pub answer_checks: Family<CheckLabels, Counter>,
+    /// `answer_checks{by="kernel"}`.
+    pub answer_checks_kernel: Counter,
+    /// `answer_checks{by="procfs"}`.
+    pub answer_checks_procfs: Counter,
     /// Entries evicted because a cache was full.
     pub cache_evictions: Family<CacheLabels, Counter>,
     /// Entries dropped because their process or container ended.
@@ -290,7 +303,17 @@ impl Metrics {
             "The agent's version and commit, as labels; always 1",
             build_info,
         );
+        let answer_checks = Family::<CheckLabels, Counter>::default();
+        let check_by = |by: &str| {
+            answer_checks
+                .get_or_create(&CheckLabels { by: by.to_owned() })
+                .clone()
+        };
+        let (answer_checks_kernel, answer_checks_procfs) = (check_by("kernel"), check_by("procfs"));
         let metrics = Self {
+            answer_checks_kernel,
+            answer_checks_procfs,
+            answer_checks,
             collector_duration: histograms(&buckets),
             collector_runs: Family::default(),
             collector_errors: Family::default(),
@@ -341,6 +364,12 @@ impl Metrics {
             "cache_misses",
             "Lookups that ran the collectors",
             metrics.cache_misses.clone(),
+        );
+        r.register(
+            "answer_checks",
+            "Checks that a kept answer still holds, by what told: the hook's process table \
+             (kernel) or the process's procfs files (procfs)",
+            metrics.answer_checks.clone(),
         );
         r.register(
             "cache_evictions",

@@ -97,10 +97,30 @@ pub(super) struct ProcessEntry {
     /// image means it exec'd, changed ids or moved: it is collected again. `None` for a kernel
     /// thread.
     pub image: Option<ProcessImage>,
+    /// The kernel's entry for the process when the collection started (with the hook
+    /// attached): while it stays the same, the process neither exec'd nor moved since.
+    pub kernel: Option<KernelStamp>,
     /// When the collection started, on the kernel's monotonic clock (that of hook events).
     pub collected_ns: u64,
     /// Its execution (`process:exec-id`), when known.
     pub exec_id: Option<collectors::procfs::ExecId>,
+}
+
+/// What the hook's process table said of a process (see [`kernel_hook::ProcessTable`]): its
+/// execs and cgroup moves so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct KernelStamp {
+    pub generation: u32,
+    pub moves: u32,
+}
+
+impl KernelStamp {
+    pub fn of(state: &kernel_hook::maps::ProcState) -> Self {
+        Self {
+            generation: state.generation,
+            moves: state.moves,
+        }
+    }
 }
 
 /// A process cache key: (pid, start time in ticks).

@@ -28,6 +28,8 @@ impl Resolver {
         };
         self.metrics.cache_miss(Scope::Process);
         let collected_ns = kernel_hook::monotonic_ns();
+        // Before anything is read: an exec or a move after this changes it.
+        let kernel = self.kernel_stamp(process);
         let image = process.image(&self.roots);
         let subject = Subject::of_process(&self.roots, process, &self.placement);
         let reports = self.run(Scope::Process, &subject).await;
@@ -50,6 +52,7 @@ impl Resolver {
             container_note: subject.container_note,
             untrusted: scope.untrusted.into_boxed_slice(),
             image,
+            kernel,
             collected_ns,
             exec_id: scope
                 .labels

@@ -174,9 +174,21 @@ impl Resolver {
             return false;
         };
         let found = &answer.found;
-        let same_image = match (&found.entry.image, dir.image()) {
-            (Some(then), Some(now)) => *then == now,
-            _ => false,
+        let Some(then) = &found.entry.image else {
+            return false;
+        };
+        // The hook's table changes before an exec or a move returns: unchanged, only the
+        // effective ids remain to be checked (one `fstat`). Else the image is read again.
+        let same_image = if self.kernel_unchanged(
+            found.process.pid,
+            found.process.start_ticks,
+            found.entry.kernel,
+        ) {
+            self.metrics.answer_checks_kernel.inc();
+            then.same_owner(dir)
+        } else {
+            self.metrics.answer_checks_procfs.inc();
+            dir.image().is_some_and(|now| *then == now)
         };
         same_image && self.entries_current(answer)
     }

@@ -154,6 +154,9 @@ pub struct Resolver {
     lineage: Option<Arc<collectors::procfs::Lineage>>,
     /// Executions that ended, for lookups by exec id.
     ended: ended::EndedHistory,
+    /// The hook's process table while the hook is attached: it tells whether a cached process
+    /// exec'd or moved since it was collected without reading procfs.
+    kernel: RwLock<Option<Arc<kernel_hook::ProcessTable>>>,
 }
 
 impl Resolver {
@@ -188,6 +191,7 @@ impl Resolver {
                 .iter()
                 .find_map(|registered| registered.collector.lineage()),
             ended: ended::EndedHistory::new(limits.ended_entries),
+            kernel: RwLock::new(None),
             placement: ContainersConfig::default(),
             roots,
             registry,
@@ -205,6 +209,45 @@ impl Resolver {
     /// The host roots the resolver reads.
     pub fn roots(&self) -> &HostRoots {
         &self.roots
+    }
+
+    /// Uses the attached hook's process table to check kept answers (see
+    /// [`kernel_hook::ProcessTable`]); `None` when the hook detaches, since the table then
+    /// stops following the processes. Entries collected without it are checked against procfs.
+    pub fn use_kernel_table(&self, table: Option<Arc<kernel_hook::ProcessTable>>) {
+        *self.kernel.write().unwrap_or_else(|e| e.into_inner()) = table;
+    }
+
+    /// The kernel's stamp of `process` now, when the hook is attached and knows it (or could
+    /// be told of it).
+    fn kernel_stamp(&self, process: ProcessRef) -> Option<caches::KernelStamp> {
+        let table = self
+            .kernel
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        let state = table
+            .get_or_introduce(process.pid, process.start_ticks?)
+            .ok()??;
+        Some(caches::KernelStamp::of(&state))
+    }
+
+    /// Whether the hook's table says process `pid` started at `start` neither exec'd nor moved
+    /// since it had `stamp`.
+    fn kernel_unchanged(
+        &self,
+        pid: u32,
+        start: Option<u64>,
+        stamp: Option<caches::KernelStamp>,
+    ) -> bool {
+        let (Some(stamp), Some(start)) = (stamp, start) else {
+            return false;
+        };
+        let table = self.kernel.read().unwrap_or_else(|e| e.into_inner());
+        table
+            .as_ref()
+            .and_then(|table| table.get(pid).ok().flatten())
+            .is_some_and(|now| now.start == start && caches::KernelStamp::of(&now) == stamp)
     }
 
     /// The process lineage (procfs's), which the hook's fork, exec and exit events complete;

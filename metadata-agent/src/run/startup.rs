@@ -157,10 +157,12 @@ impl Agent {
         let roots = self.state.resolver.roots().clone();
         match attached.and_then(|(hook, reader, attachment)| {
             let root = hook.cgroup_root().to_owned();
+            let table = hook.process_table();
             Enforcer::new(hook, enforce, pending, catalog, roots)
-                .map(|e| (e, reader, root, attachment))
+                .map(|e| (e, reader, root, attachment, table))
         }) {
-            Ok((enforcer, reader, root, attachment)) => {
+            Ok((enforcer, reader, root, attachment, table)) => {
+                self.state.resolver.use_kernel_table(Some(table));
                 let mode = if enforce { "enforce" } else { "observe" };
                 let adopted = attachment == kernel_hook::Attachment::Adopted;
                 tracing::info!(
@@ -193,6 +195,7 @@ impl Agent {
     /// Detaches the kernel hook, if attached.
     pub fn detach_hook(&self) {
         if let Some(enforcer) = &self.enforcer {
+            self.state.resolver.use_kernel_table(None);
             enforcer.detach();
             self.state.metrics.hook_attached.set(0);
         }
