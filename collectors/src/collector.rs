@@ -109,8 +109,24 @@ impl Subject {
         process: ProcessRef,
         containers: &ContainersConfig,
     ) -> Self {
-        let cgroup = std::fs::read(roots.proc_file(process.pid, "cgroup"))
-            .map(|content| parse_cgroup_file(&String::from_utf8_lossy(&content)).container);
+        Self::of_process_cgroups(
+            roots,
+            process,
+            containers,
+            crate::process::read_proc_file(&roots.proc_file(process.pid, "cgroup")),
+        )
+    }
+
+    /// [`Subject::of_process`] with the process's `cgroup` file read already (as its image
+    /// read it).
+    pub fn of_process_cgroups(
+        roots: &HostRoots,
+        process: ProcessRef,
+        containers: &ContainersConfig,
+        cgroups: std::io::Result<Vec<u8>>,
+    ) -> Self {
+        let cgroup =
+            cgroups.map(|content| parse_cgroup_file(&String::from_utf8_lossy(&content)).container);
         let (container, container_note) = match cgroup {
             Ok(ContainerMatch::Container(identity)) => {
                 match check_placement(roots, &identity, containers) {

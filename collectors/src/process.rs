@@ -58,16 +58,34 @@ impl ProcessRef {
     /// it is a process rather than a thread: for cache lookups, where a hit proves it (caches
     /// hold processes only, and no thread shares a PID and start time with a process).
     pub fn probe(roots: &HostRoots, pid: u32) -> Option<Self> {
-        let stat = read_proc_file(&roots.proc_file(pid, "stat")).ok()?;
+        Self::from_stat(pid, &Self::read_stat(roots, pid)?)
+    }
+
+    /// `<proc>/<pid>/stat`, when it can be read: what [`ProcessRef::from_stat`] and
+    /// [`ProcessRef::resolve_from`] take, so that a probe and a resolution read it once.
+    pub fn read_stat(roots: &HostRoots, pid: u32) -> Option<Vec<u8>> {
+        read_proc_file(&roots.proc_file(pid, "stat")).ok()
+    }
+
+    /// [`ProcessRef::probe`] from `pid`'s `stat`, read already.
+    pub fn from_stat(pid: u32, stat: &[u8]) -> Option<Self> {
         Some(Self {
             pid,
-            start_ticks: Some(parse_start_ticks(&stat)?),
+            start_ticks: Some(parse_start_ticks(stat)?),
         })
     }
 
     /// Resolves `pid` (which may be a thread id) to its process.
     pub fn resolve(roots: &HostRoots, pid: u32) -> Result<Self, ProcessError> {
-        let stat = read_proc_file(&roots.proc_file(pid, "stat")).ok();
+        Self::resolve_from(roots, pid, Self::read_stat(roots, pid))
+    }
+
+    /// [`ProcessRef::resolve`] with `pid`'s `stat` read already (`None`: it could not be).
+    pub fn resolve_from(
+        roots: &HostRoots,
+        pid: u32,
+        stat: Option<Vec<u8>>,
+    ) -> Result<Self, ProcessError> {
         if stat.as_deref().and_then(|stat| stat_field(stat, 20)) == Some("1") {
             // A thread group of one thread is its leader alone (a leader that exits before its
             // other threads stays counted until they are gone): `pid` is the process.
@@ -116,6 +134,12 @@ impl ProcessRef {
     /// processes gone.
     pub fn image(&self, roots: &HostRoots) -> Option<ProcessImage> {
         ProcDir::open(roots, self.pid).ok()?.image()
+    }
+
+    /// [`ProcessRef::image`], with the `cgroup` file it digested (`None` when it could not be
+    /// read): what the process's container is decided from.
+    pub fn image_with_cgroups(&self, roots: &HostRoots) -> Option<(ProcessImage, Option<Vec<u8>>)> {
+        ProcDir::open(roots, self.pid).ok()?.image_with_cgroups()
     }
 }
 
@@ -213,6 +237,11 @@ impl ProcDir {
     /// What the process of this directory runs as now; `None` for a kernel thread (no
     /// executable) and a process gone.
     pub fn image(&self) -> Option<ProcessImage> {
+        self.image_with_cgroups().map(|(image, _)| image)
+    }
+
+    /// [`ProcDir::image`], with the `cgroup` file it digested (`None` when unreadable).
+    pub fn image_with_cgroups(&self) -> Option<(ProcessImage, Option<Vec<u8>>)> {
         use std::hash::{DefaultHasher, Hash, Hasher};
         // Fixed keys: digests taken at different times must compare.
         let digest = |value: &dyn Fn(&mut DefaultHasher)| {
@@ -224,11 +253,12 @@ impl ProcDir {
         let exe = FileIdentity::at(&self.fd, "exe").ok();
         let owner = rustix::fs::fstat(&self.fd).ok()?;
         let cgroups = self.read("cgroup").ok();
-        Some(ProcessImage {
+        let image = ProcessImage {
             exe: (exe, digest(&|h| path.hash(h))),
             owner: (owner.st_uid, owner.st_gid),
             cgroups: digest(&|h| cgroups.hash(h)),
-        })
+        };
+        Some((image, cgroups))
     }
 
     /// The targets of the links in the subdirectory `name` (`fd`); a link that cannot be

@@ -30,8 +30,17 @@ impl Resolver {
         let collected_ns = kernel_hook::monotonic_ns();
         // Before anything is read: an exec or a move after this changes it.
         let kernel = self.kernel_stamp(process);
-        let image = process.image(&self.roots);
-        let subject = Subject::of_process(&self.roots, process, &self.placement);
+        // The container is decided from the cgroups the image digested: read once.
+        let (image, cgroups) = match process.image_with_cgroups(&self.roots) {
+            Some((image, cgroups)) => (Some(image), cgroups),
+            None => (None, None),
+        };
+        let subject = match cgroups {
+            Some(cgroups) => {
+                Subject::of_process_cgroups(&self.roots, process, &self.placement, Ok(cgroups))
+            }
+            None => Subject::of_process(&self.roots, process, &self.placement),
+        };
         let reports = self.run(Scope::Process, &subject).await;
         if reports
             .iter()

@@ -337,7 +337,11 @@ impl Resolver {
     async fn find(&self, pid: u32) -> Result<Found, ResolveError> {
         // Warm path: one small read finds a cached process; only a miss reads its status to
         // turn a thread id into its process.
-        let process = match ProcessRef::probe(&self.roots, pid) {
+        let stat = ProcessRef::read_stat(&self.roots, pid);
+        let probe = stat
+            .as_deref()
+            .and_then(|stat| ProcessRef::from_stat(pid, stat));
+        let process = match probe {
             Some(probe)
                 if self
                     .processes
@@ -346,7 +350,7 @@ impl Resolver {
             {
                 probe
             }
-            _ => ProcessRef::resolve(&self.roots, pid)?,
+            _ => ProcessRef::resolve_from(&self.roots, pid, stat)?,
         };
         let key = (process.pid, process.start_ticks);
         let cached_entry = match self.processes.get(&key) {
