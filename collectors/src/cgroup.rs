@@ -115,10 +115,13 @@ impl ContainerMatch {
                 "unrecognized container runtime: cgroup path {path:?} matches no known layout"
             )),
             Self::Conflict { detail } => Some(format!("conflicting container ids: {detail}")),
-            Self::None => Some("the process is not in a container".to_owned()),
+            Self::None => Some(NOT_IN_A_CONTAINER.to_owned()),
         }
     }
 }
+
+/// Why a process in no container's cgroup has no container labels.
+pub const NOT_IN_A_CONTAINER: &str = "the process is not in a container";
 
 impl CgroupInfo {
     /// The container identity, when the process runs in a recognized container.

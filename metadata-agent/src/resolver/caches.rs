@@ -78,19 +78,72 @@ fn untrusted_keys(reports: &[CollectorReport]) -> Vec<&'static str> {
         .collect()
 }
 
+/// A collector's outcome as a process entry keeps it: what an answer shows of it and the
+/// executable it hashed (which the enforcer keys exec-time verdicts by); its labels are merged
+/// into the entry's, and what only the collection used is dropped. Two thirds of a
+/// [`CollectorReport`], once per cached process.
+#[derive(Debug, Clone)]
+pub(super) struct KeptReport {
+    name: &'static str,
+    scope: Scope,
+    status: CollectorStatus,
+    latency: std::time::Duration,
+    executable: Option<collectors::procfs::FileIdentity>,
+}
+
+impl KeptReport {
+    /// What is kept of `report`.
+    pub fn of(report: CollectorReport) -> Self {
+        Self {
+            name: report.name,
+            scope: report.scope,
+            status: report.status,
+            latency: report.latency,
+            executable: report.executable,
+        }
+    }
+
+    /// The report an answer shows.
+    pub fn report(&self) -> CollectorReport {
+        CollectorReport {
+            name: self.name,
+            scope: self.scope,
+            status: self.status.clone(),
+            latency: self.latency,
+            labels: LabelSet::new(),
+            untrusted: Vec::new(),
+            provisional: false,
+            executable: self.executable,
+        }
+    }
+}
+
+/// Why a process is in no container: usually that it is in none, a note every such entry
+/// shares rather than keeps a copy of.
+pub(super) fn container_note(note: Option<String>) -> Option<Arc<str>> {
+    static NONE: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    let note = note?;
+    let none = NONE.get_or_init(|| Arc::from(collectors::cgroup::NOT_IN_A_CONTAINER));
+    Some(if note == **none {
+        Arc::clone(none)
+    } else {
+        Arc::from(note)
+    })
+}
+
 /// A cached process. Its labels are frozen: the cache may hold tens of thousands.
 #[derive(Debug)]
 pub(super) struct ProcessEntry {
     /// The process-scope collectors' labels, merged.
     pub labels: FrozenLabels,
     /// Each process-scope collector's outcome (without its own labels).
-    pub reports: Vec<CollectorReport>,
+    pub reports: Box<[KeptReport]>,
     /// When they were collected.
     pub resolved_at: SystemTime,
     /// Boxed: most processes are in no container, and the cache holds tens of thousands.
     pub container: Option<Box<ContainerIdentity>>,
     /// Why there is no container, when there is none.
-    pub container_note: Option<String>,
+    pub container_note: Option<Arc<str>>,
     /// Keys whose values are only `self` for this process (usually none).
     pub untrusted: Box<[&'static str]>,
     /// What the process ran as when collected (executable, effective ids, cgroups); another
@@ -158,7 +211,7 @@ pub(super) trait Bytes {
 
 impl Bytes for Arc<ProcessEntry> {
     fn bytes(&self) -> u64 {
-        let reports = self.reports.len() * std::mem::size_of::<CollectorReport>();
+        let reports = self.reports.len() * std::mem::size_of::<KeptReport>();
         (std::mem::size_of::<ProcessEntry>() + self.labels.byte_size() + reports) as u64
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use collectors::cgroup::ContainerIdentity;
 use collectors::{CollectorReport, CollectorStatus, ProcessError, ProcessRef, Scope, Subject};
 
-use super::caches::{ProcessEntry, ProcessKey, ScopeEntry, container_key};
+use super::caches::{self, KeptReport, ProcessEntry, ProcessKey, ScopeEntry, container_key};
 use super::{ResolveError, Resolver};
 
 impl Resolver {
@@ -55,10 +55,10 @@ impl Resolver {
         let scope = ScopeEntry::merged(reports);
         let entry = Arc::new(ProcessEntry {
             labels: scope.labels.freeze(),
-            reports: scope.reports,
+            reports: scope.reports.into_iter().map(KeptReport::of).collect(),
             resolved_at: scope.resolved_at,
             container: subject.container.map(Box::new),
-            container_note: subject.container_note,
+            container_note: caches::container_note(subject.container_note),
             untrusted: scope.untrusted.into_boxed_slice(),
             image,
             kernel,
@@ -130,7 +130,7 @@ impl Resolver {
                 let status = if r.enabled {
                     CollectorStatus::NotApplicable {
                         reason: why
-                            .unwrap_or("the process is not in a container")
+                            .unwrap_or(collectors::cgroup::NOT_IN_A_CONTAINER)
                             .to_owned(),
                     }
                 } else {

@@ -36,7 +36,7 @@ use quick_cache::sync::Cache;
 use serde::Serialize;
 
 use crate::metrics::Metrics;
-use caches::{ContainerKey, ProcessEntry, ProcessKey, ScopedCache, scoped_cache};
+use caches::{ContainerKey, KeptReport, ProcessEntry, ProcessKey, ScopedCache, scoped_cache};
 pub use caches::{ResolverLimits, ScopeEntry};
 pub use ended::ExecLookup;
 use history::CollectorHistory;
@@ -302,7 +302,8 @@ impl Resolver {
     fn assemble(&self, found: &Found) -> Resolution {
         let (entry, node) = (&found.entry, &found.node);
         let mut labels = entry.labels.thaw();
-        let mut reports = entry.reports.clone();
+        let mut reports: Vec<CollectorReport> =
+            entry.reports.iter().map(KeptReport::report).collect();
         let mut untrusted = entry.untrusted.to_vec();
         if let Some(container) = &found.container {
             labels.merge(&container.labels);
