@@ -628,7 +628,10 @@ fn absent_is_none<V>(
 /// its executable and cgroups are still those read, whatever the ring buffer has delivered so
 /// far. Only while the programs are attached.
 pub struct ProcessTable {
-    procs: std::sync::Mutex<HashMap<MapData, u32, ProcState>>,
+    /// Lookups: without a lock (a `bpf` call each).
+    reader: HashMap<MapData, u32, ProcState>,
+    /// Introductions, one at a time.
+    writer: std::sync::Mutex<HashMap<MapData, u32, ProcState>>,
 }
 
 impl std::fmt::Debug for ProcessTable {
@@ -644,23 +647,22 @@ impl ProcessTable {
         let aya::maps::Map::HashMap(data) = map else {
             return Err(HookError::Missing("map PROCS as a hash map".to_owned()));
         };
-        let fd = data
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| HookError::from_bpf("map PROCS", e))?;
-        let data = MapData::from_fd(fd).map_err(|e| HookError::from_bpf("map PROCS", e))?;
-        let procs = HashMap::try_from(aya::maps::Map::HashMap(data))
-            .map_err(|e| HookError::from_bpf("map PROCS", e))?;
+        let handle = || -> Result<HashMap<MapData, u32, ProcState>, HookError> {
+            let failed = |e| HookError::from_bpf("map PROCS", e);
+            let fd = data.fd().as_fd().try_clone_to_owned().map_err(failed)?;
+            let data = MapData::from_fd(fd).map_err(|e| HookError::from_bpf("map PROCS", e))?;
+            HashMap::try_from(aya::maps::Map::HashMap(data))
+                .map_err(|e| HookError::from_bpf("map PROCS", e))
+        };
         Ok(Arc::new(Self {
-            procs: std::sync::Mutex::new(procs),
+            reader: handle()?,
+            writer: std::sync::Mutex::new(handle()?),
         }))
     }
 
     /// What the kernel knows of process `tgid`, if anything.
     pub fn get(&self, tgid: u32) -> Result<Option<ProcState>, HookError> {
-        let procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
-        absent_is_none(procs.get(&tgid, 0), "map PROCS")
+        absent_is_none(self.reader.get(&tgid, 0), "map PROCS")
     }
 
     /// What the kernel knows of process `tgid` started at `start` (clock ticks since boot, as
@@ -669,7 +671,7 @@ impl ProcessTable {
     /// is full. Should the process have ended since `start` was read, the entry made for it is
     /// overwritten by the fork that next takes its PID.
     pub fn get_or_introduce(&self, tgid: u32, start: u64) -> Result<Option<ProcState>, HookError> {
-        let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut procs = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let known = match absent_is_none(procs.get(&tgid, 0), "map PROCS")? {
             Some(known) => known,
             None => {

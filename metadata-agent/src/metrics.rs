@@ -224,6 +224,8 @@ pub struct Metrics {
     pub cache_misses: Family<CacheLabels, Counter>,
     /// Checks of kept answers, by what answered them.
     pub answer_checks: Family<CheckLabels, Counter>,
+    /// `cache_hits` of the process, container and node scopes.
+    cache_hits_by_scope: [Counter; 3],
     /// `answer_checks{by="kernel"}`.
     pub answer_checks_kernel: Counter,
     /// `answer_checks{by="procfs"}`.
@@ -310,14 +312,18 @@ impl Metrics {
                 .clone()
         };
         let (answer_checks_kernel, answer_checks_procfs) = (check_by("kernel"), check_by("procfs"));
+        let cache_hits = Family::<CacheLabels, Counter>::default();
+        let cache_hits_by_scope = [Scope::Process, Scope::Container, Scope::Node]
+            .map(|scope| cache_hits.get_or_create(&Self::cache(scope)).clone());
         let metrics = Self {
+            cache_hits_by_scope,
             answer_checks_kernel,
             answer_checks_procfs,
             answer_checks,
             collector_duration: histograms(&buckets),
             collector_runs: Family::default(),
             collector_errors: Family::default(),
-            cache_hits: Family::default(),
+            cache_hits,
             cache_misses: Family::default(),
             cache_evictions: Family::default(),
             cache_removals: Family::default(),
@@ -505,9 +511,15 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
-    /// A lookup answered by the `scope` cache.
+    /// A lookup answered by the `scope` cache (every warm lookup counts one: its counter is
+    /// looked up once, not per lookup).
     pub fn cache_hit(&self, scope: Scope) {
-        self.cache_hits.get_or_create(&Self::cache(scope)).inc();
+        let index = match scope {
+            Scope::Process => 0,
+            Scope::Container => 1,
+            Scope::Node => 2,
+        };
+        self.cache_hits_by_scope[index].inc();
     }
 
     /// A lookup the `scope` cache could not answer.
