@@ -276,7 +276,11 @@ impl ProcDir {
         // read relative to it: no path walk through `<pid>/<name>` for each.
         let mut dir = rustix::fs::Dir::new(fd)?;
         let mut names = Vec::new();
-        while let Some(entry) = dir.read() {
+        // One past the limit tells that there are more; a process with a million descriptors
+        // costs no more than one with `limit + 1`.
+        while names.len() <= limit
+            && let Some(entry) = dir.read()
+        {
             let entry = entry?;
             let name = entry.file_name().to_bytes();
             if name != b"." && name != b".." {
@@ -447,6 +451,33 @@ mod tests {
             ..Default::default()
         });
         assert!(!ProcDir::open(&roots, 7).unwrap().pins_process());
+    }
+
+    #[test]
+    fn links_past_the_limit_are_not_read_and_say_so() {
+        let tree = tempfile::tempdir().unwrap();
+        let fds = tree.path().join("7/fd");
+        std::fs::create_dir_all(&fds).unwrap();
+        for fd in 0..10 {
+            std::os::unix::fs::symlink(format!("socket:[{}]", 100 + fd), fds.join(fd.to_string()))
+                .unwrap();
+        }
+        let roots = HostRoots {
+            proc: tree.path().to_owned(),
+            ..HostRoots::resolve(&crate::HostRootsConfig::default())
+        };
+        let dir = ProcDir::open(&roots, 7).unwrap();
+        let (targets, cut) = dir.link_targets_in("fd", 4).unwrap();
+        assert_eq!((targets.len(), cut), (4, true));
+        assert!(targets.iter().all(|t| t.starts_with(b"socket:[")));
+        let (targets, cut) = dir.link_targets_in("fd", 10).unwrap();
+        assert_eq!((targets.len(), cut), (10, false));
+        let mut all: Vec<_> = targets
+            .into_iter()
+            .map(|t| String::from_utf8(t).unwrap())
+            .collect();
+        all.sort();
+        assert_eq!(all.first().map(String::as_str), Some("socket:[100]"));
     }
 
     #[test]

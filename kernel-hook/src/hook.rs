@@ -671,6 +671,10 @@ impl ProcessTable {
     /// is full. Should the process have ended since `start` was read, the entry made for it is
     /// overwritten by the fork that next takes its PID.
     pub fn get_or_introduce(&self, tgid: u32, start: u64) -> Result<Option<ProcState>, HookError> {
+        // Usually known (met at fork or exec): no lock for that.
+        if let Some(known) = self.get(tgid)? {
+            return Ok((known.start == start).then_some(known));
+        }
         let mut procs = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let known = match absent_is_none(procs.get(&tgid, 0), "map PROCS")? {
             Some(known) => known,

@@ -1,7 +1,8 @@
 //! The hook's process table on the real kernel (root), read through a descriptor of its own as
 //! the agent's resolver reads it: an exec and a cgroup move change a process's entry before they
 //! return to whoever made them, an ended process has none, and a process older than the hook is
-//! introduced, after which the entry answers for no other start time (a reused PID). That is what lets the agent tell, without reading
+//! introduced, after which the entry answers for no other start time (a reused PID), and a full
+//! table (a fork flood) introduces nothing. That is what lets the agent tell, without reading
 //! procfs, that a kept answer's executable and cgroups still hold (its effective ids it checks
 //! itself: no hook program sees credentials change on every kernel).
 
@@ -83,6 +84,35 @@ fn execs_and_moves_change_the_table_before_they_return_and_ended_processes_leave
     process.tell("quit");
     process.child.wait().unwrap();
     assert_eq!(table.get(pid).unwrap(), None);
+
+    // A fork flood that fills the table (its size is the kernel's limit) leaves no room: a
+    // process older than the hook is not introduced, and the agent then reads procfs for it.
+    let mut filled = 0u32;
+    while table
+        .get_or_introduce(10_000_000 + filled, 1)
+        .unwrap()
+        .is_some()
+    {
+        filled += 1;
+        assert!(filled <= 1 << 20, "the table never filled");
+    }
+    // The rest of the table holds the node's processes met since the hook attached.
+    let size = kernel_hook::abi::MAX_PROCS;
+    assert!(
+        filled <= size && filled > size - 4096,
+        "{filled} entries until full, of {size}"
+    );
+    let mut late = Command::new("sleep");
+    late.arg("30");
+    let late = Killed(late.spawn().unwrap());
+    let late_pid = late.0.id();
+    assert_eq!(
+        table
+            .get_or_introduce(late_pid, proc_start(late_pid))
+            .unwrap(),
+        None,
+        "no room: nothing the agent could trust"
+    );
 
     // The table follows the processes only while the programs are attached: the agent stops
     // using it when it detaches.

@@ -449,6 +449,8 @@ async fn a_broken_policy_file_keeps_the_previous_policies_and_is_reported() {
         "{}",
         daemon.log()
     );
+    // The message's second line (where) may reach the log a moment after its first.
+    daemon.wait_for_log("b.yaml:4:", Duration::from_secs(2));
     assert!(daemon.log().contains("b.yaml:4:"), "{}", daemon.log());
     let (_, body) = post(&client, &url, "text/plain", "app: web\n").await;
     assert_eq!(verdict(body), "allow");

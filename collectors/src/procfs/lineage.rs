@@ -297,14 +297,8 @@ impl Lineage {
         }))
     }
 
-    /// The lineage of process `pid` started at `start` (`None`: unknown), whose parent is
-    /// `ppid` now and whose `status` is given; the parent is read (or found kept) once for all
-    /// of it.
-    ///
-    /// The ancestors come nearest first, at most the depth: the chain the process was born
-    /// with when its fork was seen, else its parents' as procfs shows them. The chain stays in
-    /// the process's PID namespace: none for the init of one, and it stops before an ancestor
-    /// outside (a container's process started by `docker exec` has none).
+    /// [`Lineage::of_opened`], opening the parent's directory itself.
+    #[cfg(test)]
     pub fn of(&self, pid: u32, start: Option<u64>, ppid: u32, status: &[u8]) -> ProcessLineage {
         let parent = ProcDir::open(&self.roots, ppid)
             .ok()
@@ -313,8 +307,15 @@ impl Lineage {
         self.of_opened(pid, start, ppid, parent, status)
     }
 
-    /// [`Lineage::of`] with the parent's directory open and its `stat` read already (`None`:
-    /// it could not be), as the collector has them for the parent's own labels.
+    /// The lineage of process `pid` started at `start` (`None`: unknown), whose parent is
+    /// `ppid` now and whose `status` is given. The parent's directory comes open, with its
+    /// `stat` read (`None`: it could not be), as the collector has them for the parent's own
+    /// labels: it is read (or found kept) once for all of it.
+    ///
+    /// The ancestors come nearest first, at most the depth: the chain the process was born
+    /// with when its fork was seen, else its parents' as procfs shows them. The chain stays in
+    /// the process's PID namespace: none for the init of one, and it stops before an ancestor
+    /// outside (a container's process started by `docker exec` has none).
     pub fn of_opened(
         &self,
         pid: u32,
