@@ -208,6 +208,7 @@ fn subscribe(address: &str) {
     )
     .unwrap();
     const NEEDLE: &[u8] = b"\ndata: ";
+    let finder = memchr::memmem::Finder::new(NEEDLE);
     let mut buffer = vec![0u8; 1 << 20];
     // The end of the previous read, so a needle split across two reads is still found.
     let mut carry = 0;
@@ -220,13 +221,9 @@ fn subscribe(address: &str) {
             Ok(read) => read,
         };
         let filled = carry + read;
-        // At each line break, not at every byte: the stream runs at hundreds of MB/s.
-        let seen = &buffer[..filled];
-        count += seen
-            .iter()
-            .enumerate()
-            .filter(|&(at, &byte)| byte == b'\n' && seen[at..].starts_with(NEEDLE))
-            .count() as u64;
+        // A vectorized search: the stream runs at hundreds of MB/s, and a byte-by-byte scan
+        // cost this program more CPU than the agent spent making the events.
+        count += finder.find_iter(&buffer[..filled]).count() as u64;
         carry = (NEEDLE.len() - 1).min(filled);
         buffer.copy_within(filled - carry..filled, 0);
         if printed.elapsed() >= Duration::from_millis(50) {
