@@ -26,6 +26,9 @@
  *   set, a reused PID never inherits the previous process's), renewed at exec (a new generation,
  *   so no verdict of the previous image holds), removed when the last thread exits (not the
  *   leader: a leader may exit while its threads run on).
+ * - CHANGES counts, per bucket of processes (tgid & (CHANGE_BUCKETS - 1)), every fork, exec,
+ *   cgroup move and exit, after PROCS shows it: user space maps it and, while a process's
+ *   bucket has not counted, trusts the PROCS entry it last read without looking it up again.
  */
 #include "kernel.h"
 #include "hook.h"
@@ -68,6 +71,19 @@ struct {
 	__type(key, __u32);
 	__type(value, struct proc_state);
 } PROCS SEC(".maps");
+
+/* Change counters, one per bucket of processes (tgid & (CHANGE_BUCKETS - 1)): a process's
+ * bucket counts up after each fork, exec, cgroup move and exit of a process in it, once PROCS
+ * shows the change. User space maps the array and reads a bucket with a plain load: a count
+ * unchanged since an entry was found as expected says the entry still is, without a lookup (a
+ * change of another process in the bucket only costs that lookup). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CHANGE_BUCKETS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} CHANGES SEC(".maps");
 
 /* tgid → the agent's verdict (rule set) for one image of the process. */
 struct {
@@ -126,6 +142,15 @@ static __attribute__((always_inline)) __u64 start_ticks(struct task_struct *task
 	if (leader)
 		bpf_probe_read_kernel(&boottime, sizeof(boottime), &leader->start_boottime);
 	return boottime / (1000000000ULL / USER_HZ);
+}
+
+/* Counts a change of process tgid in its bucket of CHANGES (after PROCS shows it). */
+static __attribute__((always_inline)) void changed(__u32 tgid)
+{
+	__u32 bucket = tgid & (CHANGE_BUCKETS - 1);
+	__u64 *count = bpf_map_lookup_elem(&CHANGES, &bucket);
+	if (count)
+		__sync_fetch_and_add(count, 1);
 }
 
 /* The rule set a process is judged by now: its verdict's, when the verdict is for its current
@@ -354,6 +379,7 @@ int process_fork(struct bpf_raw_tracepoint_args *ctx)
 	/* Overwrites what a previous process with this PID left. */
 	bpf_map_update_elem(&PROCS, &key, &state, BPF_ANY);
 	bpf_map_delete_elem(&VERDICTS, &key);
+	changed(key);
 	struct hook_event *event = reserve(EVENT_FORK);
 	if (event) {
 		event->ppid = parent;
@@ -431,6 +457,7 @@ int process_exec(struct bpf_raw_tracepoint_args *ctx)
 	 * (user space then reads procfs). */
 	if (bpf_map_update_elem(&PROCS, &tgid, &state, BPF_ANY) != 0)
 		bpf_map_delete_elem(&PROCS, &tgid);
+	changed(tgid);
 	struct hook_event *event = reserve(EVENT_EXEC);
 	if (event) {
 		event->timestamp_ns = state.exec_ns;
@@ -459,6 +486,7 @@ int process_exit(struct bpf_raw_tracepoint_args *ctx)
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	bpf_map_delete_elem(&PROCS, &tgid);
 	bpf_map_delete_elem(&VERDICTS, &tgid);
+	changed(tgid);
 	struct hook_event *event = reserve(EVENT_EXIT);
 	if (event) {
 		event->start = start_ticks(task);
@@ -480,6 +508,7 @@ static __attribute__((always_inline)) int moved(struct task_struct *task)
 	struct proc_state *known = bpf_map_lookup_elem(&PROCS, &key);
 	if (known)
 		__sync_fetch_and_add(&known->moves, 1);
+	changed(key);
 	struct hook_event *event = reserve(EVENT_CGROUP);
 	if (event) {
 		event->tgid = key;

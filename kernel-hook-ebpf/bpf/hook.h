@@ -292,5 +292,7 @@ LAYOUT_FIELD(image_key, dev, IMAGE_KEY_OFF_DEV);
 #define MAX_RULESETS 65536
 #define MAX_RULE_PREFIXES 131072
 #define MAX_IMAGES 65536
+/* CHANGES: one change counter per bucket of processes (tgid & (CHANGE_BUCKETS - 1)). */
+#define CHANGE_BUCKETS 65536
 
 #endif

@@ -28,6 +28,7 @@ enum {
 #define BPF_ANY 0
 #define BPF_NOEXIST 1
 #define BPF_F_NO_PREALLOC 1
+#define BPF_F_MMAPABLE (1U << 10)
 
 #define AF_INET 2
 #define AF_INET6 10

@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
@@ -281,8 +282,9 @@ pub struct EventReader {
 }
 
 /// Every map of the object, in the order they are pinned.
-const MAPS: [&str; 9] = [
-    "EVENTS", "LOST", "READER", "SETTINGS", "PROCS", "VERDICTS", "RULESETS", "RULES", "IMAGES",
+const MAPS: [&str; 10] = [
+    "EVENTS", "LOST", "READER", "SETTINGS", "PROCS", "CHANGES", "VERDICTS", "RULESETS", "RULES",
+    "IMAGES",
 ];
 
 /// The programs attached to the cgroup, then the raw tracepoints (program, tracepoint).
@@ -393,7 +395,7 @@ impl Hook {
         let lost = PerCpuArray::try_from(map("LOST")?).map_err(map_error("LOST"))?;
         let reader = Array::try_from(map("READER")?).map_err(map_error("READER"))?;
         let procs = map("PROCS")?;
-        let table = ProcessTable::duplicate(&procs)?;
+        let table = ProcessTable::duplicate(&procs, &map("CHANGES")?)?;
         let maps = Maps {
             settings: Array::try_from(map("SETTINGS")?).map_err(map_error("SETTINGS"))?,
             procs: HashMap::try_from(procs).map_err(map_error("PROCS"))?,
@@ -632,6 +634,10 @@ pub struct ProcessTable {
     reader: HashMap<MapData, u32, ProcState>,
     /// Introductions, one at a time.
     writer: std::sync::Mutex<HashMap<MapData, u32, ProcState>>,
+    /// `CHANGES`, mapped: each bucket's change count, read without a system call.
+    changes: ChangeCounters,
+    /// Tells this table's counts from another's (the hook attached again, counting afresh).
+    id: u32,
 }
 
 impl std::fmt::Debug for ProcessTable {
@@ -640,10 +646,73 @@ impl std::fmt::Debug for ProcessTable {
     }
 }
 
+/// The `CHANGES` array mapped read-only into this process: the programs count, in a process's
+/// bucket (`tgid & (CHANGE_BUCKETS - 1)`), each fork, exec, cgroup move and exit of a process in
+/// it, after `PROCS` shows it.
+struct ChangeCounters {
+    counts: std::ptr::NonNull<AtomicU64>,
+}
+
+// SAFETY: the mapping is only read, through atomics, and lives as long as the value.
+unsafe impl Send for ChangeCounters {}
+// SAFETY: as above.
+unsafe impl Sync for ChangeCounters {}
+
+const CHANGE_BUCKETS: usize = abi::CHANGE_BUCKETS as usize;
+const CHANGES_BYTES: usize = CHANGE_BUCKETS * std::mem::size_of::<u64>();
+
+impl ChangeCounters {
+    fn map(map: &aya::maps::Map) -> Result<Self, HookError> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let aya::maps::Map::Array(data) = map else {
+            return Err(HookError::Missing("map CHANGES as an array".to_owned()));
+        };
+        // SAFETY: maps CHANGES_BYTES of an mmapable array map of exactly that size (a whole
+        // number of pages), shared and read-only; the mapping keeps the map alive.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                CHANGES_BYTES,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(HookError::from_bpf(
+                "mapping map CHANGES",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let counts = std::ptr::NonNull::new(address.cast::<AtomicU64>())
+            .ok_or_else(|| HookError::Missing("a mapping of map CHANGES".to_owned()))?;
+        Ok(Self { counts })
+    }
+
+    fn count(&self, tgid: u32) -> u64 {
+        let bucket = tgid as usize & (CHANGE_BUCKETS - 1);
+        // SAFETY: bucket < CHANGE_BUCKETS, inside the mapping, which lives as long as self;
+        // the programs change the counts with atomic adds.
+        unsafe { self.counts.add(bucket).as_ref() }.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for ChangeCounters {
+    fn drop(&mut self) {
+        // SAFETY: unmaps what `map` mapped, once.
+        unsafe {
+            libc::munmap(self.counts.as_ptr().cast(), CHANGES_BYTES);
+        }
+    }
+}
+
 impl ProcessTable {
-    /// A table reading `map` (`PROCS`) through a duplicate of its descriptor.
-    fn duplicate(map: &aya::maps::Map) -> Result<Arc<Self>, HookError> {
+    /// A table reading `map` (`PROCS`) through a duplicate of its descriptor, and `changes`
+    /// (`CHANGES`) through a mapping.
+    fn duplicate(map: &aya::maps::Map, changes: &aya::maps::Map) -> Result<Arc<Self>, HookError> {
         use std::os::fd::AsFd;
+        static TABLES: AtomicU32 = AtomicU32::new(0);
         let aya::maps::Map::HashMap(data) = map else {
             return Err(HookError::Missing("map PROCS as a hash map".to_owned()));
         };
@@ -657,7 +726,18 @@ impl ProcessTable {
         Ok(Arc::new(Self {
             reader: handle()?,
             writer: std::sync::Mutex::new(handle()?),
+            changes: ChangeCounters::map(changes)?,
+            id: TABLES.fetch_add(1, Ordering::Relaxed) % u16::MAX as u32 + 1,
         }))
+    }
+
+    /// How many changes (forks, execs, cgroup moves, exits) the kernel has counted so far among
+    /// the processes that share `tgid`'s bucket, with this table's id in the top 16 bits (never
+    /// 0). Read before [`ProcessTable::get`], an unchanged count later says that no process of
+    /// the bucket changed since, so `tgid`'s entry is still the one `get` found: one memory
+    /// read instead of a lookup.
+    pub fn changes(&self, tgid: u32) -> u64 {
+        u64::from(self.id) << 48 | (self.changes.count(tgid) & ((1 << 48) - 1))
     }
 
     /// What the kernel knows of process `tgid`, if anything.

@@ -54,10 +54,17 @@ fn execs_and_moves_change_the_table_before_they_return_and_ended_processes_leave
         "the entry is the older process's"
     );
 
-    // A move is counted by the time the write that made it returns, and again for each move.
+    // A move is counted by the time the write that made it returns, and again for each move;
+    // the process's bucket of change counts has counted it too (a mapped read, no lookup).
+    let counted = table.changes(older_pid);
+    assert_ne!(counted >> 48, 0, "the table's id is in the top bits");
     std::fs::write(there.path().join("cgroup.procs"), older_pid.to_string()).unwrap();
     let moved = table.get(older_pid).unwrap().expect("still known");
     assert_eq!((moved.generation, moved.moves), (0, 1), "{moved:?}");
+    assert!(
+        table.changes(older_pid) > counted,
+        "the move is counted in its bucket"
+    );
     std::fs::write(here.path().join("cgroup.procs"), older_pid.to_string()).unwrap();
     assert_eq!(table.get(older_pid).unwrap().unwrap().moves, 2);
 
@@ -68,7 +75,12 @@ fn execs_and_moves_change_the_table_before_they_return_and_ended_processes_leave
     let before = table.get(pid).unwrap().expect("met at fork and exec");
     assert_eq!(before.start, proc_start(pid));
     std::fs::write(there.path().join("cgroup.procs"), pid.to_string()).unwrap();
+    let counted = table.changes(pid);
     assert_eq!(process.ask("exec"), format!("ready {pid}"));
+    assert!(
+        table.changes(pid) > counted,
+        "the exec is counted in its bucket"
+    );
     let after = table.get(pid).unwrap().unwrap();
     assert_eq!(
         after.generation,
@@ -78,9 +90,14 @@ fn execs_and_moves_change_the_table_before_they_return_and_ended_processes_leave
     assert_eq!(after.moves, before.moves + 1, "{before:?} {after:?}");
     assert_eq!(after.start, before.start);
 
-    // An ended process has no entry by the time its parent reaps it.
+    // An ended process has no entry by the time its parent reaps it, and its end is counted.
+    let counted = table.changes(older_pid);
     drop(older);
     assert_eq!(table.get(older_pid).unwrap(), None);
+    assert!(
+        table.changes(older_pid) > counted,
+        "the exit is counted in its bucket"
+    );
     process.tell("quit");
     process.child.wait().unwrap();
     assert_eq!(table.get(pid).unwrap(), None);

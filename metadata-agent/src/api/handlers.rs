@@ -88,15 +88,34 @@ fn parse_pid(path: Result<Path<String>, PathRejection>) -> Result<u32, ApiError>
     }
 }
 
-fn wants_text(format: Option<Format>, headers: &HeaderMap) -> bool {
+fn wants_text(format: Option<Format>, accept: AcceptsText) -> bool {
     match format {
         Some(format) => format == Format::Text,
-        None => headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|accept| {
-                accept.contains("text/plain") && !accept.contains("application/json")
-            }),
+        None => accept.0,
+    }
+}
+
+/// Whether the request's `Accept` header asks for text rather than JSON: read from the request
+/// in place (the `HeaderMap` extractor copies every header, on the most frequent lookup).
+#[derive(Debug, Clone, Copy)]
+pub struct AcceptsText(bool);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for AcceptsText {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|accept| {
+                    accept.contains("text/plain") && !accept.contains("application/json")
+                }),
+        ))
     }
 }
 
@@ -109,11 +128,11 @@ pub async fn metadata(
     State(state): State<Arc<AppState>>,
     pid: Result<Path<String>, PathRejection>,
     query: Result<Query<MetadataQuery>, QueryRejection>,
-    headers: HeaderMap,
+    accept: AcceptsText,
 ) -> Answer {
     let pid = parse_pid(pid)?;
     let Query(query) = query?;
-    if wants_text(query.format, &headers) {
+    if wants_text(query.format, accept) {
         let resolution = state.resolver.resolve(pid).await?;
         let mut body = resolution.labels.to_text();
         body.push_str(&resolution.trust.to_text_comments());

@@ -4,6 +4,7 @@
 //! executable's identity, its effective ids, its cgroups), which fails once the process is gone,
 //! even when its PID has been reused.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 
 use collectors::{ProcDir, Scope};
@@ -49,6 +50,9 @@ pub(super) struct KeptAnswer {
     pub json: OnceLock<bytes::Bytes>,
     /// The events that vouch for it, and the hook epoch they belong to (see [`Seen`]).
     pub vouched: std::sync::Mutex<Option<(Seen, u64)>>,
+    /// The hook table's change count of the process's bucket when its entry was last found
+    /// unchanged ([`kernel_hook::ProcessTable::changes`]; 0: never).
+    pub kernel_checked: AtomicU64,
 }
 
 impl KeptAnswer {
@@ -94,6 +98,7 @@ impl Resolver {
                 dir: None,
                 found,
                 vouched: std::sync::Mutex::new(None),
+                kernel_checked: AtomicU64::new(0),
             }));
         }
         // Opened after the lookup, so checked to be the same process before it is kept.
@@ -108,6 +113,7 @@ impl Resolver {
             dir,
             found,
             vouched: std::sync::Mutex::new(None),
+            kernel_checked: AtomicU64::new(0),
         });
         self.answers.insert(pid, Arc::clone(&answer));
         Ok(answer)
@@ -183,6 +189,7 @@ impl Resolver {
             found.process.pid,
             found.process.start_ticks,
             found.entry.kernel,
+            &answer.kernel_checked,
         ) {
             self.metrics.answer_checks_kernel.inc();
             then.same_owner(dir)

@@ -233,21 +233,38 @@ impl Resolver {
     }
 
     /// Whether the hook's table says process `pid` started at `start` neither exec'd nor moved
-    /// since it had `stamp`.
+    /// since it had `stamp`. `checked` keeps the count of the process's bucket of changes when
+    /// its entry was last found so: while that count stays the same, no process of the bucket
+    /// changed since, and the entry is not looked up again.
     fn kernel_unchanged(
         &self,
         pid: u32,
         start: Option<u64>,
         stamp: Option<caches::KernelStamp>,
+        checked: &std::sync::atomic::AtomicU64,
     ) -> bool {
+        use std::sync::atomic::Ordering;
         let (Some(stamp), Some(start)) = (stamp, start) else {
             return false;
         };
         let table = self.kernel.read().unwrap_or_else(|e| e.into_inner());
-        table
-            .as_ref()
-            .and_then(|table| table.get(pid).ok().flatten())
-            .is_some_and(|now| now.start == start && caches::KernelStamp::of(&now) == stamp)
+        let Some(table) = table.as_ref() else {
+            return false;
+        };
+        // Read before the entry: a change after this read changes the count.
+        let changes = table.changes(pid);
+        if checked.load(Ordering::Acquire) == changes {
+            return true;
+        }
+        let unchanged = table
+            .get(pid)
+            .ok()
+            .flatten()
+            .is_some_and(|now| now.start == start && caches::KernelStamp::of(&now) == stamp);
+        if unchanged {
+            checked.store(changes, Ordering::Release);
+        }
+        unchanged
     }
 
     /// The process lineage (procfs's), which the hook's fork, exec and exit events complete;

@@ -21,7 +21,8 @@ impl Resolver {
             };
             let resolver = Arc::clone(self);
             tasks.spawn(async move {
-                let resolved = resolver.resolve(pid).await.is_ok();
+                // The caches only: no answer is assembled for a lookup nobody made.
+                let resolved = resolver.find(pid).await.is_ok();
                 drop(permit);
                 resolved
             });

@@ -182,6 +182,25 @@ async fn forget_and_sweep_drop_entries_of_ended_processes() {
 }
 
 #[tokio::test]
+async fn prestart_fills_the_caches_without_keeping_answers() {
+    let proc = FakeProc::new();
+    for pid in 20..25 {
+        proc.process(pid, 1, "/bin/a", &format!("a {pid}"));
+    }
+    let resolver = Arc::new(proc.resolver());
+    assert_eq!(resolver.prestart(2).await, 5);
+    assert_eq!(resolver.cached_processes(), 5);
+    // Answers are made by lookups, not by warming the caches.
+    assert_eq!(resolver.answers.len(), 0);
+    let looked_up = resolver.resolve(22).await.unwrap();
+    assert!(
+        looked_up.cached,
+        "the first lookup finds what prestart collected"
+    );
+    assert_eq!(looked_up.labels.get("process:cmdline"), ["a 22"]);
+}
+
+#[tokio::test]
 async fn concurrent_lookups_share_one_collection() {
     let proc = FakeProc::new();
     proc.process(5, 1, "/bin/a", "a");
