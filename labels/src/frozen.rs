@@ -1,12 +1,13 @@
-//! [`FrozenLabels`]: a label set packed into two allocations, for caches that hold many.
+//! [`FrozenLabels`]: a label set packed into one allocation, for caches that hold many.
 
 use std::collections::BTreeMap;
 
 use crate::LabelSet;
 
-/// A [`LabelSet`] frozen into two allocations, for caches that hold many: the same labels in a
-/// fraction of the memory (no allocation per key and per value, no tree nodes, and keys named
-/// by their number in a table shared by every set).
+/// A [`LabelSet`] frozen into one allocation, for caches that hold many: the same labels in a
+/// fraction of the memory (no allocation per key and per value, no tree nodes, keys named by
+/// their number in a table shared by every set, and two bytes per key and value when the set's
+/// text is under 16 KiB, as a process's is).
 /// [`FrozenLabels::thaw`] gives the label set back.
 ///
 /// ```
@@ -19,20 +20,31 @@ use crate::LabelSet;
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FrozenLabels {
-    /// The values (and the keys not in the [key table](keys)), end to end.
-    text: Box<str>,
-    /// In order, one entry per key and per value: a key is [`KEY`] with either [`INTERNED`]
-    /// and its number in the key table, or the end of its text in `text`; a value is the end
-    /// of its text in `text`.
-    entries: Box<[u32]>,
+    /// The entries, then the text. In order, one entry per key and per value: a key is [`KEY`]
+    /// with either [`INTERNED`] and its number in the key table, or the end of its text; a
+    /// value is the end of its text. The text holds the values (and the keys not in the [key
+    /// table](keys)), end to end. Entries are 2 bytes when every one fits (see [`narrow`]),
+    /// else 4 (little-endian).
+    data: Box<[u8]>,
+    /// How many entries, with [`WIDE`] when they take 4 bytes.
+    entries: u32,
 }
 
-/// Marks a key in [`FrozenLabels::entries`].
+/// Marks a key in an entry (as decoded to 32 bits).
 const KEY: u32 = 1 << 31;
 /// Marks a key kept in the key table, by number.
 const INTERNED: u32 = 1 << 30;
 /// The rest of an entry: a number in the key table, or an end in the text.
 const VALUE: u32 = INTERNED - 1;
+/// In [`FrozenLabels::entries`]: the entries take 4 bytes each.
+const WIDE: u32 = 1 << 31;
+
+/// The 2-byte form of an entry: the same two flags in its top bits, 14 bits for the rest.
+mod narrow {
+    pub const KEY: u16 = 1 << 15;
+    pub const INTERNED: u16 = 1 << 14;
+    pub const VALUE: u16 = INTERNED - 1;
+}
 
 /// The key table: label keys are few and shared by every process (`process:pid`,
 /// `k8s:pod:name`, ...), so a frozen set names them by number instead of holding their text.
@@ -87,6 +99,16 @@ mod keys {
         Some(n)
     }
 
+    /// The number of `key` when the table holds it (never adds it).
+    pub fn known(key: &str) -> Option<u32> {
+        table()
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .numbers
+            .get(key)
+            .copied()
+    }
+
     /// The key numbered `n`.
     pub fn name(n: u32) -> &'static str {
         table()
@@ -117,9 +139,31 @@ impl LabelSet {
                 entries.push(end(&text));
             }
         }
+        // Key numbers are below MAX_KEYS, which fits in 14 bits: the text's length decides.
+        let wide = text.len() > usize::from(narrow::VALUE);
+        let mut data = Vec::with_capacity(entries.len() * if wide { 4 } else { 2 } + text.len());
+        for &entry in &entries {
+            if wide {
+                data.extend_from_slice(&entry.to_le_bytes());
+            } else {
+                let mut short = (entry & VALUE) as u16;
+                if entry & KEY != 0 {
+                    short |= narrow::KEY;
+                }
+                if entry & INTERNED != 0 {
+                    short |= narrow::INTERNED;
+                }
+                data.extend_from_slice(&short.to_le_bytes());
+            }
+        }
+        data.extend_from_slice(text.as_bytes());
+        let count = u32::try_from(entries.len())
+            .ok()
+            .filter(|&n| n < WIDE)
+            .expect("frozen labels of 2^31 entries or more");
         FrozenLabels {
-            text: text.into_boxed_str(),
-            entries: entries.into_boxed_slice(),
+            data: data.into_boxed_slice(),
+            entries: if wide { count | WIDE } else { count },
         }
     }
 }
@@ -136,7 +180,31 @@ fn end(text: &str) -> u32 {
 impl FrozenLabels {
     /// Bytes held on the heap.
     pub fn byte_size(&self) -> usize {
-        self.text.len() + self.entries.len() * std::mem::size_of::<u32>()
+        self.data.len()
+    }
+
+    /// The entries, decoded to 32 bits, and the text.
+    fn parts(&self) -> (impl Iterator<Item = u32> + '_, &str) {
+        let wide = self.entries & WIDE != 0;
+        let count = (self.entries & !WIDE) as usize;
+        let width = if wide { 4 } else { 2 };
+        let (entries, text) = self.data.split_at(count * width);
+        let entries = entries.chunks_exact(width).map(move |bytes| {
+            if let Ok(bytes) = <[u8; 4]>::try_from(bytes) {
+                return u32::from_le_bytes(bytes);
+            }
+            let short = u16::from_le_bytes([bytes[0], bytes[1]]);
+            let mut entry = u32::from(short & narrow::VALUE);
+            if short & narrow::KEY != 0 {
+                entry |= KEY;
+            }
+            if short & narrow::INTERNED != 0 {
+                entry |= INTERNED;
+            }
+            entry
+        });
+        // Made from a `str` by `freeze`: always UTF-8.
+        (entries, std::str::from_utf8(text).unwrap_or_default())
     }
 
     /// The label set back.
@@ -144,13 +212,14 @@ impl FrozenLabels {
         let mut labels = BTreeMap::new();
         let mut current: Option<(String, Vec<String>)> = None;
         let mut start = 0;
-        for &entry in &*self.entries {
+        let (entries, text) = self.parts();
+        for entry in entries {
             if entry & KEY != 0 {
                 let key = if entry & INTERNED != 0 {
                     keys::name(entry & VALUE).to_owned()
                 } else {
                     let stop = (entry & VALUE) as usize;
-                    let key = self.text[start..stop].to_owned();
+                    let key = text[start..stop].to_owned();
                     start = stop;
                     key
                 };
@@ -160,7 +229,7 @@ impl FrozenLabels {
             } else {
                 let stop = (entry & VALUE) as usize;
                 if let Some((_, values)) = &mut current {
-                    values.push(self.text[start..stop].to_owned());
+                    values.push(text[start..stop].to_owned());
                 }
                 start = stop;
             }
@@ -171,9 +240,40 @@ impl FrozenLabels {
         LabelSet { labels }
     }
 
+    /// The first value of `key`, without thawing the set.
+    pub fn first(&self, key: &str) -> Option<&str> {
+        let number = keys::known(key);
+        let (entries, text) = self.parts();
+        let mut start = 0;
+        let mut in_key = false;
+        for entry in entries {
+            if entry & KEY != 0 {
+                if in_key {
+                    // The key had no value.
+                    return None;
+                }
+                in_key = if entry & INTERNED != 0 {
+                    Some(entry & VALUE) == number
+                } else {
+                    let stop = (entry & VALUE) as usize;
+                    let this = &text[start..stop];
+                    start = stop;
+                    this == key
+                };
+            } else {
+                let stop = (entry & VALUE) as usize;
+                if in_key {
+                    return Some(&text[start..stop]);
+                }
+                start = stop;
+            }
+        }
+        None
+    }
+
     /// Whether it holds no label.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries & !WIDE == 0
     }
 }
 
@@ -194,8 +294,31 @@ mod tests {
         let frozen = labels.freeze();
         assert!(!frozen.is_empty());
         assert_eq!(frozen.thaw(), labels);
+        assert_eq!(frozen.first("process:gid:additional"), Some("27"));
+        assert_eq!(frozen.first("k8s:pod:label:app"), Some("ünïcode ✓"));
+        assert_eq!(frozen.first("a"), Some("x"));
+        assert_eq!(frozen.first("process:pid"), None);
+        assert_eq!(frozen.first("never:seen:key"), None);
         assert_eq!(frozen.thaw().get("process:gid:additional"), ["27", "4"]);
         assert_eq!(frozen.thaw().to_text(), labels.to_text());
+    }
+
+    #[test]
+    fn sets_either_side_of_the_narrow_entries_limit_thaw_the_same() {
+        // Text of 16 383 bytes: 2-byte entries; one more byte: 4-byte entries.
+        for extra in [0, 1, 2] {
+            let mut labels = LabelSet::new();
+            labels.insert("process:pid", "1");
+            labels.insert("process:cmdline", "x".repeat(16_382 + extra));
+            let frozen = labels.freeze();
+            let narrow = frozen.entries & WIDE == 0;
+            assert_eq!(narrow, extra == 0, "{extra}");
+            assert_eq!(
+                frozen.byte_size(),
+                16_383 + extra + 4 * if narrow { 2 } else { 4 }
+            );
+            assert_eq!(frozen.thaw(), labels);
+        }
     }
 
     #[test]
@@ -210,11 +333,18 @@ mod tests {
         labels.insert("process:pid", "7");
         let frozen = labels.freeze();
         assert_eq!(frozen.thaw(), labels);
+        // Keys in the set's own text are found as well as keys of the table.
+        assert_eq!(frozen.first("test:key:4100"), Some("v4100"));
+        assert_eq!(
+            frozen.first(&"x".repeat(keys::MAX_KEY_BYTES + 1)),
+            Some("long")
+        );
+        assert_eq!(frozen.first("process:pid"), Some("7"));
         // Interned keys cost no text: a set of one shared key holds its value only.
         let mut small = LabelSet::new();
         small.insert("process:pid", "42");
         let frozen = small.freeze();
-        assert_eq!(frozen.byte_size(), 2 + 4 * 2);
+        assert_eq!(frozen.byte_size(), 2 + 2 * 2);
         assert_eq!(frozen.thaw(), small);
     }
 }

@@ -155,8 +155,14 @@ pub(super) struct ProcessEntry {
     pub kernel: Option<KernelStamp>,
     /// When the collection started, on the kernel's monotonic clock (that of hook events).
     pub collected_ns: u64,
-    /// Its execution (`process:exec-id`), when known.
-    pub exec_id: Option<collectors::procfs::ExecId>,
+}
+
+impl ProcessEntry {
+    /// Its execution (`process:exec-id`), when known: read from its labels (not kept apart:
+    /// 40 bytes per cached process, for the lookups of processes that ended).
+    pub fn exec_id(&self) -> Option<collectors::procfs::ExecId> {
+        self.labels.first("process:exec-id")?.parse().ok()
+    }
 }
 
 /// What the hook's process table said of a process (see [`kernel_hook::ProcessTable`]): its

@@ -63,11 +63,6 @@ impl Resolver {
             image,
             kernel,
             collected_ns,
-            exec_id: scope
-                .labels
-                .get("process:exec-id")
-                .first()
-                .and_then(|id| id.parse().ok()),
         });
         if keep {
             let _ = guard.insert(Arc::clone(&entry));

@@ -78,7 +78,7 @@ pub enum ExecLookup {
 impl Resolver {
     /// Keeps the entry of `process`, dropped from the cache because its execution ended.
     pub(super) fn remember_ended(&self, process: ProcessRef, entry: &Arc<ProcessEntry>) {
-        let Some(id) = entry.exec_id else {
+        let Some(id) = entry.exec_id() else {
             return;
         };
         let container = entry
@@ -123,7 +123,7 @@ impl Resolver {
         // Without exit and exec events, an execution that ended may still be cached.
         let key = (id.pid, Some(id.start));
         if let Some(entry) = self.processes.peek(&key)
-            && entry.exec_id == Some(*id)
+            && entry.exec_id() == Some(*id)
         {
             self.processes.remove(&key);
             self.remember_ended(

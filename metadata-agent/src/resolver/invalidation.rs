@@ -25,7 +25,7 @@ impl Resolver {
         let exec_id = self
             .processes
             .peek(&(pid, Some(start)))
-            .and_then(|entry| entry.exec_id);
+            .and_then(|entry| entry.exec_id());
         self.forget(pid);
         exec_id
     }
