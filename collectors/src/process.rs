@@ -166,6 +166,13 @@ impl ProcessImage {
     pub fn same_owner(&self, dir: &ProcDir) -> bool {
         rustix::fs::fstat(&dir.fd).is_ok_and(|owner| (owner.st_uid, owner.st_gid) == self.owner)
     }
+
+    /// [`ProcessImage::same_owner`] for process `pid`, by path (one `stat`): whatever process
+    /// the PID names at that moment, which the caller makes sure is the one it means.
+    pub fn same_owner_at(&self, roots: &HostRoots, pid: u32) -> bool {
+        rustix::fs::stat(roots.proc.join(pid.to_string()))
+            .is_ok_and(|owner| (owner.st_uid, owner.st_gid) == self.owner)
+    }
 }
 
 /// The PIDs under the proc root: every process running now.

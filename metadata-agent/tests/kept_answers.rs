@@ -136,6 +136,17 @@ async fn lookups_follow_an_exec_a_move_and_new_ids_at_once(hook: bool) {
         there.relative(),
         "the move shows at once"
     );
+    // Asked again before an answer is kept: with the hook, the kernel's table vouches for the
+    // cached entry (no procfs read); without, procfs does.
+    let kernel = metrics.answer_checks_kernel.get();
+    let moved_again = resolver.resolve(pid).await.unwrap();
+    assert!(moved_again.cached, "the entry collected after the move");
+    assert_eq!(moved_again.labels, moved.labels);
+    assert_eq!(
+        metrics.answer_checks_kernel.get() - kernel,
+        u64::from(hook),
+        "checked by the kernel's table with the hook"
+    );
 
     // New effective ids (the process is then undumpable: its procfs files stay root's).
     assert_eq!(process.ask("setuid"), "ok");

@@ -351,8 +351,47 @@ impl Resolver {
         }
     }
 
+    /// With the hook attached, the cached entry of process `pid` when the kernel's table says
+    /// it still holds: the process neither exec'd, moved nor ended since it was collected (its
+    /// entry's stamp), and has the same effective ids (one `stat` of `/proc/<pid>`). Nothing of
+    /// procfs is read. `None` otherwise (a thread id, a process the table does not know, any
+    /// change): the caller reads procfs.
+    fn kernel_hit(&self, pid: u32) -> Option<(ProcessRef, Arc<ProcessEntry>)> {
+        let table = self
+            .kernel
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        // Read first: an exit counted after this read changes it, and no other process can
+        // take the PID before its previous process's exit is counted.
+        let before = table.changes(pid);
+        let state = table.get(pid).ok()??;
+        let process = ProcessRef {
+            pid,
+            start_ticks: Some(state.start),
+        };
+        let entry = self.processes.get(&(pid, process.start_ticks))?;
+        if entry.kernel != Some(caches::KernelStamp::of(&state)) {
+            return None;
+        }
+        let owner_holds = entry
+            .image
+            .as_ref()
+            .is_some_and(|image| image.same_owner_at(&self.roots, pid));
+        // The owner read was of that process: no exit (nor fork) was counted meanwhile.
+        if !owner_holds || table.changes(pid) != before {
+            return None;
+        }
+        self.metrics.answer_checks_kernel.inc();
+        Some((process, entry))
+    }
+
     /// The entries that make up the answer for `pid`, collecting what is not cached.
     async fn find(&self, pid: u32) -> Result<Found, ResolveError> {
+        if let Some((process, entry)) = self.kernel_hit(pid) {
+            self.metrics.cache_hit(Scope::Process);
+            return Ok(self.found(process, entry, true).await);
+        }
         // Warm path: one small read finds a cached process; only a miss reads its status to
         // turn a thread id into its process.
         let stat = ProcessRef::read_stat(&self.roots, pid);
@@ -390,17 +429,23 @@ impl Resolver {
             }
             None => (self.collect_process(process, key).await?, false),
         };
+        Ok(self.found(process, entry, cached).await)
+    }
+
+    /// The answer's entries for `process`, whose entry is `entry`: its container's and the
+    /// node's added.
+    async fn found(&self, process: ProcessRef, entry: Arc<ProcessEntry>, cached: bool) -> Found {
         let container = match &entry.container {
             Some(identity) => self.container_entry(process, identity).await,
             None => None,
         };
-        Ok(Found {
+        Found {
             process,
             entry,
             container,
             node: self.node(),
             cached,
-        })
+        }
     }
 }
 
