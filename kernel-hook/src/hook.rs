@@ -252,7 +252,6 @@ pub enum Attachment {
 /// The maps the agent writes and reads besides the ring buffer.
 struct Maps {
     settings: Array<MapData, u32>,
-    procs: HashMap<MapData, u32, ProcState>,
     verdicts: HashMap<MapData, u32, VerdictEntry>,
     rulesets: HashMap<MapData, u32, RulesetEntry>,
     rules: LpmTrie<MapData, RuleKeyData, RuleList>,
@@ -394,11 +393,9 @@ impl Hook {
         let ring = RingBuf::try_from(map("EVENTS")?).map_err(map_error("EVENTS"))?;
         let lost = PerCpuArray::try_from(map("LOST")?).map_err(map_error("LOST"))?;
         let reader = Array::try_from(map("READER")?).map_err(map_error("READER"))?;
-        let procs = map("PROCS")?;
-        let table = ProcessTable::duplicate(&procs, &map("CHANGES")?)?;
+        let table = ProcessTable::new(map("PROCS")?, &map("CHANGES")?)?;
         let maps = Maps {
             settings: Array::try_from(map("SETTINGS")?).map_err(map_error("SETTINGS"))?,
-            procs: HashMap::try_from(procs).map_err(map_error("PROCS"))?,
             verdicts: HashMap::try_from(map("VERDICTS")?).map_err(map_error("VERDICTS"))?,
             rulesets: HashMap::try_from(map("RULESETS")?).map_err(map_error("RULESETS"))?,
             rules: LpmTrie::try_from(map("RULES")?).map_err(map_error("RULES"))?,
@@ -476,25 +473,14 @@ impl Hook {
         Arc::clone(&self.table)
     }
 
-    /// What the kernel knows of process `tgid`, if anything.
+    /// What the kernel knows of process `tgid`, if anything (see [`ProcessTable::get`]).
     pub fn process(&self, tgid: u32) -> Result<Option<ProcState>, HookError> {
-        absent_is_none(self.maps.procs.get(&tgid, 0), "map PROCS")
+        self.table.get(tgid)
     }
 
-    /// Introduces a process the hook has not met (older than the hook) with its start time in
-    /// clock ticks, unless the kernel met it meanwhile. Returns what the kernel now knows.
+    /// Introduces a process the hook has not met (see [`ProcessTable::introduce`]).
     pub fn introduce(&mut self, tgid: u32, start: u64) -> Result<ProcState, HookError> {
-        let fresh = ProcState {
-            start,
-            ..ProcState::default()
-        };
-        match self.maps.procs.insert(tgid, fresh, BPF_NOEXIST) {
-            Ok(()) => Ok(fresh),
-            Err(error) => match self.process(tgid)? {
-                Some(known) => Ok(known),
-                None => Err(HookError::from_bpf("map PROCS", error)),
-            },
-        }
+        self.table.introduce(tgid, start)
     }
 
     /// The agent's verdict for process `tgid`, if one is recorded.
@@ -550,8 +536,8 @@ impl Hook {
     /// Every rule set of every process entry and verdict, and the exec-time identities'.
     pub fn rulesets_in_use(&self) -> std::collections::HashSet<u32> {
         let procs = self
-            .maps
-            .procs
+            .table
+            .reader
             .iter()
             .filter_map(Result::ok)
             .map(|(_, p)| p.ruleset);
@@ -708,24 +694,24 @@ impl Drop for ChangeCounters {
 }
 
 impl ProcessTable {
-    /// A table reading `map` (`PROCS`) through a duplicate of its descriptor, and `changes`
-    /// (`CHANGES`) through a mapping.
-    fn duplicate(map: &aya::maps::Map, changes: &aya::maps::Map) -> Result<Arc<Self>, HookError> {
+    /// A table reading `procs` (`PROCS`), introducing through a duplicate of its descriptor,
+    /// and reading `changes` (`CHANGES`) through a mapping.
+    fn new(procs: aya::maps::Map, changes: &aya::maps::Map) -> Result<Arc<Self>, HookError> {
         use std::os::fd::AsFd;
         static TABLES: AtomicU32 = AtomicU32::new(0);
-        let aya::maps::Map::HashMap(data) = map else {
+        fn failed(error: impl Into<BoxError>) -> HookError {
+            HookError::from_bpf("map PROCS", error)
+        }
+        let aya::maps::Map::HashMap(data) = &procs else {
             return Err(HookError::Missing("map PROCS as a hash map".to_owned()));
         };
-        let handle = || -> Result<HashMap<MapData, u32, ProcState>, HookError> {
-            let failed = |e| HookError::from_bpf("map PROCS", e);
-            let fd = data.fd().as_fd().try_clone_to_owned().map_err(failed)?;
-            let data = MapData::from_fd(fd).map_err(|e| HookError::from_bpf("map PROCS", e))?;
-            HashMap::try_from(aya::maps::Map::HashMap(data))
-                .map_err(|e| HookError::from_bpf("map PROCS", e))
-        };
+        let fd = data.fd().as_fd().try_clone_to_owned().map_err(failed)?;
+        let writer = MapData::from_fd(fd).map_err(failed)?;
         Ok(Arc::new(Self {
-            reader: handle()?,
-            writer: std::sync::Mutex::new(handle()?),
+            writer: std::sync::Mutex::new(
+                HashMap::try_from(aya::maps::Map::HashMap(writer)).map_err(failed)?,
+            ),
+            reader: HashMap::try_from(procs).map_err(failed)?,
             changes: ChangeCounters::map(changes)?,
             id: TABLES.fetch_add(1, Ordering::Relaxed) % u16::MAX as u32 + 1,
         }))
@@ -745,6 +731,25 @@ impl ProcessTable {
         absent_is_none(self.reader.get(&tgid, 0), "map PROCS")
     }
 
+    /// Introduces a process the hook has not met (older than the hook) with its start time in
+    /// clock ticks, unless the kernel met it meanwhile. Returns what the kernel now knows (an
+    /// error when the table is full).
+    pub fn introduce(&self, tgid: u32, start: u64) -> Result<ProcState, HookError> {
+        let mut procs = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = ProcState {
+            start,
+            ..ProcState::default()
+        };
+        match procs.insert(tgid, fresh, BPF_NOEXIST) {
+            Ok(()) => Ok(fresh),
+            // Met meanwhile (an exec), or no room left.
+            Err(error) => match absent_is_none(procs.get(&tgid, 0), "map PROCS")? {
+                Some(known) => Ok(known),
+                None => Err(HookError::from_bpf("map PROCS", error)),
+            },
+        }
+    }
+
     /// What the kernel knows of process `tgid` started at `start` (clock ticks since boot, as
     /// just read from procfs), introducing it when the kernel has not met it (a process older
     /// than the hook); `None` when the entry is another process's (a PID reused), or the table
@@ -752,26 +757,13 @@ impl ProcessTable {
     /// overwritten by the fork that next takes its PID.
     pub fn get_or_introduce(&self, tgid: u32, start: u64) -> Result<Option<ProcState>, HookError> {
         // Usually known (met at fork or exec): no lock for that.
-        if let Some(known) = self.get(tgid)? {
-            return Ok((known.start == start).then_some(known));
-        }
-        let mut procs = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let known = match absent_is_none(procs.get(&tgid, 0), "map PROCS")? {
+        let known = match self.get(tgid)? {
             Some(known) => known,
-            None => {
-                let fresh = ProcState {
-                    start,
-                    ..ProcState::default()
-                };
-                match procs.insert(tgid, fresh, BPF_NOEXIST) {
-                    Ok(()) => fresh,
-                    // Met meanwhile (an exec), or no room left.
-                    Err(_) => match absent_is_none(procs.get(&tgid, 0), "map PROCS")? {
-                        Some(known) => known,
-                        None => return Ok(None),
-                    },
-                }
-            }
+            None => match self.introduce(tgid, start) {
+                Ok(known) => known,
+                // No room: nothing the agent could trust to be unchanged.
+                Err(_) => return Ok(None),
+            },
         };
         Ok((known.start == start).then_some(known))
     }

@@ -173,7 +173,15 @@ async fn lookups_follow_an_exec_a_move_and_new_ids_at_once(hook: bool) {
         label(&execd, "process:binary:path"),
         label(&first, "process:binary:path")
     );
+    // Cached and asked again, then ended: a lookup after the parent reaped it gets no answer
+    // (neither the kept one nor the cached entry), whichever check runs.
+    assert!(resolver.resolve(pid).await.unwrap().cached);
     drop(process);
+    let ended = resolver.resolve(pid).await;
+    assert!(
+        ended.is_err(),
+        "an ended process is not answered: {ended:?}"
+    );
     agent.detach_hook();
 }
 
