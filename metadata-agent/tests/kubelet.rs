@@ -1034,6 +1034,17 @@ async fn a_running_agent_answers_by_pod_container_and_cgroup_id() {
             "invalid_cgroup_id",
         ),
         ("/metadata".to_owned(), 400, "missing_parameter"),
+        // Parameters the lookup does not take: refused, not ignored.
+        (
+            "/metadata?cgroup_id=1&=null".to_owned(),
+            400,
+            "invalid_query",
+        ),
+        (
+            "/metadata?cgroup_id=1&colour=red".to_owned(),
+            400,
+            "invalid_query",
+        ),
     ] {
         let (got, answer) = daemon.get_json(&path).await;
         assert_eq!(
@@ -1042,6 +1053,9 @@ async fn a_running_agent_answers_by_pod_container_and_cgroup_id() {
             "{path}: {answer}"
         );
     }
+    let (_, answer) = daemon.get_json("/metadata?cgroup_id=1&colour=red").await;
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("colour"), "names the parameter: {answer}");
     drop(daemon);
     drop(pod);
 }

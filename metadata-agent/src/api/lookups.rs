@@ -60,8 +60,10 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
-/// `?cgroup_id=N[&processes=true]` or `?exec_id=ID`.
+/// `?cgroup_id=N[&processes=true]` or `?exec_id=ID`; any other parameter (a misspelling, one
+/// without a name) is refused, naming it, as the OpenAPI document says.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MetadataQuery {
     cgroup_id: Option<String>,
     exec_id: Option<String>,
