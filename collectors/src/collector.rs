@@ -1,5 +1,7 @@
 //! The one extension point for data: the [`Collector`] trait and what a collection returns.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::Serialize;
 
@@ -85,6 +87,11 @@ pub struct Subject {
     /// When `container` is `None`: why (a host process, a runtime's monitor, an unrecognized
     /// or conflicting cgroup path), for container collectors' statuses.
     pub container_note: Option<String>,
+    /// `<proc>/<pid>/cgroup` as read to decide `container`, when it could be: the procfs
+    /// collector takes its labels from it rather than reading the file again. Read after the
+    /// process's start time and before its collection, so a collection that finds the same
+    /// start time vouches that it was this process's.
+    pub cgroup_file: Option<Arc<[u8]>>,
 }
 
 impl Subject {
@@ -125,6 +132,7 @@ impl Subject {
         containers: &ContainersConfig,
         cgroups: std::io::Result<Vec<u8>>,
     ) -> Self {
+        let cgroup_file = cgroups.as_ref().ok().map(|content| Arc::from(&content[..]));
         let cgroup =
             cgroups.map(|content| parse_cgroup_file(&String::from_utf8_lossy(&content)).container);
         let (container, container_note) = match cgroup {
@@ -141,6 +149,7 @@ impl Subject {
             process: Some(process),
             container,
             container_note,
+            cgroup_file,
         }
     }
 }

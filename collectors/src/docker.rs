@@ -758,7 +758,7 @@ mod tests {
                 cgroup: String::new(),
                 hierarchy: String::new(),
             }),
-            container_note: None,
+            ..Default::default()
         };
         let started = std::time::Instant::now();
         let reports = registry.collect(Some(Scope::Container), &subject).await;

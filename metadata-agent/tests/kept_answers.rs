@@ -194,3 +194,58 @@ async fn with_the_hook_lookups_follow_an_exec_a_move_and_new_ids_at_once() {
 async fn without_the_hook_lookups_follow_an_exec_a_move_and_new_ids_at_once() {
     lookups_follow_an_exec_a_move_and_new_ids_at_once(false).await;
 }
+
+/// A PID the kernel's table holds with a start time no process of that PID has: an entry that
+/// outlived its process (a process older than the hook, introduced as it exited; its PID since
+/// taken by a thread, which makes no entry). The lookup still answers for the process the PID
+/// names now, as procfs shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_entry_left_by_an_ended_process_does_not_hide_the_one_there_now() {
+    if !common::require(common::is_root(), "root (the hook)") {
+        return;
+    }
+    let mut config = Config::default();
+    config.resolver.prestart = false;
+    let mut agent = Agent::build(config).unwrap();
+    agent.attach_hook().unwrap();
+    let resolver = &agent.state.resolver;
+    let table = resolver.kernel_table().expect("the hook's table");
+    // A process with a second thread, which prints that thread's id.
+    let mut command = Command::new("python3");
+    command
+        .args([
+            "-c",
+            "import threading, time\n\
+             t = threading.Thread(target=time.sleep, args=(600,), daemon=True)\n\
+             t.start()\n\
+             print(t.native_id, flush=True)\n\
+             time.sleep(600)",
+        ])
+        .stdout(Stdio::piped());
+    let mut process = Killed(command.spawn().expect("python3"));
+    let mut line = String::new();
+    BufReader::new(process.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let tid: u32 = line.trim().parse().expect("a thread id");
+    let pid = process.0.id();
+    assert_ne!(tid, pid);
+    // The entry a process started at tick 1 with this PID would have left.
+    assert_eq!(table.introduce(tid, 1).unwrap().start, 1, "introduced");
+
+    let resolution = resolver.resolve(tid).await.expect("the thread's process");
+    assert_eq!(resolution.pid, pid, "answered for the thread's process");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let start: u64 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(resolution.start_time_ticks, Some(start));
+    drop(process);
+    agent.detach_hook();
+}

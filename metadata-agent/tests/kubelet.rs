@@ -67,7 +67,7 @@ fn subject(pod_uid: &str, container: &str) -> Subject {
             cgroup: String::new(),
             hierarchy: String::new(),
         }),
-        container_note: None,
+        ..Subject::default()
     }
 }
 

@@ -225,7 +225,7 @@ impl ProcfsCollector {
     /// Collects the labels of `process` without an async runtime (blocking file I/O; hashes
     /// the binary in this thread, however long it takes).
     pub fn collect_blocking(&self, process: &ProcessRef) -> Result<Collected, CollectError> {
-        let (mut collected, kernel_thread) = self.inner.collect(process)?;
+        let (mut collected, kernel_thread) = self.inner.collect(process, None)?;
         if !kernel_thread {
             let hash = self.inner.hashes.hash_now(&self.inner.exe(process));
             self.inner.add_hash(process, hash, &mut collected);
@@ -272,11 +272,12 @@ impl Collector for ProcfsCollector {
             return Err(CollectError::NotApplicable("no process given".to_owned()));
         };
         let inner = Arc::clone(&self.inner);
+        let cgroup_file = subject.cgroup_file.clone();
         // procfs reads are blocking syscalls: one blocking task per process, not one per file.
         // It also looks the binary up among the hashes (a statx, which never waits for a FUSE
         // or network server); a miss is hashed on the hashing pool.
         let (mut collected, lookup) = tokio::task::spawn_blocking(move || {
-            let (collected, kernel_thread) = inner.collect(&process)?;
+            let (collected, kernel_thread) = inner.collect(&process, cgroup_file.as_deref())?;
             // A kernel thread runs no executable: nothing to hash.
             let lookup = (!kernel_thread).then(|| inner.hashes.lookup(&inner.exe(&process)));
             Ok::<_, CollectError>((collected, lookup))
@@ -331,7 +332,13 @@ fn describe(error: &io::Error) -> String {
 
 impl Inner {
     /// The labels of `process`, and whether it is a kernel thread (which runs no executable).
-    fn collect(&self, process: &ProcessRef) -> Result<(Collected, bool), CollectError> {
+    /// `cgroup_file`: its `cgroup` file, when the caller read it already (after `process`'s
+    /// start time: the check of that start time here vouches for it too).
+    fn collect(
+        &self,
+        process: &ProcessRef,
+        cgroup_file: Option<&[u8]>,
+    ) -> Result<(Collected, bool), CollectError> {
         let pid = process.pid;
         let file = |name: &str| self.roots.proc_file(pid, name);
         let unreadable = |name: &str, e: io::Error| {
@@ -503,7 +510,11 @@ impl Inner {
             }
             Err(e) => gaps.note("start time", e),
         }
-        match dir.read("cgroup") {
+        let cgroup_file = match cgroup_file {
+            Some(content) => Ok(std::borrow::Cow::Borrowed(content)),
+            None => dir.read("cgroup").map(std::borrow::Cow::Owned),
+        };
+        match cgroup_file {
             Ok(content) => {
                 let info = parse_cgroup_file(&String::from_utf8_lossy(&content));
                 if let Some(path) = info.v2_path.as_deref() {
@@ -922,6 +933,36 @@ mod tests {
         assert_eq!(stat_comm(b"9 (x y\n) S 1").unwrap(), b"x y\n");
         assert!(stat_comm(b"9 ) (S 1").is_none());
         assert!(stat_comm(b"").is_none());
+    }
+
+    /// The resolver reads a process's `cgroup` file once, to decide its container; the
+    /// collection takes `process:cgroup` from that read rather than reading the file again.
+    #[tokio::test]
+    async fn the_cgroup_file_read_for_the_subject_is_not_read_again() {
+        let roots = HostRoots::default();
+        let collector = ProcfsCollector::new(roots.clone(), &ProcfsConfig::default());
+        let process = ProcessRef::resolve(&roots, std::process::id()).unwrap();
+        let placement = crate::cgroup::ContainersConfig::default();
+        let cgroup = async |subject: &Subject| {
+            let collected = collector.collect(subject).await.unwrap();
+            collected.labels.get("process:cgroup").to_vec()
+        };
+
+        let read_here = Subject::of_process(&roots, process, &placement);
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let expected = own
+            .lines()
+            .find_map(|line| line.strip_prefix("0::"))
+            .map(str::to_owned);
+        assert_eq!(cgroup(&read_here).await, Vec::from_iter(expected));
+
+        let given = Subject::of_process_cgroups(
+            &roots,
+            process,
+            &placement,
+            Ok(b"0::/given.slice/by-the-caller\n".to_vec()),
+        );
+        assert_eq!(cgroup(&given).await, ["/given.slice/by-the-caller"]);
     }
 
     #[test]

@@ -100,7 +100,7 @@ impl Resolver {
         let subject = Subject {
             process: Some(process),
             container: Some(identity.clone()),
-            container_note: None,
+            ..Subject::default()
         };
         let entry = Arc::new(ScopeEntry::merged(
             self.run(Scope::Container, &subject).await,

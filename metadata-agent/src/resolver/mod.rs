@@ -122,6 +122,16 @@ impl Resolution {
     }
 }
 
+/// What the kernel's table says of a PID (see [`Resolver::kernel_look`]).
+enum KernelLook {
+    /// The cached entry of the process holds.
+    Hit(ProcessRef, Arc<ProcessEntry>),
+    /// A process the table knows; nothing cached is shown to hold for it.
+    Known(ProcessRef),
+    /// No table, or not a process it knows.
+    Unknown,
+}
+
 /// The cache entries one answer is made of.
 struct Found {
     process: ProcessRef,
@@ -216,6 +226,14 @@ impl Resolver {
     /// stops following the processes. Entries collected without it are checked against procfs.
     pub fn use_kernel_table(&self, table: Option<Arc<kernel_hook::ProcessTable>>) {
         *self.kernel.write().unwrap_or_else(|e| e.into_inner()) = table;
+    }
+
+    /// The kernel's table the resolver checks answers with, while the hook is attached.
+    pub fn kernel_table(&self) -> Option<Arc<kernel_hook::ProcessTable>> {
+        self.kernel
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The kernel's stamp of `process` now, when the hook is attached and knows it (or could
@@ -351,28 +369,37 @@ impl Resolver {
         }
     }
 
-    /// With the hook attached, the cached entry of process `pid` when the kernel's table says
-    /// it still holds: the process neither exec'd, moved nor ended since it was collected (its
-    /// entry's stamp), and has the same effective ids (one `stat` of `/proc/<pid>`). Nothing of
-    /// procfs is read. `None` otherwise (a thread id, a process the table does not know, any
-    /// change): the caller reads procfs.
-    fn kernel_hit(&self, pid: u32) -> Option<(ProcessRef, Arc<ProcessEntry>)> {
-        let table = self
+    /// With the hook attached, what the kernel's table says of `pid`. [`KernelLook::Hit`]: its
+    /// cached entry holds, the process neither exec'd, moved nor ended since it was collected
+    /// (its entry's stamp) and has the same effective ids (one `stat` of `/proc/<pid>`); nothing
+    /// of procfs is read. [`KernelLook::Known`]: the table knows `pid` as a process (its start
+    /// time), but no cached entry is shown to hold. [`KernelLook::Unknown`]: no table, or a PID
+    /// it does not hold (a thread id, a process not introduced yet); the caller reads procfs.
+    fn kernel_look(&self, pid: u32) -> KernelLook {
+        let Some(table) = self
             .kernel
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()?;
+            .clone()
+        else {
+            return KernelLook::Unknown;
+        };
         // Read first: an exit counted after this read changes it, and no other process can
         // take the PID before its previous process's exit is counted.
         let before = table.changes(pid);
-        let state = table.get(pid).ok()??;
+        let Ok(Some(state)) = table.get(pid) else {
+            return KernelLook::Unknown;
+        };
+        // The table holds processes only, keyed by their thread-group id.
         let process = ProcessRef {
             pid,
             start_ticks: Some(state.start),
         };
-        let entry = self.processes.get(&(pid, process.start_ticks))?;
+        let Some(entry) = self.processes.get(&(pid, process.start_ticks)) else {
+            return KernelLook::Known(process);
+        };
         if entry.kernel != Some(caches::KernelStamp::of(&state)) {
-            return None;
+            return KernelLook::Known(process);
         }
         let owner_holds = entry
             .image
@@ -380,17 +407,29 @@ impl Resolver {
             .is_some_and(|image| image.same_owner_at(&self.roots, pid));
         // The owner read was of that process: no exit (nor fork) was counted meanwhile.
         if !owner_holds || table.changes(pid) != before {
-            return None;
+            return KernelLook::Known(process);
         }
         self.metrics.answer_checks_kernel.inc();
-        Some((process, entry))
+        KernelLook::Hit(process, entry)
     }
 
     /// The entries that make up the answer for `pid`, collecting what is not cached.
     async fn find(&self, pid: u32) -> Result<Found, ResolveError> {
-        if let Some((process, entry)) = self.kernel_hit(pid) {
-            self.metrics.cache_hit(Scope::Process);
-            return Ok(self.found(process, entry, true).await);
+        match self.kernel_look(pid) {
+            KernelLook::Hit(process, entry) => {
+                self.metrics.cache_hit(Scope::Process);
+                return Ok(self.found(process, entry, true).await);
+            }
+            // The table gave its start time: no `stat` to read for it (a collection reads one
+            // through the process's directory, which must show the same start time).
+            KernelLook::Known(process) => match self.find_process(process).await {
+                // An entry can outlive its process in one race: a process older than the hook
+                // introduced as it exited, its PID since taken by a thread, not a process.
+                // procfs decides.
+                Err(ResolveError::Process(ProcessError::NoSuchProcess(_))) => {}
+                found => return found,
+            },
+            KernelLook::Unknown => {}
         }
         // Warm path: one small read finds a cached process; only a miss reads its status to
         // turn a thread id into its process.
@@ -409,6 +448,12 @@ impl Resolver {
             }
             _ => ProcessRef::resolve_from(&self.roots, pid, stat)?,
         };
+        self.find_process(process).await
+    }
+
+    /// [`Resolver::find`] for `process`: its cached entry if its image is unchanged, else a
+    /// new collection.
+    async fn find_process(&self, process: ProcessRef) -> Result<Found, ResolveError> {
         let key = (process.pid, process.start_ticks);
         let cached_entry = match self.processes.get(&key) {
             Some(entry) if entry.image.is_none() || process.image(&self.roots) == entry.image => {
