@@ -726,12 +726,17 @@ pub async fn run_pipeline(
                 let enforcer = enforcer.clone();
                 let bus = Arc::clone(&bus);
                 // Resolve ahead of the first connect (and judge the new image); a process gone
-                // already is not an error.
+                // already is not an error. The event carries the answer judged: resolved once.
                 tokio::spawn(async move {
-                    if let Some(enforcer) = &enforcer {
-                        enforce(enforcer, &resolver, &policies, tgid).await;
-                    }
-                    let (resolution, resolution_error) = match resolver.resolve(tgid).await {
+                    let judged = match &enforcer {
+                        Some(enforcer) => enforce(enforcer, &resolver, &policies, tgid).await,
+                        None => None,
+                    };
+                    let resolved = match judged {
+                        Some(resolution) => Ok(resolution),
+                        None => resolver.resolve(tgid).await,
+                    };
+                    let (resolution, resolution_error) = match resolved {
                         Ok(resolution) => (Some(resolution), None),
                         Err(error) => (None, Some(error.to_string())),
                     };

@@ -596,8 +596,15 @@ fn own_start_ticks() -> Option<u64> {
 }
 
 /// Resolves `pid` and records its verdict, asking again while the answer is provisional or
-/// older than the process's last exec (a few times, backing off).
-pub async fn enforce(enforcer: &Enforcer, resolver: &Resolver, policies: &PolicyStore, pid: u32) {
+/// older than the process's last exec (a few times, backing off). Returns the answer judged
+/// (or, when not enforcing, the one given), for callers that publish it; `None` when there is
+/// none to give (the process is gone, another took its PID, or no answer could be judged).
+pub async fn enforce(
+    enforcer: &Enforcer,
+    resolver: &Resolver,
+    policies: &PolicyStore,
+    pid: u32,
+) -> Option<Arc<Resolution>> {
     const RETRIES: [Duration; 5] = [
         Duration::from_millis(10),
         Duration::from_millis(50),
@@ -610,7 +617,7 @@ pub async fn enforce(enforcer: &Enforcer, resolver: &Resolver, policies: &Policy
             tokio::time::sleep(delay).await;
         }
         let Ok(resolution) = resolver.resolve(pid).await else {
-            return;
+            return None;
         };
         let (set, version) = (policies.current(), policies.status().reloads);
         match enforcer.apply(&resolution, &set, version) {
@@ -625,9 +632,11 @@ pub async fn enforce(enforcer: &Enforcer, resolver: &Resolver, policies: &Policy
                 );
                 resolver.forget(pid);
             }
-            Applied::Judged { .. } | Applied::Superseded | Applied::Nothing => return,
+            Applied::Judged { .. } | Applied::Nothing => return Some(resolution),
+            Applied::Superseded => return None,
         }
     }
+    None
 }
 
 /// A shared enforcer, when the hook is attached.
