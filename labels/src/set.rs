@@ -1,6 +1,7 @@
 //! [`LabelSet`]: the sorted, multi-valued label set, its text rendering and its parser.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::fmt::{self, Write as _};
 
 use serde::{Deserialize, Serialize};
@@ -79,6 +80,26 @@ impl LabelSet {
     pub fn merge(&mut self, other: &LabelSet) {
         for (key, values) in &other.labels {
             self.insert_all(key, values.iter().cloned());
+        }
+    }
+
+    /// [`LabelSet::merge`], taking `other`'s keys and values instead of copying them.
+    pub fn absorb(&mut self, other: LabelSet) {
+        if self.labels.is_empty() {
+            *self = other;
+            return;
+        }
+        for (key, values) in other.labels {
+            match self.labels.entry(key) {
+                // A set's values are already distinct and not empty.
+                Entry::Vacant(vacant) => {
+                    vacant.insert(values);
+                }
+                Entry::Occupied(occupied) => {
+                    let key = occupied.key().clone();
+                    self.insert_all(&key, values);
+                }
+            }
         }
     }
 
@@ -224,6 +245,30 @@ pub struct LabelParseError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absorbing_a_set_is_merging_it() {
+        let set = |pairs: &[(&str, &str)]| {
+            let mut set = LabelSet::new();
+            for (key, value) in pairs {
+                set.insert(*key, *value);
+            }
+            set
+        };
+        let here = set(&[("a", "1"), ("b", "2"), ("b", "3")]);
+        let other = set(&[("b", "3"), ("b", "4"), ("c", "5"), ("a", "0")]);
+        for base in [here.clone(), LabelSet::new()] {
+            let mut merged = base.clone();
+            merged.merge(&other);
+            let mut absorbed = base;
+            absorbed.absorb(other.clone());
+            assert_eq!(absorbed, merged);
+        }
+        let mut absorbed = here.clone();
+        absorbed.absorb(other);
+        assert_eq!(absorbed.get("b"), ["2", "3", "4"]);
+        assert_eq!(absorbed.get("a"), ["1", "0"]);
+    }
 
     #[test]
     fn empty_values_are_not_stored_and_duplicates_collapse() {

@@ -40,10 +40,11 @@ impl ScopeEntry {
     /// An entry that keeps only the merged labels, not each report's own: what cached
     /// process and container entries need (node entries keep them, for stale labels).
     pub(super) fn merged(mut reports: Vec<CollectorReport>) -> Self {
-        let labels = merge_labels(&reports);
         let untrusted = untrusted_keys(&reports);
+        // The reports' labels move into the merged set (they are not kept in the reports).
+        let mut labels = LabelSet::new();
         for report in &mut reports {
-            report.labels = LabelSet::new();
+            labels.absorb(std::mem::take(&mut report.labels));
             report.untrusted = Vec::new();
         }
         Self {
