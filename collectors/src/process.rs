@@ -6,6 +6,10 @@ use std::io;
 use crate::host::HostRoots;
 use crate::procfs::FileIdentity;
 
+/// How much of a link's target [`ProcDir::each_link_target_in`] reads: enough for the names
+/// procfs gives sockets, pipes and anonymous inodes (`socket:[4026532012]`).
+pub const LINK_TARGET_BYTES: usize = 64;
+
 /// One process, identified by its thread-group id and start time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ProcessRef {
@@ -268,10 +272,16 @@ impl ProcDir {
         Some((image, cgroups))
     }
 
-    /// The targets of the links in the subdirectory `name` (`fd`); a link that cannot be
-    /// read (its descriptor closed since) is left out. At most `limit` links are read; the
-    /// second value tells whether there were more.
-    pub fn link_targets_in(&self, name: &str, limit: usize) -> io::Result<(Vec<Vec<u8>>, bool)> {
+    /// Calls `each` with the target of each link in the subdirectory `name` (`fd`), cut to its
+    /// first [`LINK_TARGET_BYTES`] bytes (what names a socket, a pipe or an anonymous inode:
+    /// `socket:[4026532012]`); a link that cannot be read (its descriptor closed since) is left
+    /// out. At most `limit` links are read; returns whether there were more.
+    pub fn each_link_target_in(
+        &self,
+        name: &str,
+        limit: usize,
+        mut each: impl FnMut(&[u8]),
+    ) -> io::Result<bool> {
         use rustix::fs::{Mode, OFlags};
         let fd = rustix::fs::openat(
             &self.fd,
@@ -280,31 +290,28 @@ impl ProcDir {
             Mode::empty(),
         )?;
         // The directory stream owns the descriptor (one open, no duplicate), and links are
-        // read relative to it: no path walk through `<pid>/<name>` for each.
+        // read relative to it as their names come: no path walk through `<pid>/<name>` for
+        // each, and nothing allocated per link.
         let mut dir = rustix::fs::Dir::new(fd)?;
-        let mut names = Vec::new();
-        // One past the limit tells that there are more; a process with a million descriptors
-        // costs no more than one with `limit + 1`.
-        while names.len() <= limit
-            && let Some(entry) = dir.read()
-        {
+        let mut target = [0u8; LINK_TARGET_BYTES];
+        let mut read = 0;
+        while let Some(entry) = dir.read() {
             let entry = entry?;
-            let name = entry.file_name().to_bytes();
-            if name != b"." && name != b".." {
-                names.push(String::from_utf8_lossy(name).into_owned());
+            let link = entry.file_name();
+            if link == c"." || link == c".." {
+                continue;
+            }
+            // One past the limit tells that there are more; a process with a million
+            // descriptors costs no more than one with `limit + 1`.
+            if read == limit {
+                return Ok(true);
+            }
+            read += 1;
+            if let Ok(length) = rustix::fs::readlinkat_raw(dir.fd()?, link, &mut target[..]) {
+                each(&target[..length.min(LINK_TARGET_BYTES)]);
             }
         }
-        let cut = names.len() > limit;
-        names.truncate(limit);
-        let fd = dir.fd()?;
-        let links = names
-            .into_iter()
-            .filter_map(|name| {
-                let target = rustix::fs::readlinkat(fd, name.as_str(), Vec::new()).ok()?;
-                Some(target.into_bytes())
-            })
-            .collect();
-        Ok((links, cut))
+        Ok(false)
     }
 
     /// The target of the link `name` (`exe`, `cwd`).
@@ -474,17 +481,30 @@ mod tests {
             ..HostRoots::resolve(&crate::HostRootsConfig::default())
         };
         let dir = ProcDir::open(&roots, 7).unwrap();
-        let (targets, cut) = dir.link_targets_in("fd", 4).unwrap();
-        assert_eq!((targets.len(), cut), (4, true));
-        assert!(targets.iter().all(|t| t.starts_with(b"socket:[")));
-        let (targets, cut) = dir.link_targets_in("fd", 10).unwrap();
-        assert_eq!((targets.len(), cut), (10, false));
-        let mut all: Vec<_> = targets
-            .into_iter()
-            .map(|t| String::from_utf8(t).unwrap())
-            .collect();
-        all.sort();
+        let targets = |limit| {
+            let mut targets = Vec::new();
+            let cut = dir
+                .each_link_target_in("fd", limit, |target| {
+                    targets.push(String::from_utf8(target.to_vec()).unwrap())
+                })
+                .unwrap();
+            targets.sort();
+            (targets, cut)
+        };
+        let (some, cut) = targets(4);
+        assert_eq!((some.len(), cut), (4, true));
+        assert!(some.iter().all(|t| t.starts_with("socket:[")));
+        let (all, cut) = targets(10);
+        assert_eq!((all.len(), cut), (10, false));
         assert_eq!(all.first().map(String::as_str), Some("socket:[100]"));
+        // A longer target is cut to its first bytes.
+        let long = format!("/{}", "x".repeat(200));
+        std::os::unix::fs::symlink(&long, fds.join("10")).unwrap();
+        let (all, _) = targets(11);
+        assert!(
+            all.contains(&long[..LINK_TARGET_BYTES].to_owned()),
+            "{all:?}"
+        );
     }
 
     #[test]

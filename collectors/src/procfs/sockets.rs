@@ -266,16 +266,14 @@ fn parse_endpoint(text: &str, v6: bool) -> Option<(IpAddr, u16)> {
 /// The inodes of the sockets process `dir` holds (at most [`MAX_FDS`] descriptors looked at;
 /// the second value says whether there were more).
 pub fn socket_inodes(dir: &ProcDir) -> std::io::Result<(HashSet<u64>, bool)> {
-    let (targets, cut) = dir.link_targets_in("fd", MAX_FDS)?;
-    let inodes = targets
-        .iter()
-        .filter_map(|target| {
-            std::str::from_utf8(target.strip_prefix(b"socket:[")?.strip_suffix(b"]")?)
-                .ok()?
-                .parse()
-                .ok()
-        })
-        .collect();
+    let mut inodes = HashSet::new();
+    let cut = dir.each_link_target_in("fd", MAX_FDS, |target| {
+        let inode: Option<u64> = target
+            .strip_prefix(b"socket:[")
+            .and_then(|rest| rest.strip_suffix(b"]"))
+            .and_then(|digits| std::str::from_utf8(digits).ok()?.parse().ok());
+        inodes.extend(inode);
+    })?;
     Ok((inodes, cut))
 }
 
