@@ -720,7 +720,7 @@ pub async fn run_pipeline(
                     lineage.execed(tgid, start, &comm);
                 }
                 // A lookup may have collected the new image already: keep what is newer.
-                resolver.forget_collected_before(tgid, timestamp_ns);
+                resolver.forget_collected_before(tgid, start, timestamp_ns);
                 let resolver = Arc::clone(&resolver);
                 let policies = Arc::clone(&policies);
                 let enforcer = enforcer.clone();

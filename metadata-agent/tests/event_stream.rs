@@ -104,7 +104,17 @@ async fn connect_events_reach_subscribers_with_labels_and_verdict() {
         let _ = agent.state.resolver.resolve(me).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    feed(&agent, [HookEvent::Exit { tgid: me, start: 0 }]).await;
+    // The hook names the process that ended by its PID and start time.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let start = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(19)
+        .unwrap();
+    let start = start.parse().unwrap();
+    feed(&agent, [HookEvent::Exit { tgid: me, start }]).await;
     // (Only this process: the agent also resolves the node's listening processes.)
     wait_for(|| !agent.state.resolver.cached_pids().contains(&me)).await;
 }

@@ -621,7 +621,10 @@ pub async fn enforce(
         };
         let (set, version) = (policies.current(), policies.status().reloads);
         match enforcer.apply(&resolution, &set, version) {
-            Applied::Stale { exec_ns } => resolver.forget_collected_before(pid, exec_ns),
+            Applied::Stale { exec_ns } => match resolution.start_time_ticks {
+                Some(start) => resolver.forget_collected_before(pid, start, exec_ns),
+                None => resolver.forget(pid),
+            },
             Applied::Provisional => {}
             Applied::Unjudgeable { collector } => {
                 tracing::warn!(

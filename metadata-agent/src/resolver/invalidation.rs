@@ -10,7 +10,8 @@ use super::Resolver;
 use super::caches::{ProcessEntry, ProcessKey};
 
 impl Resolver {
-    /// Drops every cached entry of `pid` (on an exit or exec event).
+    /// Drops every cached entry of `pid`, whatever its start time (a move to another cgroup, a
+    /// process that must be collected again): a look at every cached process.
     pub fn forget(&self, pid: u32) {
         let before = self.processes.len();
         self.drop_ended(|&(cached, _), _| cached == pid);
@@ -19,23 +20,41 @@ impl Resolver {
         self.count_removals(before);
     }
 
-    /// Drops every cached entry of `pid`, which ended (an exit event for the process started at
-    /// `start` ticks); returns its execution, when it was cached.
+    /// Drops the cached entry of the process `pid` started at `start`, which ended (an exit
+    /// event); returns its execution, when it was cached.
     pub fn forget_ended(&self, pid: u32, start: u64) -> Option<collectors::procfs::ExecId> {
         let exec_id = self
             .processes
             .peek(&(pid, Some(start)))
             .and_then(|entry| entry.exec_id());
-        self.forget(pid);
+        self.drop_process(pid, start, |_| true);
+        // Its kept answer would no longer be given; dropping it closes its proc directory.
+        self.answers.remove(&pid);
         exec_id
     }
 
-    /// Drops the entries of `pid` collected before `monotonic_ns` (an exec at that time made
-    /// them stale).
-    pub fn forget_collected_before(&self, pid: u32, monotonic_ns: u64) {
-        let before = self.processes.len();
-        self.drop_ended(|&(cached, _), entry| cached == pid && entry.collected_ns < monotonic_ns);
-        self.count_removals(before);
+    /// Drops the entry of the process `pid` started at `start` if it was collected before
+    /// `monotonic_ns` (an exec at that time made it stale).
+    pub fn forget_collected_before(&self, pid: u32, start: u64, monotonic_ns: u64) {
+        self.drop_process(pid, start, |entry| entry.collected_ns < monotonic_ns);
+    }
+
+    /// Drops the entry of the process `pid` started at `start` when `stale` says so. One
+    /// lookup, whatever the number of processes cached: the hook's exec and exit events name
+    /// the process, and an entry left by an earlier process with the same PID is the sweep's.
+    fn drop_process(&self, pid: u32, start: u64, stale: impl FnOnce(&Arc<ProcessEntry>) -> bool) {
+        let key = (pid, Some(start));
+        if let Some((_, entry)) = self.processes.remove_if(&key, stale) {
+            self.remember_ended(
+                ProcessRef {
+                    pid,
+                    start_ticks: Some(start),
+                },
+                &entry,
+            );
+            self.metrics.cache_removed(Scope::Process, 1);
+            self.update_entry_gauges();
+        }
     }
 
     /// Drops the process entries `ended` picks, whose executions ended: each is kept in the

@@ -167,9 +167,14 @@ async fn forget_and_sweep_drop_entries_of_ended_processes() {
     resolver.forget(10);
     assert_eq!(resolver.cached_processes(), 1);
     // An exec older than the collection keeps the entry; a newer one drops it.
-    resolver.forget_collected_before(11, 0);
+    resolver.forget_collected_before(11, 1, 0);
     assert_eq!(resolver.cached_processes(), 1);
-    resolver.forget_collected_before(11, u64::MAX);
+    resolver.forget_collected_before(11, 1, u64::MAX);
+    assert_eq!(resolver.cached_processes(), 0);
+    // An exit names its process: its entry goes, with its execution returned.
+    resolver.resolve(11).await.unwrap();
+    assert_eq!(resolver.cached_processes(), 1);
+    resolver.forget_ended(11, 1);
     assert_eq!(resolver.cached_processes(), 0);
     resolver.resolve(11).await.unwrap();
     std::fs::remove_dir_all(proc.root().join("11")).unwrap();
