@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::cgroup::{
-    ContainerIdentity, ContainerMatch, ContainersConfig, check_placement, parse_cgroup_file,
+    CgroupInfo, ContainerIdentity, ContainerMatch, ContainersConfig, check_placement,
+    parse_cgroup_file,
 };
 use crate::error::BoxError;
 use crate::host::HostRoots;
@@ -87,11 +88,11 @@ pub struct Subject {
     /// When `container` is `None`: why (a host process, a runtime's monitor, an unrecognized
     /// or conflicting cgroup path), for container collectors' statuses.
     pub container_note: Option<String>,
-    /// `<proc>/<pid>/cgroup` as read to decide `container`, when it could be: the procfs
-    /// collector takes its labels from it rather than reading the file again. Read after the
-    /// process's start time and before its collection, so a collection that finds the same
-    /// start time vouches that it was this process's.
-    pub cgroup_file: Option<Arc<[u8]>>,
+    /// `<proc>/<pid>/cgroup` as read and parsed to decide `container`, when it could be read:
+    /// the procfs collector takes its labels from it rather than reading and parsing the file
+    /// again. Read after the process's start time and before its collection, so a collection
+    /// that finds the same start time vouches that it was this process's.
+    pub cgroups: Option<Arc<CgroupInfo>>,
 }
 
 impl Subject {
@@ -132,13 +133,11 @@ impl Subject {
         containers: &ContainersConfig,
         cgroups: std::io::Result<Vec<u8>>,
     ) -> Self {
-        let cgroup_file = cgroups.as_ref().ok().map(|content| Arc::from(&content[..]));
-        let cgroup =
-            cgroups.map(|content| parse_cgroup_file(&String::from_utf8_lossy(&content)).container);
-        let (container, container_note) = match cgroup {
+        let parsed = cgroups.map(|content| parse_cgroup_file(&String::from_utf8_lossy(&content)));
+        let (container, container_note) = match parsed.as_ref().map(|info| &info.container) {
             Ok(ContainerMatch::Container(identity)) => {
-                match check_placement(roots, &identity, containers) {
-                    Ok(()) => (Some(identity), None),
+                match check_placement(roots, identity, containers) {
+                    Ok(()) => (Some(identity.clone()), None),
                     Err(why) => (None, Some(why)),
                 }
             }
@@ -149,7 +148,7 @@ impl Subject {
             process: Some(process),
             container,
             container_note,
-            cgroup_file,
+            cgroups: parsed.ok().map(Arc::new),
         }
     }
 }

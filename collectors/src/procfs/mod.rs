@@ -29,7 +29,7 @@ pub use lineage::{
 };
 
 use crate::builtin::Builtin;
-use crate::cgroup::parse_cgroup_file;
+use crate::cgroup::{CgroupInfo, parse_cgroup_file};
 use crate::collector::{CollectError, Collected, Collector, KeySpec, Scope, Subject};
 use crate::config::{DEFAULT_TIMEOUT, Enabled, duration, section};
 use crate::error::BoxError;
@@ -272,12 +272,12 @@ impl Collector for ProcfsCollector {
             return Err(CollectError::NotApplicable("no process given".to_owned()));
         };
         let inner = Arc::clone(&self.inner);
-        let cgroup_file = subject.cgroup_file.clone();
+        let cgroups = subject.cgroups.clone();
         // procfs reads are blocking syscalls: one blocking task per process, not one per file.
         // It also looks the binary up among the hashes (a statx, which never waits for a FUSE
         // or network server); a miss is hashed on the hashing pool.
         let (mut collected, lookup) = tokio::task::spawn_blocking(move || {
-            let (collected, kernel_thread) = inner.collect(&process, cgroup_file.as_deref())?;
+            let (collected, kernel_thread) = inner.collect(&process, cgroups.as_deref())?;
             // A kernel thread runs no executable: nothing to hash.
             let lookup = (!kernel_thread).then(|| inner.hashes.lookup(&inner.exe(&process)));
             Ok::<_, CollectError>((collected, lookup))
@@ -332,12 +332,12 @@ fn describe(error: &io::Error) -> String {
 
 impl Inner {
     /// The labels of `process`, and whether it is a kernel thread (which runs no executable).
-    /// `cgroup_file`: its `cgroup` file, when the caller read it already (after `process`'s
-    /// start time: the check of that start time here vouches for it too).
+    /// `cgroups`: its `cgroup` file, parsed, when the caller read it already (after
+    /// `process`'s start time: the check of that start time here vouches for it too).
     fn collect(
         &self,
         process: &ProcessRef,
-        cgroup_file: Option<&[u8]>,
+        cgroups: Option<&CgroupInfo>,
     ) -> Result<(Collected, bool), CollectError> {
         let pid = process.pid;
         let file = |name: &str| self.roots.proc_file(pid, name);
@@ -510,13 +510,14 @@ impl Inner {
             }
             Err(e) => gaps.note("start time", e),
         }
-        let cgroup_file = match cgroup_file {
-            Some(content) => Ok(std::borrow::Cow::Borrowed(content)),
-            None => dir.read("cgroup").map(std::borrow::Cow::Owned),
+        let cgroups = match cgroups {
+            Some(info) => Ok(std::borrow::Cow::Borrowed(info)),
+            None => dir.read("cgroup").map(|content| {
+                std::borrow::Cow::Owned(parse_cgroup_file(&String::from_utf8_lossy(&content)))
+            }),
         };
-        match cgroup_file {
-            Ok(content) => {
-                let info = parse_cgroup_file(&String::from_utf8_lossy(&content));
+        match cgroups {
+            Ok(info) => {
                 if let Some(path) = info.v2_path.as_deref() {
                     labels.insert("process:cgroup", path);
                 }

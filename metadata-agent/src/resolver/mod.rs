@@ -239,11 +239,7 @@ impl Resolver {
     /// The kernel's stamp of `process` now, when the hook is attached and knows it (or could
     /// be told of it).
     fn kernel_stamp(&self, process: ProcessRef) -> Option<caches::KernelStamp> {
-        let table = self
-            .kernel
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()?;
+        let table = self.kernel_table()?;
         let state = table
             .get_or_introduce(process.pid, process.start_ticks?)
             .ok()??;
@@ -376,12 +372,7 @@ impl Resolver {
     /// time), but no cached entry is shown to hold. [`KernelLook::Unknown`]: no table, or a PID
     /// it does not hold (a thread id, a process not introduced yet); the caller reads procfs.
     fn kernel_look(&self, pid: u32) -> KernelLook {
-        let Some(table) = self
-            .kernel
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
+        let Some(table) = self.kernel_table() else {
             return KernelLook::Unknown;
         };
         // Read first: an exit counted after this read changes it, and no other process can
