@@ -281,6 +281,34 @@ pub fn socket_inodes(dir: &ProcDir) -> std::io::Result<(HashSet<u64>, bool)> {
 mod tests {
     use super::*;
 
+    /// Only the kernel's own names count as sockets: a file whose name looks like one (its
+    /// link target is a path, starting with `/`), a malformed name or a long path do not.
+    #[test]
+    fn only_socket_links_give_socket_inodes() {
+        let tree = tempfile::tempdir().unwrap();
+        let fds = tree.path().join("proc/7/fd");
+        std::fs::create_dir_all(&fds).unwrap();
+        let long = format!("/{}socket:[9]", "x/".repeat(100));
+        for (fd, target) in [
+            "socket:[7]",
+            "/home/user/socket:[8]",
+            "socket:[9",
+            "socket:[]",
+            "socket:[x10]",
+            long.as_str(),
+        ]
+        .iter()
+        .enumerate()
+        {
+            std::os::unix::fs::symlink(target, fds.join(fd.to_string())).unwrap();
+        }
+        let roots = crate::HostRoots::under(tree.path());
+        let dir = ProcDir::open(&roots, 7).unwrap();
+        let (inodes, cut) = socket_inodes(&dir).unwrap();
+        assert_eq!(inodes, HashSet::from([7]));
+        assert!(!cut);
+    }
+
     const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0100007F:1538 00000000:0000 0A 00000000:00000000 00:00000000 00000000   999        0 41021 1 0000000000000000 100 0 0 10 0
    1: 0100007F:9C40 0100007F:1538 01 00000000:00000000 00:00000000 00000000  1000        0 52213 1 0000000000000000 20 4 30 10 -1

@@ -174,6 +174,10 @@ async fn forget_and_sweep_drop_entries_of_ended_processes() {
     // An exit names its process: its entry goes, with its execution returned.
     resolver.resolve(11).await.unwrap();
     assert_eq!(resolver.cached_processes(), 1);
+    // A late exit or exec event of an earlier process with this PID leaves this one's entry.
+    resolver.forget_ended(11, 0);
+    resolver.forget_collected_before(11, 0, u64::MAX);
+    assert_eq!(resolver.cached_processes(), 1);
     resolver.forget_ended(11, 1);
     assert_eq!(resolver.cached_processes(), 0);
     resolver.resolve(11).await.unwrap();
